@@ -1,0 +1,360 @@
+"""Kernel-level tests, run once per kernel set by the `kernels` fixture (conftest.py).
+
+Float kernels are checked against torch.nn.functional in float64, and in float32 against
+that same float64 result, always with random upstream gradients (with gy = 1 the
+gradient of a softmax-like op is zero and the test checks nothing). The inputs are
+chosen to catch the bugs in PITFALLS.md: N >= 2, C >= 2, H != W, stride < kernel with
+padding, groups=2, integer-valued pooling inputs with ties, even LRN sizes with a large
+alpha and k ~ 1, logits of +-1e3.
+"""
+import inspect
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tinyalex.reference as reference
+from tinyalex.device import cuda_is_available
+from tinyalex.dispatch import KERNEL_API, KERNEL_SETS, counter_uniform, load_kernel_set
+
+DTYPES = (np.float64, np.float32)
+
+# (kernel_size, stride, padding): overlapping windows, padding, non-square, H != W below.
+GEOMETRIES = [
+    ((3, 3), (2, 2), (1, 1)),
+    ((3, 2), (1, 2), (1, 0)),
+    ((2, 3), (1, 1), (1, 1)),
+]
+X_SHAPE = (2, 3, 7, 6)  # N, C, H, W
+
+
+# --- helpers --------------------------------------------------------------------------
+
+def torch_vjp(fn, arrays, gy):
+    """y = fn(*arrays) in float64 torch, and the gradient of sum(y * gy) w.r.t. each array."""
+    tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    y = fn(*tensors)
+    grads = torch.autograd.grad(y, tensors, torch.tensor(gy, dtype=torch.float64))
+    return y.detach().numpy(), [g.numpy() for g in grads]
+
+
+def assert_close(actual, expected, dtype):
+    """Our kernel's output (in `dtype`) against a float64 torch result.
+
+    float32 is compared with float64 to a tolerance relative to the result's scale, since
+    a reduction's rounding error grows with the size of its terms, not of its sum.
+    """
+    assert actual.dtype == dtype, f"expected dtype {np.dtype(dtype)}, got {actual.dtype}"
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    if dtype == np.float64:
+        np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12 * scale)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def output_size(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def im2col_by_loops(x, kernel_size, stride, padding):
+    """The definition of im2col, one element at a time."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    OH, OW = output_size(H, kh, sh, ph), output_size(W, kw, sw, pw)
+    cols = np.zeros((N, C * kh * kw, OH * OW), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            h, w = oh * sh - ph + i, ow * sw - pw + j
+                            if 0 <= h < H and 0 <= w < W:
+                                cols[n, c * kh * kw + i * kw + j, oh * OW + ow] = x[n, c, h, w]
+    return cols
+
+
+def covering_window_count(H, W, kernel_size, stride, padding):
+    """count[h, w] = the number of windows that cover pixel (h, w), by brute force."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    count = np.zeros((H, W))
+    for oh in range(output_size(H, kh, sh, ph)):
+        for ow in range(output_size(W, kw, sw, pw)):
+            for i in range(kh):
+                for j in range(kw):
+                    h, w = oh * sh - ph + i, ow * sw - pw + j
+                    if 0 <= h < H and 0 <= w < W:
+                        count[h, w] += 1
+    return count
+
+
+def contract_parameters(name):
+    """The parameters of `name` as KERNEL_API writes them: ['gy', 'cache', 'need_gx=True']."""
+    match = re.match(rf"{name}\(([^)]*)\)", KERNEL_API[name])
+    return [p.strip() for p in match.group(1).split(",")]
+
+
+# --- the API contract -----------------------------------------------------------------
+
+@pytest.mark.parametrize("set_name", list(KERNEL_SETS))
+def test_kernel_set_exposes_kernel_api(set_name):
+    if set_name == "cupy" and not cuda_is_available():
+        pytest.skip("the cupy kernel set needs a CUDA GPU to import")
+    module = load_kernel_set(set_name)  # a missing set fails here
+    for name in KERNEL_API:
+        fn = getattr(module, name, None)
+        assert callable(fn), f"kernel set {set_name!r} lacks {name}"
+        parameters = [str(p) for p in inspect.signature(fn).parameters.values()]
+        assert parameters == contract_parameters(name), f"{set_name}.{name} signature"
+
+
+# --- im2col / col2im ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel_size, stride, padding", GEOMETRIES)
+def test_im2col_matches_loop_definition(kernels, kernel_size, stride, padding, dtype):
+    x = np.random.default_rng(0).standard_normal(X_SHAPE).astype(dtype)
+    cols = kernels.module.im2col(kernels.to_device(x), kernel_size, stride, padding)
+    cols = kernels.to_numpy(cols)
+    assert cols.dtype == dtype
+    np.testing.assert_array_equal(cols, im2col_by_loops(x, kernel_size, stride, padding))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel_size, stride, padding", GEOMETRIES)
+def test_col2im_of_ones_counts_covering_windows(kernels, kernel_size, stride, padding, dtype):
+    K = kernels.module
+    ones = kernels.to_device(np.ones(X_SHAPE, dtype=dtype))
+    x = kernels.to_numpy(K.col2im(K.im2col(ones, kernel_size, stride, padding),
+                                  X_SHAPE, kernel_size, stride, padding))
+    count = covering_window_count(*X_SHAPE[2:], kernel_size, stride, padding)
+    assert x.dtype == dtype
+    np.testing.assert_array_equal(x, np.broadcast_to(count, X_SHAPE))
+
+
+@pytest.mark.parametrize("kernel_size, stride, padding", GEOMETRIES)
+def test_col2im_is_adjoint_of_im2col(kernels, kernel_size, stride, padding):
+    rng = np.random.default_rng(1)
+    K = kernels.module
+    x = rng.standard_normal(X_SHAPE)
+    cols = kernels.to_numpy(K.im2col(kernels.to_device(x), kernel_size, stride, padding))
+    c = rng.standard_normal(cols.shape)
+    x_back = K.col2im(kernels.to_device(c), X_SHAPE, kernel_size, stride, padding)
+    x_back = kernels.to_numpy(x_back)
+    np.testing.assert_allclose(np.vdot(cols, c), np.vdot(x, x_back), rtol=1e-12)
+
+
+# --- conv2d ---------------------------------------------------------------------------
+
+# x_shape, weight_shape (OC, C/groups, kh, kw), stride, padding, groups, has_bias
+CONV_CASES = [
+    ((2, 4, 7, 6), (6, 2, 3, 3), (2, 1), (1, 1), 2, True),
+    ((3, 3, 9, 8), (4, 3, 5, 3), (2, 2), (2, 1), 1, False),
+    ((2, 4, 5, 7), (4, 2, 2, 3), (1, 1), (0, 1), 2, True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, groups, has_bias", CONV_CASES)
+def test_conv2d_matches_torch(kernels, x_shape, w_shape, stride, padding, groups, has_bias, dtype):
+    rng = np.random.default_rng(2)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    arrays = [rng.standard_normal(x_shape), rng.standard_normal(w_shape)]
+    if has_bias:
+        arrays.append(rng.standard_normal(w_shape[0]))
+    arrays = [a.astype(dtype) for a in arrays]
+    x, weight = arrays[:2]
+    bias = arrays[2] if has_bias else None
+
+    y, cache = K.conv2d_forward(dev(x), dev(weight), None if bias is None else dev(bias),
+                                stride, padding, groups)
+    gy = rng.standard_normal(host(y).shape).astype(dtype)
+    gx, gW, gb = K.conv2d_backward(dev(gy), cache)
+
+    def conv(x, weight, bias=None):
+        return F.conv2d(x, weight, bias, stride, padding, groups=groups)
+
+    y_t, grads_t = torch_vjp(conv, arrays, gy)
+    assert_close(host(y), y_t, dtype)
+    assert_close(host(gx), grads_t[0], dtype)
+    assert_close(host(gW), grads_t[1], dtype)
+    if has_bias:
+        assert_close(host(gb), grads_t[2], dtype)
+    else:
+        assert gb is None
+
+    # Without gx the other gradients are unchanged; a second backward is bitwise equal.
+    no_gx, gW_again, _ = K.conv2d_backward(dev(gy), cache, need_gx=False)
+    assert no_gx is None
+    np.testing.assert_array_equal(host(gW_again), host(gW))
+    np.testing.assert_array_equal(host(K.conv2d_backward(dev(gy), cache)[0]), host(gx))
+
+
+# --- max_pool2d -----------------------------------------------------------------------
+
+# x values, kernel_size, stride, padding. Small integers tie inside windows; zeros next to
+# the padding catch zero-padding (or a mask), and all-negative inputs catch zero padding.
+POOL_CASES = [
+    ((-2, 1), (3, 3), (2, 2), (1, 1)),
+    ((-3, 0), (3, 2), (1, 1), (1, 1)),
+    ((0, 2), (2, 3), (2, 1), (0, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value_range, kernel_size, stride, padding", POOL_CASES)
+def test_max_pool2d_matches_torch_with_ties(kernels, value_range, kernel_size, stride, padding,
+                                            dtype):
+    rng = np.random.default_rng(3)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = rng.integers(*value_range, size=(2, 3, 8, 5)).astype(dtype)
+
+    y, cache = K.max_pool2d_forward(dev(x), kernel_size, stride, padding)
+    gy = rng.standard_normal(host(y).shape).astype(dtype)
+    gx = K.max_pool2d_backward(dev(gy), cache)
+
+    y_t, (gx_t,) = torch_vjp(lambda x: F.max_pool2d(x, kernel_size, stride, padding), [x], gy)
+    assert_close(host(y), y_t, dtype)
+    assert_close(host(gx), gx_t, dtype)
+    np.testing.assert_array_equal(host(K.max_pool2d_backward(dev(gy), cache)), host(gx))
+
+
+# --- LRN ------------------------------------------------------------------------------
+
+# size, alpha, beta, k: even and odd sizes, one wider than C; alpha large enough that
+# the cross-channel term of the backward matters (PITFALLS #2).
+LRN_CASES = [
+    (2, 0.5, 0.75, 1.0),
+    (3, 1.0, 0.75, 1.0),
+    (4, 0.5, 0.6, 1.5),
+    (5, 2.0, 0.75, 1.0),
+    (8, 0.5, 0.75, 1.0),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size, alpha, beta, k", LRN_CASES)
+def test_lrn_matches_torch(kernels, size, alpha, beta, k, dtype):
+    rng = np.random.default_rng(4)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = rng.standard_normal((2, 6, 3, 4)).astype(dtype)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+
+    y, cache = K.lrn_forward(dev(x), size, alpha, beta, k)
+    gx = K.lrn_backward(dev(gy), cache)
+
+    y_t, (gx_t,) = torch_vjp(lambda x: F.local_response_norm(x, size, alpha, beta, k), [x], gy)
+    assert_close(host(y), y_t, dtype)
+    assert_close(host(gx), gx_t, dtype)
+
+
+def test_lrn_paper_constants(kernels):
+    """The paper's k=2, n=5, alpha=1e-4, beta=0.75 is size=5, alpha=5e-4 in our convention."""
+    x = 10 * np.random.default_rng(5).standard_normal((2, 7, 3, 4))  # large enough to matter
+    C = x.shape[1]
+    paper = np.empty_like(x)
+    for c in range(C):
+        window = x[:, max(0, c - 2):min(C, c + 3)]
+        paper[:, c] = x[:, c] / (2 + 1e-4 * (window ** 2).sum(axis=1)) ** 0.75
+    y, _ = kernels.module.lrn_forward(kernels.to_device(x), 5, 5e-4, 0.75, 2.0)
+    np.testing.assert_allclose(kernels.to_numpy(y), paper, rtol=1e-12)
+
+
+# --- ReLU -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_matches_torch(kernels, dtype):
+    rng = np.random.default_rng(6)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = rng.standard_normal((2, 3, 5, 4))
+    x.flat[::7] = 0.0  # the gradient at exactly 0 is 0, as in PyTorch
+    x = x.astype(dtype)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+
+    y, cache = K.relu_forward(dev(x))
+    gx = K.relu_backward(dev(gy), cache)
+
+    y_t, (gx_t,) = torch_vjp(F.relu, [x], gy)
+    assert_close(host(y), y_t, dtype)
+    assert_close(host(gx), gx_t, dtype)
+
+
+# --- cross-entropy --------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_matches_torch(kernels, reduction, scale, dtype):
+    rng = np.random.default_rng(7)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    N, C = 6, 5
+    logits = (scale * rng.standard_normal((N, C))).astype(dtype)
+    target = rng.integers(0, C, size=N)  # int64, with repeated classes
+    gloss = rng.standard_normal(N if reduction == "none" else ()).astype(dtype)
+
+    loss, cache = K.cross_entropy_forward(dev(logits), dev(target), reduction)
+    glogits = K.cross_entropy_backward(dev(gloss), cache)
+
+    def cross_entropy(logits):
+        return F.cross_entropy(logits, torch.from_numpy(target), reduction=reduction)
+
+    loss_t, (glogits_t,) = torch_vjp(cross_entropy, [logits], gloss)
+    loss, glogits = host(loss), host(glogits)
+    assert loss.shape == loss_t.shape
+    assert np.isfinite(loss).all() and np.isfinite(glogits).all()
+    assert_close(loss, loss_t, dtype)
+    assert_close(glogits, glogits_t, dtype)
+
+
+# --- dropout --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask_matches_reference_and_scales(kernels, dtype):
+    rng = np.random.default_rng(8)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    p, seed = 0.3, 2**40 + 12345
+    x = rng.uniform(0.5, 1.5, size=(4, 3, 5, 7)).astype(dtype)  # nonzero: y != 0 marks the kept
+    gy = rng.standard_normal(x.shape).astype(dtype)
+
+    y, cache = K.dropout_forward(dev(x), p, seed)
+    gx = K.dropout_backward(dev(gy), cache)
+    y, gx = host(y), host(gx)
+
+    keep = y != 0
+    y_ref, _ = reference.dropout_forward(x, p, seed)
+    np.testing.assert_array_equal(keep, y_ref != 0)  # the same mask on every set
+    np.testing.assert_array_equal(keep, counter_uniform(seed, x.size).reshape(x.shape) >= p)
+    assert 0 < keep.mean() < 1
+    assert y.dtype == dtype and gx.dtype == dtype
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(y, x * keep / (1 - p), rtol=rtol)
+    np.testing.assert_allclose(gx, gy * keep / (1 - p), rtol=rtol)  # backward reuses the mask
+
+    other_seed = host(K.dropout_forward(dev(x), p, seed + 1)[0]) != 0
+    assert (other_seed != keep).any()
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_keep_rate(kernels, p):
+    x = np.ones((10, 10, 40, 100))
+    y = kernels.to_numpy(kernels.module.dropout_forward(kernels.to_device(x), p, 99)[0])
+    standard_error = np.sqrt(p * (1 - p) / x.size)
+    assert abs((y != 0).mean() - (1 - p)) < 4 * standard_error
+    assert abs(y.mean() - 1) < 4 * standard_error / (1 - p)  # inverted: E[y] = x
+
+
+def test_dropout_p0_is_identity_and_p1_is_zeros(kernels):
+    rng = np.random.default_rng(9)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = rng.standard_normal((2, 3, 4, 5))
+    gy = rng.standard_normal(x.shape)
+
+    y, cache = K.dropout_forward(dev(x), 0.0, 1)
+    np.testing.assert_array_equal(host(y), x)
+    np.testing.assert_array_equal(host(K.dropout_backward(dev(gy), cache)), gy)
+
+    y, cache = K.dropout_forward(dev(x), 1.0, 1)
+    np.testing.assert_array_equal(host(y), np.zeros_like(x))
+    np.testing.assert_array_equal(host(K.dropout_backward(dev(gy), cache)), np.zeros_like(gy))

@@ -1,0 +1,13 @@
+"""tinyalex: a from-scratch deep-learning engine with explicit forward and backward kernels.
+
+The public API mirrors PyTorch's names: ``tinyalex.tensor``, ``Tensor.backward``,
+``tinyalex.functional`` (like ``torch.nn.functional``), ``tinyalex.nn``, ``tinyalex.optim``.
+"""
+from .autograd import (Function, Tensor, bool_, enable_grad, float32, float64, int64,
+                       is_grad_enabled, no_grad, tensor)
+from .device import cuda_is_available
+from .dispatch import use_kernels
+from .random import manual_seed
+from .ops.basic import matmul
+
+__version__ = "0.1.0"

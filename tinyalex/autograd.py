@@ -1,0 +1,452 @@
+"""The autograd core: Tensor, Function, and the topological backward pass.
+
+Define-by-run: every Function applied to tensors that require gradients records a Node
+(the Function, its input tensors and its private ``cache``). ``Tensor.backward`` walks
+those nodes in reverse topological order, calls each ``Function.backward(gy, cache,
+needs_input_grad)`` with plain arrays, and accumulates the returned arrays into the
+inputs' gradients. Nothing here knows which kernel set or device computed the arrays.
+"""
+import contextlib
+import itertools
+
+import numpy as np
+
+from . import device as _device
+
+float32 = np.dtype(np.float32)
+float64 = np.dtype(np.float64)
+int64 = np.dtype(np.int64)
+bool_ = np.dtype(np.bool_)
+FLOAT_DTYPES = (float32, float64)
+
+_grad_enabled = True
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def _set_grad_enabled(mode):
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, mode
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def no_grad():
+    """Context manager that stops recording the graph (like torch.no_grad)."""
+    return _set_grad_enabled(False)
+
+
+def enable_grad():
+    return _set_grad_enabled(True)
+
+
+class Function:
+    """One differentiable op. Subclasses define two static methods on raw arrays::
+
+        forward(*arrays, **params) -> (y, cache)
+        backward(gy, cache, needs_input_grad) -> one gradient array (or None) per input
+
+    ``cache`` holds exactly what backward needs; it is freed after backward unless
+    ``retain_graph=True``. ``needs_input_grad`` lets backward skip gradients nobody uses.
+    """
+
+    @classmethod
+    def apply(cls, *inputs, **params):
+        y, cache = cls.forward(*(t.data for t in inputs), **params)
+        requires_grad = _grad_enabled and any(t.requires_grad for t in inputs)
+        out = Tensor(y, requires_grad=requires_grad)
+        if requires_grad:
+            out.grad_fn = Node(cls, inputs, cache)
+        return out
+
+    @staticmethod
+    def forward(*arrays, **params):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(gy, cache, needs_input_grad):
+        raise NotImplementedError
+
+
+class Node:
+    """A recorded application of a Function: the graph edge back to its inputs."""
+    _ids = itertools.count()
+
+    def __init__(self, function, inputs, cache):
+        self.function = function
+        self.inputs = inputs
+        self.needs_input_grad = tuple(t.requires_grad for t in inputs)
+        self.cache = cache
+        self.freed = False
+        self.hooks = {}            # hooks of the tensor this node produced
+        self.retained = None       # that tensor, when it called retain_grad()
+        self.order = next(self._ids)
+
+    def name(self):
+        return self.function.__name__
+
+    def __repr__(self):
+        return f"<{self.name()}Backward>"
+
+
+class RemovableHandle:
+    def __init__(self, hooks, key):
+        self._hooks, self._key = hooks, key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)
+
+
+_hook_ids = itertools.count()
+
+
+def _as_array(data, dtype, device):
+    """Turn user data into an array with PyTorch's dtype rules: Python floats -> float32,
+    NumPy arrays keep float32/float64, integers -> int64, bools -> bool."""
+    if isinstance(data, Tensor):
+        data = data.data
+    array = data if _device.device_of(data) == "cuda" else np.asarray(data)
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype not in FLOAT_DTYPES + (int64, bool_):
+            raise TypeError(f"dtype: expected float32, float64, int64 or bool, got {dtype}")
+        array = array.astype(dtype, copy=False)
+    elif array.dtype.kind == "f":
+        if array.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"data: expected float32 or float64 values, got {array.dtype}")
+        if not isinstance(data, (np.ndarray, np.generic)) and _device.device_of(data) == "cpu":
+            array = array.astype(float32)  # Python floats and lists default to float32
+    elif array.dtype.kind in "iu":
+        array = array.astype(int64, copy=False)
+    elif array.dtype.kind != "b":
+        raise TypeError(f"data: expected numbers, got an array of {array.dtype}")
+    return _device.to_device(array, device)
+
+
+class Tensor:
+    """An n-dimensional array that can record the ops applied to it.
+
+    ``data`` is the raw array (NumPy on "cpu", CuPy on "cuda"); ``grad`` is a Tensor
+    filled by ``backward`` for leaves with ``requires_grad``; ``grad_fn`` is the Node that
+    produced a non-leaf tensor.
+    """
+    __array_priority__ = 1000  # make ndarray + Tensor call Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False):
+        self.data = data
+        self.grad = None
+        self.grad_fn = None
+        self._hooks = {}
+        if requires_grad and data.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"requires_grad: only float32/float64 tensors can require "
+                            f"gradients, got {data.dtype}")
+        self.requires_grad = requires_grad
+
+    # --- properties -------------------------------------------------------------------
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def device(self):
+        return _device.device_of(self.data)
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def is_leaf(self):
+        return self.grad_fn is None
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self):
+        return self.ndim
+
+    def numel(self):
+        return int(self.data.size)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __repr__(self):
+        extra = f", grad_fn={self.grad_fn!r}" if self.grad_fn else (
+            ", requires_grad=True" if self.requires_grad else "")
+        dev = ", device='cuda'" if self.device == "cuda" else ""
+        body = np.array2string(np.asarray(_device.to_device(self.data, "cpu")), precision=4,
+                               separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={self.dtype}{dev}{extra})"
+
+    # --- conversion -------------------------------------------------------------------
+    def numpy(self):
+        """The data as a NumPy array sharing memory (CPU tensors that need no grad only,
+        like torch: use ``.detach().cpu().numpy()``)."""
+        if self.requires_grad:
+            raise RuntimeError("numpy(): this tensor requires grad; use tensor.detach().numpy()")
+        if self.device != "cpu":
+            raise TypeError("numpy(): the tensor is on 'cuda'; use tensor.cpu().numpy()")
+        return self.data
+
+    def item(self):
+        if self.numel() != 1:
+            raise ValueError(f"item(): expected a tensor with one element, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return _device.to_device(self.data, "cpu").tolist()
+
+    def detach(self):
+        """A new leaf sharing this tensor's data, cut from the graph."""
+        return Tensor(self.data)
+
+    def to(self, device=None, dtype=None):
+        """Copy to another device and/or dtype; differentiable (the gradient flows back)."""
+        from .ops.basic import convert
+        return convert(self, device, dtype)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def float(self):
+        return self.to(dtype=float32)
+
+    def double(self):
+        return self.to(dtype=float64)
+
+    def long(self):
+        return self.to(dtype=int64)
+
+    # --- gradients --------------------------------------------------------------------
+    def requires_grad_(self, mode=True):
+        if not self.is_leaf:
+            raise RuntimeError("requires_grad_(): only leaf tensors can change requires_grad")
+        Tensor.__init__(self, self.data, mode) if mode else setattr(self, "requires_grad", False)
+        return self
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` when this tensor's gradient is computed; a returned Tensor
+        replaces the gradient (like torch.Tensor.register_hook). Returns a handle."""
+        if not self.requires_grad:
+            raise RuntimeError("register_hook(): the tensor does not require grad")
+        hooks = self._hooks if self.is_leaf else self.grad_fn.hooks
+        key = next(_hook_ids)
+        hooks[key] = hook
+        return RemovableHandle(hooks, key)
+
+    def retain_grad(self):
+        """Keep ``.grad`` for this non-leaf tensor after backward."""
+        if not self.is_leaf:
+            self.grad_fn.retained = self
+
+    def backward(self, gradient=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``, weighted by ``gradient``
+        (required unless self has one element, as in PyTorch)."""
+        backward(self, gradient, retain_graph)
+
+    # --- ops (defined in tinyalex.ops.basic; these are the PyTorch-named entry points) -
+    def __add__(self, other):
+        return _basic.add(self, other)
+
+    def __radd__(self, other):
+        return _basic.add(other, self)
+
+    def __sub__(self, other):
+        return _basic.sub(self, other)
+
+    def __rsub__(self, other):
+        return _basic.sub(other, self)
+
+    def __mul__(self, other):
+        return _basic.mul(self, other)
+
+    def __rmul__(self, other):
+        return _basic.mul(other, self)
+
+    def __truediv__(self, other):
+        return _basic.div(self, other)
+
+    def __rtruediv__(self, other):
+        return _basic.div(other, self)
+
+    def __neg__(self):
+        return _basic.neg(self)
+
+    def __pow__(self, exponent):
+        return _basic.pow(self, exponent)
+
+    def __matmul__(self, other):
+        return _basic.matmul(self, other)
+
+    def __getitem__(self, index):
+        return _basic.getitem(self, index)
+
+    def __eq__(self, other):
+        return _basic.compare(self, other, "equal")
+
+    def __ne__(self, other):
+        return _basic.compare(self, other, "not_equal")
+
+    def __lt__(self, other):
+        return _basic.compare(self, other, "less")
+
+    def __le__(self, other):
+        return _basic.compare(self, other, "less_equal")
+
+    def __gt__(self, other):
+        return _basic.compare(self, other, "greater")
+
+    def __ge__(self, other):
+        return _basic.compare(self, other, "greater_equal")
+
+    __hash__ = object.__hash__
+
+    def matmul(self, other):
+        return _basic.matmul(self, other)
+
+    def pow(self, exponent):
+        return _basic.pow(self, exponent)
+
+    def exp(self):
+        return _basic.exp(self)
+
+    def log(self):
+        return _basic.log(self)
+
+    def abs(self):
+        return _basic.abs(self)
+
+    def sqrt(self):
+        return _basic.pow(self, 0.5)
+
+    def sum(self, dim=None, keepdim=False):
+        return _basic.sum(self, dim, keepdim)
+
+    def mean(self, dim=None, keepdim=False):
+        return _basic.mean(self, dim, keepdim)
+
+    def reshape(self, *shape):
+        return _basic.reshape(self, *shape)
+
+    view = reshape
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        return _basic.flatten(self, start_dim, end_dim)
+
+    def t(self):
+        return _basic.transpose(self, 0, 1)
+
+    def transpose(self, dim0, dim1):
+        return _basic.transpose(self, dim0, dim1)
+
+    @property
+    def T(self):
+        return _basic.permute(self, tuple(reversed(range(self.ndim))))
+
+    def permute(self, *dims):
+        return _basic.permute(self, dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims)
+
+    def relu(self):
+        from .functional import relu
+        return relu(self)
+
+    def argmax(self, dim=None, keepdim=False):
+        return _basic.argmax(self, dim, keepdim)
+
+
+def tensor(data, dtype=None, requires_grad=False, device="cpu"):
+    """Build a Tensor from data (like torch.tensor). Python floats become float32."""
+    return Tensor(_as_array(data, dtype, device), requires_grad=requires_grad)
+
+
+def _unit_like(y):
+    return _device.array_module(y.data).ones_like(y.data)
+
+
+def backward(root, gradient=None, retain_graph=False):
+    """Reverse-mode sweep from ``root``: nodes in reverse topological order, each called once
+    with the sum of the gradients of all its consumers."""
+    if not root.requires_grad:
+        raise RuntimeError("backward(): the tensor does not require grad and has no grad_fn")
+    if gradient is None:
+        if root.numel() != 1:
+            raise RuntimeError(f"backward(): gradient can be omitted only for a tensor with one "
+                               f"element, got shape {root.shape}")
+        gy = _unit_like(root)
+    else:
+        gy = _as_array(gradient, root.dtype, root.device)
+        if gy.shape != root.data.shape:
+            raise ValueError(f"gradient: expected shape {root.shape}, got {tuple(gy.shape)}")
+    if root.is_leaf:
+        _accumulate_leaf(root, gy)
+        return
+
+    grads = {root.grad_fn: gy}
+    for node in _topological_order(root.grad_fn):
+        gy = grads.pop(node)
+        gy = _run_hooks(node.hooks, gy)
+        if node.retained is not None:
+            node.retained.grad = Tensor(gy)
+        if node.freed:
+            raise RuntimeError(f"backward(): trying to go through {node.name()} a second time, "
+                               "but its saved arrays were freed; pass retain_graph=True")
+        input_grads = node.function.backward(gy, node.cache, node.needs_input_grad)
+        if not retain_graph:
+            node.cache, node.freed = None, True
+        for t, g in zip(node.inputs, input_grads):
+            if g is None or not t.requires_grad:
+                continue
+            if g.shape != t.data.shape:
+                raise RuntimeError(f"{node.name()}.backward returned a gradient of shape "
+                                   f"{tuple(g.shape)} for an input of shape {t.shape}")
+            if t.grad_fn is None:
+                _accumulate_leaf(t, g)
+            elif t.grad_fn in grads:
+                grads[t.grad_fn] = grads[t.grad_fn] + g  # out of place: g may be shared
+            else:
+                grads[t.grad_fn] = g
+
+
+def _topological_order(root_node):
+    """Nodes reachable from root_node, newest first. A node is always created after the
+    nodes of its inputs, so creation order is a topological order of the graph."""
+    reachable, stack = {root_node}, [root_node]
+    while stack:
+        for t in stack.pop().inputs:
+            parent = t.grad_fn
+            if parent is not None and parent not in reachable:
+                reachable.add(parent)
+                stack.append(parent)
+    return sorted(reachable, key=lambda node: node.order, reverse=True)
+
+
+def _run_hooks(hooks, g):
+    for hook in list(hooks.values()):
+        replaced = hook(Tensor(g))
+        if replaced is not None:
+            g = replaced.data if isinstance(replaced, Tensor) else replaced
+    return g
+
+
+def _accumulate_leaf(t, g):
+    g = _run_hooks(t._hooks, g)
+    if t.grad is None:
+        t.grad = Tensor(g.copy())  # a copy: g may be shared with other inputs' gradients
+    else:
+        t.grad.data += g
+
+
+from .ops import basic as _basic  # noqa: E402  (the ops need Tensor and Function defined)

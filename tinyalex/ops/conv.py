@@ -1,0 +1,21 @@
+"""conv2d as an autograd Function; the kernels (im2col + GEMM) live in each kernel set."""
+from ..autograd import Function
+from ..dispatch import kernels_for
+
+
+class Conv2d(Function):
+    """y[n, o] = b[o] + sum_{c in group(o), i, j} W[o, c, i, j] x_pad[n, c, s*oh + i, s*ow + j].
+
+    Shapes: x (N, C, H, W), W (OC, C/groups, kh, kw), b (OC,), y (N, OC, OH, OW) with
+    OH = (H + 2*ph - kh) // sh + 1. The kernel set decides what to save; the reference
+    saves x and W and rebuilds the columns in backward (see tinyalex.reference.conv).
+    """
+
+    @staticmethod
+    def forward(x, weight, bias=None, *, stride, padding, groups):
+        return kernels_for(x).conv2d_forward(x, weight, bias, stride, padding, groups)
+
+    @staticmethod
+    def backward(gy, cache, needs_input_grad):
+        gx, gW, gb = kernels_for(gy).conv2d_backward(gy, cache, need_gx=needs_input_grad[0])
+        return (gx, gW) if gb is None else (gx, gW, gb)

@@ -1,0 +1,26 @@
+"""linear as an autograd Function: one GEMM, the same on every device (BLAS or cuBLAS)."""
+from ..autograd import Function
+
+
+class Linear(Function):
+    """y = x W^T + b.
+
+    Shapes: x (M, in), W (out, in), b (out,), y (M, out) (leading dims are flattened into M
+    by the functional layer). Saves x and W: gx = gy W, gW = gy^T x, gb = sum_m gy.
+    """
+
+    @staticmethod
+    def forward(x, weight, bias=None):
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
+        return y, (x, weight)
+
+    @staticmethod
+    def backward(gy, cache, needs_input_grad):
+        x, weight = cache
+        gx = gy @ weight if needs_input_grad[0] else None
+        gW = gy.T @ x if needs_input_grad[1] else None
+        if len(needs_input_grad) == 2:
+            return gx, gW
+        return gx, gW, gy.sum(axis=0)

@@ -1,0 +1,36 @@
+"""Inverted dropout (the reference; AlexNet paper section 4.2, p = 0.5 in the first two
+fully connected layers).
+
+"Inverted" means the survivors are scaled by 1/(1-p) during training, so the expected
+output equals x and evaluation is the identity (the paper instead halves the outputs at
+test time; the two are equivalent in expectation).
+
+The mask comes from tinyalex.dispatch.counter_uniform, a pure function of (seed, i), so
+every kernel set draws exactly the same mask for the same seed.
+"""
+from ..dispatch import counter_uniform
+
+
+def dropout_forward(x, p, seed):
+    """y = x * keep * scale,  keep_i = uniform(seed, i) >= p,  scale = 1/(1-p)
+
+    For p == 1 nothing is kept and scale is 0, so y is all zeros (like PyTorch), not NaN.
+    Shapes: x (any) -> y (same shape and dtype).
+    Saved for backward: the boolean mask keep (one byte per element) and scale.
+    """
+    # x (...) -> y (...)
+    keep = (counter_uniform(seed, x.size) >= p).reshape(x.shape)
+    scale = 1.0 / (1.0 - p) if p < 1 else 0.0
+    y = x * keep * scale                                           # a Python float keeps x's dtype
+    cache = (keep, scale)
+    return y, cache
+
+
+def dropout_backward(gy, cache):
+    """gx = gy * keep * scale: the same mask and scale as the forward.
+
+    Shapes: gy (any) -> gx (same shape and dtype).
+    """
+    # gy (...) -> gx (...)
+    keep, scale = cache
+    return gy * keep * scale
