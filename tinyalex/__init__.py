@@ -3,11 +3,13 @@
 The public API mirrors PyTorch's names: ``tinyalex.tensor``, ``Tensor.backward``,
 ``tinyalex.functional`` (like ``torch.nn.functional``), ``tinyalex.nn``, ``tinyalex.optim``.
 """
+from . import functional, nn, optim
 from .autograd import (Function, Tensor, bool_, enable_grad, float32, float64, int64,
                        is_grad_enabled, no_grad, tensor)
 from .device import cuda_is_available
 from .dispatch import use_kernels
-from .random import manual_seed
+from .gradcheck import GradcheckError, gradcheck
 from .ops.basic import matmul
+from .random import manual_seed
 
 __version__ = "0.1.0"

@@ -368,8 +368,11 @@ class Tensor:
 
 
 def tensor(data, dtype=None, requires_grad=False, device="cpu"):
-    """Build a Tensor from data (like torch.tensor). Python floats become float32."""
-    return Tensor(_as_array(data, dtype, device), requires_grad=requires_grad)
+    """Build a Tensor from a copy of data (like torch.tensor). Python floats become float32."""
+    array = _as_array(data, dtype, device)
+    if array is (data.data if isinstance(data, Tensor) else data):  # never alias the caller's array
+        array = array.copy()
+    return Tensor(array, requires_grad=requires_grad)
 
 
 def _unit_like(y):
@@ -398,7 +401,7 @@ def backward(root, gradient=None, retain_graph=False):
     for node in _topological_order(root.grad_fn):
         gy = grads.pop(node)
         gy = _run_hooks(node.hooks, gy)
-        if node.retained is not None:
+        if node.retained is not None:  # after the hooks, as in torch
             node.retained.grad = Tensor(gy)
         if node.freed:
             raise RuntimeError(f"backward(): trying to go through {node.name()} a second time, "

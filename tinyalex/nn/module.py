@@ -127,8 +127,7 @@ class Module:
         for key, target in own.items():
             if key not in state_dict:
                 continue
-            value = state_dict[key]
-            value = value.data if isinstance(value, Tensor) else value
+            value = _raw_array(state_dict[key])
             if tuple(value.shape) != target.shape:
                 raise ValueError(f"load_state_dict: {key}: expected shape {target.shape}, "
                                  f"got {tuple(value.shape)}")
@@ -216,6 +215,16 @@ class Module:
         lines = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
         head = f"{type(self).__name__}({self.extra_repr()}"
         return head + ")" if not lines else head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _raw_array(value):
+    """The array behind a state_dict value: a tinyalex Tensor, an array, or a torch tensor
+    (so that weights exported from torch load directly)."""
+    if isinstance(value, Tensor):
+        return value.data
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return value if _device.device_of(value) == "cuda" else np.asarray(value)
 
 
 class _GradientTap(Function):

@@ -1,0 +1,124 @@
+"""The autograd core: PyTorch's backward semantics, graph walking, hooks, no_grad, dtypes."""
+import numpy as np
+import pytest
+import torch
+
+import tinyalex as ta
+
+
+def test_dtype_rules_follow_torch():
+    assert ta.tensor([1.0, 2.0]).dtype == ta.float32
+    assert ta.tensor(np.zeros(3)).dtype == ta.float64
+    assert ta.tensor(np.zeros(3, np.float32)).dtype == ta.float32
+    assert ta.tensor([1, 2]).dtype == ta.int64
+    assert ta.tensor([1.0], dtype="float64").dtype == ta.float64
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ta.tensor(np.zeros(2, np.float16))
+    with pytest.raises(TypeError, match="requires_grad"):
+        ta.tensor([1, 2], requires_grad=True)
+
+
+def test_scalar_backward_needs_no_gradient_and_gradients_accumulate():
+    x = ta.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    (x * x).sum().backward()
+    (x * 3.0).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.array([1.0, -2.0, 3.0]) + 3.0)
+    with pytest.raises(RuntimeError, match="one element"):
+        (x * 2.0).backward()
+
+
+def test_backward_with_gradient_matches_torch():
+    rng = np.random.default_rng(0)
+    a, b, gy = rng.standard_normal((3, 4)), rng.standard_normal((4, 2)), rng.standard_normal((3, 2))
+    ta_a, ta_b = ta.tensor(a, requires_grad=True), ta.tensor(b, requires_grad=True)
+    t_a, t_b = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    ((ta_a @ ta_b) * (ta_a @ ta_b)).backward(gy)
+    ((t_a @ t_b) * (t_a @ t_b)).backward(torch.tensor(gy))
+    np.testing.assert_allclose(ta_a.grad.numpy(), t_a.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ta_b.grad.numpy(), t_b.grad.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="gradient: expected shape"):
+        (ta_a @ ta_b).backward(np.ones((2, 3)))
+
+
+def test_diamond_graph_visits_each_node_once_after_all_consumers():
+    # y = a * b where both come from x: x's node must get the sum of both paths
+    x = ta.tensor([2.0], requires_grad=True)
+    h = x * 3.0
+    y = (h + 1.0) * (h * h)            # h used by two consumers, created in either order
+    y.sum().backward()
+    h_val = 6.0
+    expected = 3.0 * (h_val * h_val + (h_val + 1.0) * 2 * h_val)
+    np.testing.assert_allclose(x.grad.numpy(), [expected])
+
+
+def test_broadcast_gradients_sum_back_to_operand_shapes():
+    rng = np.random.default_rng(1)
+    a, b, gy = rng.standard_normal((2, 3, 4)), rng.standard_normal((3, 1)), rng.standard_normal((2, 3, 4))
+    ta_a, ta_b = ta.tensor(a, requires_grad=True), ta.tensor(b, requires_grad=True)
+    t_a, t_b = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    (ta_a * ta_b - ta_b / 2.0).backward(gy)
+    (t_a * t_b - t_b / 2.0).backward(torch.tensor(gy))
+    np.testing.assert_allclose(ta_b.grad.numpy(), t_b.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ta_a.grad.numpy(), t_a.grad.numpy(), rtol=1e-12)
+
+
+def test_second_backward_needs_retain_graph():
+    x = ta.tensor([1.0, 2.0], requires_grad=True)
+    y = (x * x).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), [4.0, 8.0])
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        y.backward()
+
+
+def test_no_grad_detach_and_numpy():
+    x = ta.tensor([1.0, 2.0], requires_grad=True)
+    with ta.no_grad():
+        y = x * 2.0
+    assert not y.requires_grad and y.grad_fn is None
+    z = (x * 2.0).detach()
+    assert z.is_leaf and not z.requires_grad
+    with pytest.raises(RuntimeError, match="detach"):
+        x.numpy()
+    assert x.detach().numpy().tolist() == [1.0, 2.0]
+
+
+def test_tensor_and_leaf_hooks_and_retain_grad():
+    x = ta.tensor([1.0, 2.0], requires_grad=True)
+    h = x * 3.0
+    h.retain_grad()
+    seen = []
+    h.register_hook(lambda g: seen.append(g.numpy().copy()) or g * 2.0)
+    handle = x.register_hook(lambda g: g + 1.0)
+    (h * h).sum().backward()
+    np.testing.assert_allclose(seen[0], [6.0, 12.0])
+    np.testing.assert_allclose(h.grad.numpy(), [12.0, 24.0])  # retained after the hooks, as in torch
+    np.testing.assert_allclose(x.grad.numpy(), [37.0, 73.0])  # 2 * 3 * 2h, then + 1
+    handle.remove()
+    x.grad = None
+    (x * 1.0).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [1.0, 1.0])
+
+
+def test_getitem_adds_repeated_indices():
+    x = ta.tensor(np.arange(5.0), requires_grad=True)
+    x[np.array([0, 0, 3])].sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [2, 0, 0, 1, 0])
+
+
+def test_dtype_and_device_mismatch_errors():
+    a, b = ta.tensor([1.0]), ta.tensor(np.array([1.0]))
+    with pytest.raises(TypeError, match="float32 and float64"):
+        a + b
+    with pytest.raises(ValueError, match="cannot view"):
+        a.reshape(2, 3)
+
+
+def test_cuda_without_gpu_says_why():
+    if ta.cuda_is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="'cuda' is not available"):
+        ta.tensor([1.0], device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        ta.tensor([1.0], device="tpu")

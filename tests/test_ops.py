@@ -1,0 +1,223 @@
+"""Every op through the public API, on every kernel set: float64 finite differences with
+hypothesis-drawn shapes, and float32 parity with PyTorch (forward and backward)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tinyalex as ta
+import tinyalex.functional as F
+from helpers import check_parity, ta_tensors
+
+# The kernels fixture is set up once per test and reused across examples on purpose.
+fd_settings = settings(max_examples=12, deadline=None, derandomize=True,
+                       suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def gradcheck(kernels, fn, arrays, **kwargs):
+    assert ta.gradcheck(fn, ta_tensors(kernels, arrays, dtype=np.float64), **kwargs)
+
+
+# --- float64 finite differences ------------------------------------------------------------
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.sampled_from([1, 2]))
+    c, oc = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 1)))
+    h = draw(st.integers(max(kh, 3), 7))
+    w = draw(st.integers(max(kw, 3), 7).filter(lambda w: w != h))
+    return dict(n=draw(st.integers(2, 3)), c=c, oc=oc, h=h, w=w, kh=kh, kw=kw, stride=stride,
+                padding=padding, groups=groups, bias=draw(st.booleans()), seed=draw(st.integers(0, 99)))
+
+
+@fd_settings
+@given(case=conv_cases())
+def test_conv2d_finite_differences(kernels, case):
+    rng = np.random.default_rng(case["seed"])
+    arrays = [rng.standard_normal((case["n"], case["c"], case["h"], case["w"])),
+              rng.standard_normal((case["oc"], case["c"] // case["groups"], case["kh"], case["kw"]))]
+    if case["bias"]:
+        arrays.append(rng.standard_normal(case["oc"]))
+    gradcheck(kernels, lambda x, w, b=None: F.conv2d(x, w, b, case["stride"], case["padding"],
+                                                      groups=case["groups"]), arrays)
+
+
+@fd_settings
+@given(n=st.integers(2, 3), c=st.integers(2, 3), h=st.integers(4, 8), w=st.integers(4, 8),
+       kernel=st.integers(2, 3), stride=st.integers(1, 3), padding=st.integers(0, 1),
+       seed=st.integers(0, 99))
+def test_max_pool2d_finite_differences(kernels, n, c, h, w, kernel, stride, padding, seed):
+    if h == w:
+        w += 1
+    rng = np.random.default_rng(seed)
+    # distinct values 0.1 apart: no ties within the finite-difference step
+    x = rng.permutation(n * c * h * w).reshape(n, c, h, w) * 0.1
+    gradcheck(kernels, lambda x: F.max_pool2d(x, kernel, stride, min(padding, kernel // 2)), [x])
+
+
+@fd_settings
+@given(c=st.integers(2, 7), size=st.integers(1, 6), alpha=st.floats(0.1, 1.0),
+       beta=st.floats(0.5, 1.0), k=st.floats(0.5, 2.0), seed=st.integers(0, 99))
+def test_local_response_norm_finite_differences(kernels, c, size, alpha, beta, k, seed):
+    x = np.random.default_rng(seed).standard_normal((2, c, 3, 4))
+    gradcheck(kernels, lambda x: F.local_response_norm(x, size, alpha, beta, k), [x])
+
+
+@fd_settings
+@given(shape=st.sampled_from([(2, 3, 4, 5), (3, 7), (2, 5, 3)]), seed=st.integers(0, 99))
+def test_relu_finite_differences(kernels, shape, seed):
+    rng = np.random.default_rng(seed)
+    # magnitudes in [0.1, 1]: nothing within reach of the kink at 0
+    x = rng.choice([-1.0, 1.0], shape) * rng.uniform(0.1, 1.0, shape)
+    gradcheck(kernels, F.relu, [x])
+
+
+@fd_settings
+@given(p=st.sampled_from([0.1, 0.5, 0.8]), seed=st.integers(0, 99))
+def test_dropout_finite_differences(kernels, p, seed):
+    x = np.random.default_rng(seed).standard_normal((2, 3, 5, 4))
+
+    def fn(x):
+        ta.manual_seed(seed)  # the same mask on every evaluation
+        return F.dropout(x, p, training=True)
+
+    gradcheck(kernels, fn, [x])
+
+
+@fd_settings
+@given(m=st.integers(2, 5), k=st.integers(1, 6), n=st.integers(1, 5), bias=st.booleans(),
+       batch3d=st.booleans(), seed=st.integers(0, 99))
+def test_linear_finite_differences(kernels, m, k, n, bias, batch3d, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, m, k) if batch3d else (m, k))
+    arrays = [x, rng.standard_normal((n, k))] + ([rng.standard_normal(n)] if bias else [])
+    gradcheck(kernels, lambda x, w, b=None: F.linear(x, w, b), arrays)
+
+
+@fd_settings
+@given(n=st.integers(2, 6), c=st.integers(2, 7), scale=st.sampled_from([1.0, 30.0]),
+       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 99))
+def test_cross_entropy_finite_differences(kernels, n, c, scale, reduction, seed):
+    rng = np.random.default_rng(seed)
+    logits, target = rng.standard_normal((n, c)) * scale, rng.integers(0, c, n)
+    target = ta.tensor(kernels.to_device(target))
+    gradcheck(kernels, lambda z: F.cross_entropy(z, target, reduction=reduction), [logits],
+              atol=1e-6)
+
+
+def test_tensor_arithmetic_finite_differences(kernels):
+    rng = np.random.default_rng(0)
+    a, b, c = rng.uniform(0.5, 2.0, (3, 4)), rng.uniform(0.5, 2.0, (4,)), rng.standard_normal((4, 2))
+
+    def fn(a, b, c):
+        d = (a * b - a / b + 2.0) ** 2 - (-a).exp() + a.log()
+        return (d @ c).sum(dim=1, keepdim=True) * 0.5 + d.mean() - d.reshape(2, 6).flatten()[3]
+
+    gradcheck(kernels, fn, [a, b, c])
+
+
+# --- float32 parity with PyTorch -----------------------------------------------------------
+CONV_CASES = [  # (x shape, weight shape, stride, padding, groups, bias)
+    ((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, True),
+    ((2, 4, 10, 8), (6, 2, 3, 2), (2, 1), (1, 0), 2, True),
+    ((3, 2, 23, 19), (5, 2, 11, 11), 4, 2, 1, False),        # conv1-like: 11x11 stride 4
+    ((2, 6, 8, 11), (4, 3, 5, 5), 1, 2, 2, True),            # conv2-like: 5x5, groups=2
+]
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, groups, bias", CONV_CASES)
+def test_conv2d_matches_torch(kernels, xs, ws, stride, padding, groups, bias):
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal(xs), rng.standard_normal(ws)]
+    arrays += [rng.standard_normal(ws[0])] if bias else []
+    check_parity(kernels, lambda x, w, b=None: F.conv2d(x, w, b, stride, padding, 1, groups),
+                 lambda x, w, b=None: TF.conv2d(x, w, b, stride, padding, 1, groups), arrays)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((2, 3, 9, 7), 3, 2, 1),          # overlapping 3/2 pooling with padding
+    ((2, 2, 8, 10), 2, 2, 0),
+    ((2, 3, 13, 11), 3, 1, 0),        # stride 1: every pixel in up to 9 windows
+])
+def test_max_pool2d_matches_torch_with_ties(kernels, shape, kernel, stride, padding):
+    # small integers: many ties; the first maximum in row-major order takes the gradient
+    x = np.random.default_rng(2).integers(-2, 3, shape).astype(np.float64)
+    check_parity(kernels, lambda x: F.max_pool2d(x, kernel, stride, padding),
+                 lambda x: TF.max_pool2d(x, kernel, stride, padding), [x])
+
+
+@pytest.mark.parametrize("size, alpha, beta, k", [
+    (5, 5e-4, 0.75, 2.0),   # the 2012 paper's constants in PyTorch's convention
+    (5, 0.5, 0.75, 1.0),
+    (4, 0.3, 0.6, 1.2),     # even size: asymmetric window
+    (2, 1.0, 0.9, 1.0),
+    (9, 0.2, 0.75, 1.0),    # window wider than the channels
+])
+def test_local_response_norm_matches_torch(kernels, size, alpha, beta, k):
+    x = np.random.default_rng(3).standard_normal((2, 7, 5, 6))
+    check_parity(kernels, lambda x: F.local_response_norm(x, size, alpha, beta, k),
+                 lambda x: TF.local_response_norm(x, size, alpha, beta, k), [x])
+
+
+def test_relu_matches_torch(kernels):
+    x = np.random.default_rng(4).standard_normal((2, 3, 6, 5))
+    x[0, 0, 0, :3] = 0.0  # gradient at exactly 0 is 0 in both
+    check_parity(kernels, F.relu, TF.relu, [x])
+
+
+@pytest.mark.parametrize("x_shape, bias", [((4, 7), True), ((2, 3, 7), False)])
+def test_linear_matches_torch(kernels, x_shape, bias):
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(x_shape), rng.standard_normal((5, 7))]
+    arrays += [rng.standard_normal(5)] if bias else []
+    check_parity(kernels, lambda x, w, b=None: F.linear(x, w, b),
+                 lambda x, w, b=None: TF.linear(x, w, b), arrays)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+def test_cross_entropy_matches_torch_for_huge_logits(kernels, reduction, scale):
+    rng = np.random.default_rng(6)
+    logits, target = rng.standard_normal((6, 10)) * scale, rng.integers(0, 10, 6)
+    check_parity(kernels, lambda z: F.cross_entropy(z, ta.tensor(kernels.to_device(target)), reduction=reduction),
+                 lambda z: TF.cross_entropy(z, torch.tensor(target), reduction=reduction), [logits])
+
+
+def test_unbatched_conv_and_pool_match_torch(kernels):
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((3, 8, 7)), rng.standard_normal((2, 3, 3, 3))
+    check_parity(kernels, lambda x, w: F.max_pool2d(F.conv2d(x, w, padding=1), 2),
+                 lambda x, w: TF.max_pool2d(TF.conv2d(x, w, padding=1), 2), [x, w])
+
+
+def test_dropout_is_inverted_and_reuses_its_mask(kernels):
+    x = np.random.default_rng(8).standard_normal((64, 128)) + 3.0
+    (xt,) = ta_tensors(kernels, [x], dtype=np.float32)
+    y = F.dropout(xt, 0.5, training=True)
+    y_np = kernels.to_numpy(y.data)
+    keep = y_np != 0
+    assert abs(keep.mean() - 0.5) < 4 * np.sqrt(0.25 / keep.size)
+    np.testing.assert_allclose(y_np[keep], 2 * x.astype(np.float32)[keep], rtol=1e-6)
+    gy = np.random.default_rng(9).standard_normal(x.shape).astype(np.float32)
+    y.backward(kernels.to_device(gy))
+    np.testing.assert_allclose(kernels.to_numpy(xt.grad.data), np.where(keep, 2 * gy, 0), rtol=1e-6)
+    assert F.dropout(xt, 0.5, training=False) is xt
+
+
+def test_backward_is_bitwise_deterministic(kernels):
+    rng = np.random.default_rng(10)
+    x, w = rng.standard_normal((2, 4, 11, 9)), rng.standard_normal((6, 4, 3, 3))
+    gy = None
+    grads = []
+    for _ in range(2):
+        xt, wt = ta_tensors(kernels, [x, w], dtype=np.float32)
+        y = F.max_pool2d(F.local_response_norm(F.relu(F.conv2d(xt, wt, stride=1, padding=1)), 5, 0.5), 3, 1)
+        gy = rng.standard_normal(y.shape).astype(np.float32) if gy is None else gy
+        y.backward(kernels.to_device(gy))
+        grads.append((kernels.to_numpy(xt.grad.data), kernels.to_numpy(wt.grad.data)))
+    for a, b in zip(*grads):
+        assert np.array_equal(a, b)
