@@ -34,6 +34,19 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, n_directions=4, n_elem
     dropout inside fn). inputs: a Tensor or a tuple of Tensors; those with requires_grad
     are checked and must be float64 (float32 differences are too noisy to prove anything).
     """
+    comparisons = compare_with_finite_differences(fn, inputs, eps, n_directions, n_elements, seed)
+    failures = [f"{what}: analytical {a:.8g}, numerical {n:.8g}, error {abs(a - n):.3g} > "
+                f"atol {atol:g} + rtol {rtol:g} * |numerical|"
+                for what, a, n in comparisons if abs(a - n) > atol + rtol * abs(n)]
+    if failures:
+        if raise_exception:
+            raise GradcheckError("gradcheck failed:\n  " + "\n  ".join(failures))
+        return False
+    return True
+
+
+def compare_with_finite_differences(fn, inputs, eps=1e-6, n_directions=4, n_elements=24, seed=0):
+    """[(what, analytical, numerical)] for random directions and sampled elements."""
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     checked = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     if not checked:
@@ -59,25 +72,18 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, n_directions=4, n_elem
         for sign in (1.0, -1.0):
             shifted = list(inputs)
             for i, d in perturbations.items():
-                moved = originals[i] + sign * eps * _device.to_device(d, inputs[i].device)
-                shifted[i] = Tensor(moved)
+                shifted[i] = Tensor(originals[i] + sign * eps * _device.to_device(d, inputs[i].device))
             values.append(_loss(fn, shifted, gy))
         return (values[0] - values[1]) / (2 * eps)
 
-    failures = []
-
-    def compare(what, a, n):
-        if abs(a - n) > atol + rtol * abs(n):
-            failures.append(f"{what}: analytical {a:.8g}, numerical {n:.8g}, "
-                            f"error {abs(a - n):.3g} > atol {atol:g} + rtol {rtol:g} * |numerical|")
-
+    comparisons = []
     for k in range(n_directions):
         directions = {}
         for i in checked:
             d = rng.standard_normal(inputs[i].shape)
             directions[i] = d / max(np.linalg.norm(d), 1e-30)
         a = sum(float((analytic[i] * directions[i]).sum()) for i in checked)
-        compare(f"random direction {k} (all inputs)", a, numeric(directions))
+        comparisons.append((f"random direction {k} (all inputs)", a, numeric(directions)))
 
     per_input = max(1, n_elements // len(checked))
     for i in checked:
@@ -85,12 +91,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, n_directions=4, n_elem
         for flat in rng.choice(size, size=min(per_input, size), replace=False):
             e = np.zeros(size)
             e[flat] = 1.0
-            element = np.unravel_index(flat, inputs[i].shape)
-            compare(f"input {i} {inputs[i].shape} element {tuple(int(v) for v in element)}",
-                    float(analytic[i].reshape(-1)[flat]), numeric({i: e.reshape(inputs[i].shape)}))
-
-    if failures:
-        if raise_exception:
-            raise GradcheckError("gradcheck failed:\n  " + "\n  ".join(failures))
-        return False
-    return True
+            element = tuple(int(v) for v in np.unravel_index(flat, inputs[i].shape))
+            comparisons.append((f"input {i} {inputs[i].shape} element {element}",
+                                float(analytic[i].reshape(-1)[flat]), numeric({i: e.reshape(inputs[i].shape)})))
+    return comparisons
