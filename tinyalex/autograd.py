@@ -61,7 +61,7 @@ class Function:
         requires_grad = _grad_enabled and any(t.requires_grad for t in inputs)
         out = Tensor(y, requires_grad=requires_grad)
         if requires_grad:
-            out.grad_fn = Node(cls, inputs, cache)
+            out.grad_fn = Node(cls, inputs, cache, out.shape)
         return out
 
     @staticmethod
@@ -77,9 +77,10 @@ class Node:
     """A recorded application of a Function: the graph edge back to its inputs."""
     _ids = itertools.count()
 
-    def __init__(self, function, inputs, cache):
+    def __init__(self, function, inputs, cache, shape):
         self.function = function
         self.inputs = inputs
+        self.shape = shape         # of the output, for graph dumps
         self.needs_input_grad = tuple(t.requires_grad for t in inputs)
         self.cache = cache
         self.freed = False
@@ -125,7 +126,7 @@ def _as_array(data, dtype, device):
         array = array.astype(int64, copy=False)
     elif array.dtype.kind != "b":
         raise TypeError(f"data: expected numbers, got an array of {array.dtype}")
-    return _device.to_device(array, device)
+    return array if device is None else _device.to_device(array, device)
 
 
 class Tensor:
@@ -367,8 +368,9 @@ class Tensor:
         return _basic.argmax(self, dim, keepdim)
 
 
-def tensor(data, dtype=None, requires_grad=False, device="cpu"):
-    """Build a Tensor from a copy of data (like torch.tensor). Python floats become float32."""
+def tensor(data, dtype=None, requires_grad=False, device=None):
+    """Build a Tensor from a copy of data (like torch.tensor). Python floats become float32.
+    device None keeps the data where it is (a CuPy array stays on 'cuda'), else 'cpu'."""
     array = _as_array(data, dtype, device)
     if array is (data.data if isinstance(data, Tensor) else data):  # never alias the caller's array
         array = array.copy()

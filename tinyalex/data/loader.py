@@ -63,11 +63,14 @@ class DataLoader:
         self.transform = transform
         self.prefetch = int(prefetch)
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch):
-        """Choose the epoch the next iteration replays (its order and augmentation)."""
+    def set_epoch(self, epoch, start_batch=0):
+        """Choose the epoch the next iteration replays (its order and augmentation), and
+        the batch to start from (to resume an interrupted epoch exactly)."""
         _check_int(epoch, "epoch", minimum=0)
-        self.epoch = int(epoch)
+        _check_int(start_batch, "start_batch", minimum=0)
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def __len__(self):
         """Batches per epoch: ceil(N / batch_size), or floor with drop_last."""
@@ -75,28 +78,29 @@ class DataLoader:
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self):
-        epoch = self.epoch  # read now, so a later set_epoch cannot change a running epoch
+        # read now, so a later set_epoch cannot change a running epoch
+        epoch, start = self.epoch, self.start_batch
         if self.prefetch == 0:
-            return self._batches(epoch)
-        return self._prefetched(epoch)
+            return self._batches(epoch, start)
+        return self._prefetched(epoch, start)
 
-    def _batches(self, epoch):
-        """Build every batch of `epoch` in order, in the calling thread."""
+    def _batches(self, epoch, start_batch):
+        """Build the batches of `epoch` from `start_batch` on, in the calling thread."""
         order = np.arange(len(self.dataset))
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(order))
-        for b in range(len(self)):
+        for b in range(start_batch, len(self)):
             start = b * self.batch_size
             images, labels = self.dataset.get_batch(order[start:start + self.batch_size])
             if self.transform is not None:
                 images = self.transform(images, np.random.default_rng([self.seed, epoch, b]))
             yield _as_network_input(images, labels)
 
-    def _prefetched(self, epoch):
+    def _prefetched(self, epoch, start_batch):
         """Yield the batches of `epoch` as a background thread produces them."""
         batches = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
-        worker = threading.Thread(target=self._produce, args=(epoch, batches, stop),
+        worker = threading.Thread(target=self._produce, args=(epoch, start_batch, batches, stop),
                                   name="tinyalex-data-loader", daemon=True)
         worker.start()
         try:
@@ -111,10 +115,10 @@ class DataLoader:
             stop.set()
             worker.join()
 
-    def _produce(self, epoch, batches, stop):
+    def _produce(self, epoch, start_batch, batches, stop):
         """The worker: queue every batch, then _DONE; or queue the exception that stopped it."""
         try:
-            for batch in self._batches(epoch):
+            for batch in self._batches(epoch, start_batch):
                 if not _put(batches, (_BATCH, batch), stop):
                     return
             _put(batches, (_DONE, None), stop)

@@ -1,0 +1,84 @@
+// im2col.cu: im2col and col2im, the column copies behind conv2d (tinyalex/cuda/conv.py).
+//
+// Kernels, each templated on T = float or double; x is NCHW and C-contiguous:
+//   im2col<T>  x (N, C, H, W) -> cols. One thread per (n, c, oh, ow), a grid-stride loop
+//              over N*C*OH*OW; each thread copies its kh*kw window (zero padding) into
+//              the kh*kw rows c*kh*kw + i*kw + j of its column.
+//   col2im<T>  cols -> x (N, C, H, W), the adjoint. One thread per input pixel, a
+//              grid-stride loop over N*C*H*W; each thread SUMS the column entries of the
+//              windows that cover its pixel, in a fixed order: deterministic, no atomics.
+// Launch: 1-D, 256 threads per block, grid = min(ceil(total / 256), 2^20) blocks.
+//
+// Column layout. Entry (n, row, l), with row = c*kh*kw + i*kw + j and l = oh*OW + ow,
+// lives at cols[n * sample_stride + row * row_stride + l]:
+//   sample_stride = C*kh*kw*L, row_stride = L    -> (N, C*kh*kw, L), the KERNEL_API layout;
+//   sample_stride = L,         row_stride = N*L  -> (C*kh*kw, N*L), every sample side by
+//                                                   side, so one GEMM covers the batch.
+// L = OH*OW. Flat offsets are 64-bit: the columns of a batch can pass 2^31 elements.
+
+template <typename T>
+__global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,
+                       int N, int C, int H, int W, int kh, int kw, int sh, int sw,
+                       int ph, int pw, int OH, int OW,
+                       long long sample_stride, long long row_stride)
+{
+    const long long L = (long long)OH * OW;
+    const long long total = (long long)N * C * L;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long plane = t / L;                    // n*C + c
+        const int l = (int)(t - plane * L);               // oh*OW + ow
+        const int n = (int)(plane / C);
+        const int c = (int)(plane - (long long)n * C);
+        const int oh = l / OW;
+        const int ow = l - oh * OW;
+        const T* xc = x + plane * H * W;                  // x[n, c]
+        T* out = cols + n * sample_stride + (long long)c * kh * kw * row_stride + l;
+        const int h0 = oh * sh - ph;                      // top-left corner of the window
+        const int w0 = ow * sw - pw;
+        for (int i = 0; i < kh; ++i) {
+            const int h = h0 + i;
+            const bool row_inside = h >= 0 && h < H;
+            for (int j = 0; j < kw; ++j) {
+                const int w = w0 + j;
+                *out = (row_inside && w >= 0 && w < W) ? xc[h * W + w] : T(0);
+                out += row_stride;                        // next row: (i, j + 1)
+            }
+        }
+    }
+}
+
+template <typename T>
+__global__ void col2im(const T* __restrict__ cols, T* __restrict__ x,
+                       int N, int C, int H, int W, int kh, int kw, int sh, int sw,
+                       int ph, int pw, int OH, int OW,
+                       long long sample_stride, long long row_stride)
+{
+    const long long HW = (long long)H * W;
+    const long long total = (long long)N * C * HW;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long plane = t / HW;                   // n*C + c
+        const int hw = (int)(t - plane * HW);
+        const int n = (int)(plane / C);
+        const int c = (int)(plane - (long long)n * C);
+        const int hp = hw / W + ph;                       // the pixel in padded coordinates
+        const int wp = hw % W + pw;
+        // Window oh covers padded rows [oh*sh, oh*sh + kh): those with
+        // hp - kh < oh*sh <= hp, i.e. oh in [oh_lo, oh_hi). Likewise for columns.
+        const int oh_lo = hp < kh ? 0 : (hp - kh) / sh + 1;
+        const int oh_hi = min(hp / sh + 1, OH);
+        const int ow_lo = wp < kw ? 0 : (wp - kw) / sw + 1;
+        const int ow_hi = min(wp / sw + 1, OW);
+        const T* col_c = cols + n * sample_stride + (long long)c * kh * kw * row_stride;
+        T sum = T(0);
+        for (int oh = oh_lo; oh < oh_hi; ++oh) {
+            const int i = hp - oh * sh;                   // the pixel's row inside window oh
+            for (int ow = ow_lo; ow < ow_hi; ++ow) {
+                const int j = wp - ow * sw;
+                sum += col_c[(long long)(i * kw + j) * row_stride + oh * OW + ow];
+            }
+        }
+        x[t] = sum;
+    }
+}

@@ -1,0 +1,88 @@
+// pool.cu: 2-D max pooling, forward and backward (tinyalex/cuda/pool.py).
+//
+// Kernels, each templated on T = float or double; NCHW, C-contiguous:
+//   max_pool2d_forward<T>   x (N, C, H, W) -> y (N, C, OH, OW) and argmax (N, C, OH, OW)
+//                           int32. One thread per output pixel, a grid-stride loop over
+//                           N*C*OH*OW; each thread scans its kh x kw window in row-major order.
+//   max_pool2d_backward<T>  gy (N, C, OH, OW), argmax -> gx (N, C, H, W). One thread per
+//                           input pixel, a grid-stride loop over N*C*H*W; each thread loops
+//                           over the output windows that cover its pixel and adds gy where
+//                           that window's argmax is this pixel. Overlapping windows (stride
+//                           < kernel) therefore add in a fixed order: deterministic, no atomics.
+// Launch: 1-D, 256 threads per block, grid = min(ceil(total / 256), 2^20) blocks.
+//
+// Semantics (PyTorch's): floor mode, OH = (H + 2*ph - kh) / sh + 1; padding is -inf, so it
+// never wins, and the launcher requires padding <= kernel / 2 (PyTorch's rule), so every
+// window holds at least one real pixel. argmax is the flat index h*W + w into the
+// unpadded input plane of the FIRST maximum in row-major window order (a later tie does
+// not replace it). A NaN always takes over, as in PyTorch, so a window with a NaN gives NaN.
+
+template <typename T>
+__global__ void max_pool2d_forward(const T* __restrict__ x, T* __restrict__ y,
+                                   int* __restrict__ argmax,
+                                   int N, int C, int H, int W, int kh, int kw, int sh, int sw,
+                                   int ph, int pw, int OH, int OW)
+{
+    const long long L = (long long)OH * OW;
+    const long long total = (long long)N * C * L;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long plane = t / L;                    // n*C + c
+        const int l = (int)(t - plane * L);
+        const int oh = l / OW;
+        const int ow = l - oh * OW;
+        const T* xc = x + plane * H * W;                  // x[n, c]
+        // The window clipped to the real pixels: -inf padding could never win.
+        const int h_lo = max(oh * sh - ph, 0);
+        const int h_hi = min(oh * sh - ph + kh, H);
+        const int w_lo = max(ow * sw - pw, 0);
+        const int w_hi = min(ow * sw - pw + kw, W);
+        int best_index = h_lo * W + w_lo;
+        T best = xc[best_index];
+        for (int h = h_lo; h < h_hi; ++h) {
+            for (int w = w_lo; w < w_hi; ++w) {
+                const T v = xc[h * W + w];
+                if (v > best || isnan(v)) {               // strict: the first maximum stays
+                    best = v;
+                    best_index = h * W + w;
+                }
+            }
+        }
+        y[t] = best;
+        argmax[t] = best_index;
+    }
+}
+
+template <typename T>
+__global__ void max_pool2d_backward(const T* __restrict__ gy, const int* __restrict__ argmax,
+                                    T* __restrict__ gx,
+                                    int N, int C, int H, int W, int kh, int kw, int sh, int sw,
+                                    int ph, int pw, int OH, int OW)
+{
+    const long long HW = (long long)H * W;
+    const long long total = (long long)N * C * HW;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long plane = t / HW;                   // n*C + c
+        const int hw = (int)(t - plane * HW);             // this pixel's index in its plane
+        const int hp = hw / W + ph;                       // padded coordinates
+        const int wp = hw % W + pw;
+        // Window oh covers padded rows [oh*sh, oh*sh + kh), so it covers hp for
+        // oh in [oh_lo, oh_hi). Likewise for columns.
+        const int oh_lo = hp < kh ? 0 : (hp - kh) / sh + 1;
+        const int oh_hi = min(hp / sh + 1, OH);
+        const int ow_lo = wp < kw ? 0 : (wp - kw) / sw + 1;
+        const int ow_hi = min(wp / sw + 1, OW);
+        const long long base = plane * OH * OW;           // gy[n, c] and argmax[n, c]
+        T sum = T(0);
+        for (int oh = oh_lo; oh < oh_hi; ++oh) {
+            for (int ow = ow_lo; ow < ow_hi; ++ow) {
+                const long long o = base + oh * OW + ow;
+                if (argmax[o] == hw) {
+                    sum += gy[o];
+                }
+            }
+        }
+        gx[t] = sum;
+    }
+}

@@ -1,0 +1,70 @@
+"""Argument checks shared by the CUDA launchers, and the C scalar types they pass.
+
+The functional layer validates user arguments; these checks guard what the kernels
+assume: a CuPy array of float32 or float64, a rank, one dtype across operands, and C
+order (the kernels index flat memory). A wrong assumption would not raise on the GPU, it
+would read the wrong bytes.
+"""
+import numpy as np
+
+from .loader import C_TYPES, cupy
+
+
+def float_array(a, name, ndim=None):
+    """`a` as a C-contiguous float32/float64 CuPy array (no copy if it already is one)."""
+    a = _float_cupy_array(a, name)
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
+    return cupy().ascontiguousarray(a)
+
+
+def in_place_array(a, name):
+    """`a` itself, checked to be a float32/float64 CuPy array in C order (it will be written)."""
+    a = _float_cupy_array(a, name)
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (it is updated in place),"
+                         f" got strides {a.strides} for shape {a.shape}")
+    return a
+
+
+def check_dtype(a, name, dtype, what):
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} ({what}), got {a.dtype}")
+
+
+def same_dtype(a, a_name, b, b_name):
+    check_dtype(b, b_name, a.dtype, f"the dtype of {a_name}")
+
+
+def same_shape(a, a_name, shape, what):
+    if a.shape != tuple(shape):
+        raise ValueError(f"{a_name}: expected shape {tuple(shape)} ({what}), got {a.shape}")
+
+
+def output_size(size, kernel, stride, padding):
+    """Output length along one axis, floor mode: (size + 2*padding - kernel) // stride + 1."""
+    out = (size + 2 * padding - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"kernel_size: a kernel of {kernel} with padding {padding} does not fit"
+                         f" an input of size {size}")
+    return out
+
+
+def i32(value):
+    """A C int kernel argument. Raises ValueError if `value` does not fit in 32 bits."""
+    if not -2**31 <= value < 2**31:
+        raise ValueError(f"a size of {value} does not fit the kernels' 32-bit int")
+    return np.int32(value)
+
+
+def i64(value):
+    """A C long long kernel argument (element counts, strides)."""
+    return np.int64(value)
+
+
+def _float_cupy_array(a, name):
+    if not isinstance(a, cupy().ndarray):
+        raise TypeError(f"{name}: expected a cupy.ndarray, got {type(a).__name__}")
+    if a.dtype not in C_TYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+    return a

@@ -1,0 +1,63 @@
+"""2-D max pooling on the GPU (kernels/pool.cu). AlexNet pools with kernel 3, stride 2
+(overlapping pooling, paper section 3.4), so one pixel can be the maximum of two windows.
+
+Semantics are tinyalex.reference.pool's and PyTorch's: floor mode, -inf padding, and the
+gradient goes to the FIRST maximum of each window in row-major order. The forward saves
+that argmax; the backward is a gather (one thread per input pixel, looping over the
+windows that cover it), so overlapping windows add in a fixed order, without atomics.
+"""
+import numpy as np
+
+from ._checks import check_dtype, float_array, i32, output_size, same_shape
+from .loader import cupy, get_kernel, launch_1d
+
+
+def _geometry_args(x_shape, kernel_size, stride, padding, OH, OW):
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    return (i32(N), i32(C), i32(H), i32(W), i32(kh), i32(kw), i32(sh), i32(sw),
+            i32(ph), i32(pw), i32(OH), i32(OW))
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding):
+    """y[n, c, oh, ow] = max_{i<kh, j<kw} x_pad[n, c, oh*sh + i, ow*sw + j], x_pad padded with -inf
+
+    Shapes: x (N, C, H, W) -> y (N, C, OH, OW), same dtype; OH = (H + 2*ph - kh) // sh + 1.
+    Saved for backward: argmax (N, C, OH, OW) int32, the flat index h*W + w into the
+    unpadded input plane of each window's first maximum, plus the geometry.
+    Requires padding <= kernel_size / 2 (PyTorch's rule), so no window is all padding.
+    """
+    # x (N, C, H, W) -> y (N, C, OH, OW)
+    cp = cupy()
+    x = float_array(x, "x", 4)
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"padding: expected at most half the kernel size {kernel_size},"
+                         f" got {padding}")
+    OH, OW = output_size(H, kh, sh, ph), output_size(W, kw, sw, pw)
+    y = cp.empty((N, C, OH, OW), dtype=x.dtype)
+    argmax = cp.empty((N, C, OH, OW), dtype=np.int32)
+    kernel = get_kernel("pool.cu", "max_pool2d_forward", x.dtype)
+    launch_1d(kernel, y.size, (x, y, argmax) + _geometry_args(x.shape, kernel_size, stride,
+                                                              padding, OH, OW))
+    cache = (argmax, x.shape, x.dtype, kernel_size, stride, padding)
+    return y, cache
+
+
+def max_pool2d_backward(gy, cache):
+    """gx[n, c, h, w] = sum of gy[n, c, oh, ow] over the windows whose argmax is (h, w)
+
+    Shapes: gy (N, C, OH, OW) -> gx (N, C, H, W), same dtype.
+    """
+    # gy (N, C, OH, OW) -> gx (N, C, H, W)
+    argmax, x_shape, x_dtype, kernel_size, stride, padding = cache
+    gy = float_array(gy, "gy", 4)
+    same_shape(gy, "gy", argmax.shape, "the shape of the pooling output")
+    check_dtype(gy, "gy", x_dtype, "the dtype of x")
+    gx = cupy().empty(x_shape, dtype=gy.dtype)
+    kernel = get_kernel("pool.cu", "max_pool2d_backward", gy.dtype)
+    OH, OW = argmax.shape[2:]
+    launch_1d(kernel, gx.size, (gy, argmax, gx) + _geometry_args(x_shape, kernel_size, stride,
+                                                                 padding, OH, OW))
+    return gx

@@ -1,0 +1,105 @@
+"""Per-layer statistics during training (``tinyalex train --grad-stats``).
+
+Every `every` steps, for each Conv2d and Linear layer: the mean and std of its output, the
+fraction of zeros after the ReLU that follows it (dead units), the mean and std of its
+weight gradient, and the update-to-weight ratio ||dW|| / ||W|| of the SGD step (around
+1e-3 is healthy; much larger means the learning rate is too high). Collected with forward
+hooks and by reading gradients around ``optimizer.step()``; one JSON object per layer and
+sample goes to ``grad_stats.jsonl``.
+"""
+import json
+
+import numpy as np
+
+from . import device as _device
+from . import nn
+
+
+def _host(array):
+    return _device.to_device(array, "cpu")
+
+
+class GradStats:
+    def __init__(self, model, path, every=50, append=False):
+        self.path, self.every, self.step, self.epoch = path, every, 0, 0
+        self.layers = [(name, m) for name, m in model.named_modules()
+                       if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self.current = {}
+        self.weights_before = {}
+        self.samples = []
+        relu_owner = {}  # each ReLU reports to the last Conv2d/Linear before it
+        owner = None
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                owner = name
+                module.register_forward_hook(self._activation_hook(name))
+            elif isinstance(module, nn.ReLU) and owner is not None:
+                relu_owner[name] = owner
+                module.register_forward_hook(self._relu_hook(owner))
+        open(path, "a" if append else "w").close()
+
+    def sampling(self):
+        return self.step % self.every == 0
+
+    def _activation_hook(self, name):
+        def hook(module, args, output):
+            if module.training and self.sampling():
+                y = output.data
+                self.current.setdefault(name, {}).update(
+                    act_mean=float(y.mean()), act_std=float(y.std()))
+        return hook
+
+    def _relu_hook(self, owner):
+        def hook(module, args, output):
+            if module.training and self.sampling():
+                self.current.setdefault(owner, {})["relu_zero_frac"] = float((output.data == 0).mean())
+        return hook
+
+    def before_step(self):
+        """After backward, before the update: gradient statistics and a copy of W."""
+        if not self.sampling():
+            return
+        for name, layer in self.layers:
+            g = layer.weight.grad.data
+            self.current.setdefault(name, {}).update(grad_mean=float(g.mean()), grad_std=float(g.std()))
+            self.weights_before[name] = layer.weight.data.copy()
+
+    def after_step(self):
+        """After the update: ||W_new - W_old|| / ||W_old||, then write this sample."""
+        if self.sampling():
+            with open(self.path, "a") as f:
+                for name, layer in self.layers:
+                    w_old = self.weights_before.pop(name)
+                    ratio = float(np.linalg.norm(_host(layer.weight.data - w_old)) /
+                                  max(float(np.linalg.norm(_host(w_old))), 1e-30))
+                    row = dict(epoch=self.epoch + 1, step=self.step, layer=name,
+                               update_ratio=ratio, **self.current.get(name, {}))
+                    self.samples.append(row)
+                    f.write(json.dumps(row) + "\n")
+            self.current = {}
+        self.step += 1
+
+    def end_epoch(self, epoch):
+        self.epoch = epoch
+
+    def plot(self, path):
+        """Update ratio, gradient std, activation std and dead-ReLU fraction per layer."""
+        if not self.samples:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        keys = [("update_ratio", "update / weight", True), ("grad_std", "weight-gradient std", True),
+                ("act_std", "activation std", True), ("relu_zero_frac", "zeros after ReLU", False)]
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
+        for ax, (key, title, log) in zip(axes, keys):
+            for name, _ in self.layers:
+                rows = [r for r in self.samples if r["layer"] == name and key in r]
+                if rows:
+                    ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=name)
+            ax.set(title=title, xlabel="step", yscale="log" if log else "linear")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
