@@ -409,9 +409,10 @@ def backward(root, gradient=None, retain_graph=False):
             raise RuntimeError(f"backward(): trying to go through {node.name()} a second time, "
                                "but its saved arrays were freed; pass retain_graph=True")
         input_grads = node.function.backward(gy, node.cache, node.needs_input_grad)
-        if not retain_graph:
-            node.cache, node.freed = None, True
-        for t, g in zip(node.inputs, input_grads):
+        inputs = node.inputs
+        if not retain_graph:  # free the saved arrays and the edges to the activations now
+            node.cache, node.inputs, node.freed = None, (), True
+        for t, g in zip(inputs, input_grads):
             if g is None or not t.requires_grad:
                 continue
             if g.shape != t.data.shape:

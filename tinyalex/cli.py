@@ -95,7 +95,8 @@ def _bench(args):
         raise SystemExit(f"bench: {script} not found: run from a source checkout "
                          "(benchmarks/ is not part of the wheel)")
     import runpy
-    sys.argv = [script] + args.rest
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    sys.argv = [script] + rest
     runpy.run_path(script, run_name="__main__")
     return 0
 

@@ -46,18 +46,30 @@ class SGD:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad.data
+                # At most one parameter-sized temporary at a time: the update of the largest
+                # layer (fc6) would otherwise hold several copies of it at once.
+                g, owned = p.grad.data, False    # owned: g is our temporary, scalable in place
                 if weight_decay:
-                    g = g + weight_decay * p.data
+                    g = p.data * weight_decay
+                    g += p.grad.data
+                    owned = True
                 if momentum:
                     buf = self.state.setdefault(p, {}).get("momentum_buffer")
                     if buf is None:
                         buf = self.state[p]["momentum_buffer"] = g.copy()
                     else:
                         buf *= momentum
-                        buf += (1 - dampening) * g
-                    g = g + momentum * buf if nesterov else buf
-                p.data -= lr * g
+                        buf += g if dampening == 0 else (1 - dampening) * g
+                    if nesterov:
+                        g, owned = (g if owned else g.copy()), True
+                        g += momentum * buf
+                    else:
+                        g, owned = buf, False
+                if owned:
+                    g *= lr
+                    p.data -= g
+                else:
+                    p.data -= lr * g
 
     def state_dict(self):
         """Hyperparameters and momentum buffers (as CPU arrays), parameters by index."""

@@ -1,0 +1,468 @@
+"""One full training step of the Fashion-MNIST AlexNet on the CPU: tinyalex vs PyTorch.
+
+The step is what `tinyalex train` runs per batch: forward, softmax cross-entropy,
+backward, and SGD (lr 0.01, momentum 0.9, weight decay 5e-4), in float32, on
+`tinyalex.models.fashion_alexnet` (input 1x224x224, conv 96-256-384-384-256,
+fc 4096-4096-10). Three libraries run it:
+
+- ``numba``: tinyalex with the numba kernel set (the CPU default);
+- ``numpy``: tinyalex with the numpy reference kernels (``use_kernels("numpy")``);
+- ``torch``: the same network built layer by layer in PyTorch, with the same weights.
+
+Method, in one run:
+1. SGEMM: numpy.matmul on float32 2048x2048 matrices, the median of 10 after a warm-up.
+   It is the ceiling for this step, whose FLOPs are nearly all GEMMs (im2col + GEMM in
+   tinyalex), so each rate is also reported as a percentage of it.
+2. Check before timing (STYLE.md): with dropout off (eval mode) and the same weights
+   and batch, every library's loss before and after one SGD step must agree with
+   torch's to a relative 1e-4 (float32). This checks forward, backward and the update.
+3. Each (library, batch) is measured in a fresh subprocess, so no library's thread pools
+   or heap leftovers touch another's numbers. In it:
+   - a warm-up step (JIT compilation or loading numba's cache, thread pools, lazy
+     initialisation, the momentum buffers), then the gradients are freed;
+   - memory: the garbage is collected, freed heap pages are handed back to the kernel
+     (glibc's malloc_trim; both libraries allocate through glibc malloc) and the peak-RSS
+     counter is reset (/proc/self/clear_refs); one step runs, and its peak is VmHWM minus
+     the RSS before it. That counts everything the step adds on top of the model, its
+     momentum buffers and the batch: activations, saved caches, workspaces (im2col
+     buffers), gradients, and temporaries of the update, measured by the kernel the
+     same way for both libraries. (tracemalloc would see NumPy's buffers but not
+     torch's; ru_maxrss can carry the parent's peak across exec, VmHWM cannot);
+   - time: the median wall time of --steps more steps (dropout on, as in training).
+   torch runs with as many threads as numba (torch.set_num_threads); OpenBLAS keeps its
+   default of one thread per core: it never runs while numba's threads do.
+4. FLOPs per image are counted from the layer shapes (see `layer_macs`); GFLOP/s is that
+   count times the batch over the median step time.
+
+Goals: tinyalex (numba) takes at most 1.0x torch's time per step and at most 1.2x its
+peak memory.
+
+    PYTHONPATH=. python benchmarks/bench_cpu.py [--batches 16 32] [--steps 5] [--ops]
+                                                [--out benchmarks/results/cpu.md]
+    PYTHONPATH=. python benchmarks/bench_cpu.py --quick      # batch 16, 2 timed steps
+"""
+import argparse
+import collections
+import contextlib
+import ctypes
+import dataclasses
+import gc
+import importlib.util
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numba
+import numpy as np
+
+import tinyalex
+import tinyalex.functional as F
+import tinyalex.nn as nn
+import tinyalex.optim as optim
+from tinyalex.models import AdaptiveAvgPool2d, fashion_alexnet
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LIBRARIES = ("numba", "numpy", "torch")
+LABELS = {"numba": "tinyalex numba", "numpy": "tinyalex numpy", "torch": "torch"}
+INPUT_SHAPE = (1, 224, 224)
+NUM_CLASSES = 10
+SGD_SETTINGS = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+SEED = 0
+CHECK_RTOL = 1e-4                      # float32 losses of ~2.3 after a 938 M multiply-add forward
+SGEMM_SIZE, SGEMM_REPEATS = 2048, 10
+GOAL_TIME, GOAL_MEMORY = 1.0, 1.2      # tinyalex numba / torch, at most
+MB = 2**20
+
+
+# --- 1. the machine's SGEMM rate -------------------------------------------------------
+
+def sgemm_gflops(n=SGEMM_SIZE, repeats=SGEMM_REPEATS):
+    """GFLOP/s of numpy.matmul on two float32 (n, n) matrices: 2*n^3 flops, median of repeats."""
+    rng = np.random.default_rng(SEED)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=out)                                    # warm-up: BLAS threads start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+# --- 2. the FLOPs of one step ----------------------------------------------------------
+
+def layer_macs(model, input_shape):
+    """[(name, multiply-adds per image)] of every Conv2d and Linear of an AlexNet-shaped
+    `model` (features, avgpool, classifier), in network order, for one (C, H, W) input.
+
+    A conv does OH*OW*OC*(C/groups*kh*kw) multiply-adds, a linear layer in*out. For
+    fashion_alexnet (input 1x224x224) that is:
+
+        conv1  54x54 x  96 x (1*11*11)  =  33.9 M
+        conv2  26x26 x 256 x (96*5*5)   = 415.3 M
+        conv3  12x12 x 384 x (256*3*3)  = 127.4 M
+        conv4  12x12 x 384 x (384*3*3)  = 191.1 M
+        conv5  12x12 x 256 x (384*3*3)  = 127.4 M
+        fc6    6400 x 4096              =  26.2 M
+        fc7    4096 x 4096              =  16.8 M
+        fc8    4096 x 10                =   0.04 M
+        total                           = 938.1 M
+    """
+    c, h, w = input_shape
+    macs = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
+            h, w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+            c = module.out_channels
+            macs.append((f"conv{len(macs) + 1}", h * w * c * module.weight.shape[1] * kh * kw))
+        elif isinstance(module, nn.MaxPool2d):
+            k, s, p = module.kernel_size, module.stride, module.padding
+            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        elif isinstance(module, AdaptiveAvgPool2d):
+            h, w = module.output_size
+        elif isinstance(module, nn.Linear):
+            macs.append((f"fc{len(macs) + 1}", module.in_features * module.out_features))
+    return macs
+
+
+def step_flops(macs):
+    """(forward, backward) FLOPs of one image's training step, 2 flops per multiply-add.
+
+    Forward: 2*M for every layer. Backward: the weight gradient gW is one GEMM the size
+    of the forward's (2*M), and so is the input gradient gx, except in the first layer,
+    whose input is the image and needs none. For fashion_alexnet:
+        forward  = 2 * 938.1 M             = 1.88 GFLOP
+        backward = 2 * (2 * 938.1 - 33.9) M = 3.68 GFLOP,  step = 5.56 GFLOP per image.
+    Biases, ReLU, pooling, dropout, the loss and the SGD update (a few flops per
+    parameter per step, not per image) are memory-bound extras and are not counted.
+    """
+    total = sum(m for _, m in macs)
+    first = macs[0][1]
+    return 2 * total, 2 * (2 * total - first)
+
+
+# --- the step, the same code for both libraries ----------------------------------------
+
+@dataclasses.dataclass
+class Trainer:
+    """One library's model, optimizer, loss and batch; `step` is the step being measured.
+
+    tinyalex copies PyTorch's API, so the step is one piece of code for both (tinygrad's
+    "one lambda, two libraries"); `kernels` picks tinyalex's CPU kernel set around it.
+    """
+    model: object
+    optimizer: object
+    cross_entropy: object
+    x: object
+    t: object
+    kernels: object = contextlib.nullcontext
+
+    def step(self):
+        """Forward, loss, backward, SGD update; returns the loss before the update."""
+        with self.kernels():
+            self.optimizer.zero_grad()
+            loss = self.cross_entropy(self.model(self.x), self.t)
+            loss.backward()
+            self.optimizer.step()
+            return loss.item()
+
+
+def make_batch(batch):
+    """A reproducible float32 batch (batch, 1, 224, 224) of N(0, 1) pixels and its labels."""
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((batch, *INPUT_SHAPE), dtype=np.float32)
+    return x, rng.integers(0, NUM_CLASSES, size=batch)
+
+
+def make_model():
+    """fashion_alexnet with the weights of seed SEED (every library starts from these)."""
+    tinyalex.manual_seed(SEED)
+    return fashion_alexnet(num_classes=NUM_CLASSES)
+
+
+def torch_twin(model):
+    """`model` (a tinyalex AlexNet) rebuilt layer for layer in torch, weights copied.
+
+    The top level is a torch Sequential of features, avgpool, flatten, classifier, so its
+    state_dict keys ('features.0.weight', ...) are tinyalex's.
+    """
+    import torch                    # only here: tinyalex's own runs never load torch
+    from torch import nn as tnn
+
+    def twin(layer):
+        if isinstance(layer, nn.Sequential):
+            return tnn.Sequential(*(twin(child) for child in layer))
+        if isinstance(layer, nn.Conv2d):
+            return tnn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                              layer.stride, layer.padding, groups=layer.groups)
+        if isinstance(layer, nn.Linear):
+            return tnn.Linear(layer.in_features, layer.out_features)
+        if isinstance(layer, nn.ReLU):
+            return tnn.ReLU()
+        if isinstance(layer, nn.MaxPool2d):
+            return tnn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+        if isinstance(layer, nn.LocalResponseNorm):
+            return tnn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
+        if isinstance(layer, nn.Dropout):
+            return tnn.Dropout(layer.p)
+        if isinstance(layer, AdaptiveAvgPool2d):
+            return tnn.AdaptiveAvgPool2d(layer.output_size)
+        raise TypeError(f"torch_twin: no torch twin for layer {type(layer).__name__}")
+
+    twin_model = tnn.Sequential(collections.OrderedDict(
+        features=twin(model.features), avgpool=twin(model.avgpool), flatten=tnn.Flatten(),
+        classifier=twin(model.classifier)))
+    twin_model.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in model.state_dict().items()})
+    return twin_model
+
+
+def make_trainer(library, batch):
+    """A Trainer for `library` ('numba', 'numpy' or 'torch') on the batch of `make_batch`."""
+    model, (x, t) = make_model(), make_batch(batch)
+    if library == "torch":
+        import torch                # not at the top: tinyalex's workers never load torch
+        torch.set_num_threads(numba.get_num_threads())
+        model = torch_twin(model)
+        optimizer = torch.optim.SGD(model.parameters(), **SGD_SETTINGS)
+        return Trainer(model, optimizer, torch.nn.functional.cross_entropy,
+                       torch.from_numpy(x), torch.from_numpy(t))
+    if library not in ("numba", "numpy"):
+        raise ValueError(f"library: expected one of {LIBRARIES}, got {library!r}")
+    optimizer = optim.SGD(model.parameters(), **SGD_SETTINGS)
+    return Trainer(model, optimizer, F.cross_entropy, tinyalex.tensor(x), tinyalex.tensor(t),
+                   kernels=lambda: tinyalex.use_kernels(library))
+
+
+# --- 3. check, then measure ------------------------------------------------------------
+
+def check_losses(batch):
+    """{library: (loss, loss after one SGD step)} with dropout off (eval mode), the same
+    weights and the same batch. Raises AssertionError if tinyalex's differ from torch's."""
+    losses = {}
+    for library in LIBRARIES:
+        trainer = make_trainer(library, batch)
+        trainer.model.eval()
+        losses[library] = (trainer.step(), trainer.step())
+        print(f"check {library:>5}: losses {losses[library]}", file=sys.stderr, flush=True)
+    for library in ("numba", "numpy"):
+        error = max_relative_difference(losses[library], losses["torch"])
+        if error > CHECK_RTOL:
+            raise AssertionError(f"check: {library} losses {losses[library]} differ from torch's"
+                                 f" {losses['torch']} by a relative {error:.2g} > {CHECK_RTOL:g}")
+    return losses
+
+
+def max_relative_difference(values, expected):
+    return max(abs(v - e) / abs(e) for v, e in zip(values, expected, strict=True))
+
+
+def free_heap_and_reset_peak():
+    """Free what is garbage, hand glibc's free heap pages back to the kernel, reset the
+    peak-RSS counter (VmHWM) to the current RSS, and return that RSS in bytes."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")                                     # 5: reset the peak RSS
+    return proc_status_bytes("VmRSS")
+
+
+def proc_status_bytes(field):
+    """A memory field of /proc/self/status ('VmRSS', 'VmHWM'), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024                # the kernel writes kB
+    raise RuntimeError(f"/proc/self/status has no {field} field")
+
+
+def measure(library, batch, steps):
+    """Peak memory and step times of `library` at `batch`, in this (fresh) process."""
+    trainer = make_trainer(library, batch)
+    trainer.step()                          # warm-up: JIT, thread pools, momentum buffers
+    trainer.optimizer.zero_grad()           # frees the gradients: the measured step makes its own
+    rss_before = free_heap_and_reset_peak()
+    trainer.step()
+    peak = proc_status_bytes("VmHWM") - rss_before
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        trainer.step()
+        times.append(time.perf_counter() - start)
+    return {"library": library, "batch": batch, "seconds": times,
+            "rss_before_mb": rss_before / MB, "peak_mb": peak / MB}
+
+
+def measure_in_subprocess(library, batch, steps):
+    """`measure` in a fresh Python process running this file with --worker."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, os.path.abspath(__file__), "--worker", library,
+               "--batches", str(batch), "--steps", str(steps)]
+    result = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+# --- report ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Row:
+    """One library at one batch: step times in ms (median, fastest, slowest), peak MB."""
+    library: str
+    batch: int
+    ms: float
+    ms_min: float
+    ms_max: float
+    peak_mb: float
+
+    def images_per_s(self):
+        return 1e3 * self.batch / self.ms
+
+    def gflops(self, flops_per_image):
+        return flops_per_image * self.images_per_s() / 1e9
+
+
+def bench_ops_module():
+    """benchmarks/bench_ops_cpu.py as a module: `tinyalex bench` runs this file with runpy,
+    which does not put benchmarks/ on sys.path, so it is loaded by its path."""
+    spec = importlib.util.spec_from_file_location("bench_ops_cpu", os.path.join(HERE, "bench_ops_cpu.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def machine_extra_lines(load_average):
+    """The memory, and how busy the machine was when this run started (timings on a
+    2-core machine are only comparable when nothing else runs)."""
+    with open("/proc/meminfo") as meminfo:
+        total_kb = int(next(line for line in meminfo if line.startswith("MemTotal:")).split()[1])
+    return [f"- memory: {total_kb / 2**20:.1f} GiB",
+            f"- load average at the start (1, 5, 15 min): {', '.join(f'{a:.2f}' for a in load_average)}"]
+
+
+def method_lines(sgemm, flops, macs, losses, check_batch, steps):
+    forward, backward = flops
+    per_layer = ", ".join(f"{name} {m / 1e6:.1f}" for name, m in macs)
+    loss_text = "; ".join(f"{LABELS[lib]} {a:.6f} -> {b:.6f}" for lib, (a, b) in losses.items())
+    return [
+        f"- SGEMM: numpy.matmul float32 {SGEMM_SIZE}^3, median of {SGEMM_REPEATS}:"
+        f" **{sgemm:.1f} GFLOP/s** (the denominator of '% of SGEMM')",
+        f"- FLOPs per image: forward {forward / 1e9:.3f} + backward {backward / 1e9:.3f}"
+        f" = {(forward + backward) / 1e9:.3f} GFLOP (2 per multiply-add; backward = gW for every"
+        f" layer + gx for all but conv1). Multiply-adds per image, millions: {per_layer}",
+        f"- check (dropout off: eval mode; same weights, same batch of {check_batch}; loss before"
+        f" -> after one SGD step): {loss_text}; agree with torch within a relative {CHECK_RTOL:g}",
+        f"- time: float32, dropout on (training mode); each library and batch in a fresh process;"
+        f" one warm-up step (JIT) and one memory step untimed, then the median of {steps} steps",
+        "- peak memory: in the same process, after the warm-up step and freeing the gradients:"
+        " gc, glibc malloc_trim, reset of the kernel's peak RSS (/proc/self/clear_refs); then"
+        " VmHWM during one step minus the RSS before it. Counted: activations, saved caches,"
+        " workspaces, gradients, update temporaries; not counted: the model, its momentum"
+        " buffers and the batch, which are there before the step in both libraries",
+    ]
+
+
+def table_lines(rows, flops_per_image, sgemm):
+    torch_rows = {r.batch: r for r in rows if r.library == "torch"}
+    lines = ["| library | batch | ms/step | min-max ms | images/s | GFLOP/s | % of SGEMM"
+             " | time / torch | peak MB | memory / torch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        gflops, base = r.gflops(flops_per_image), torch_rows[r.batch]
+        lines.append(f"| {LABELS[r.library]} | {r.batch} | {r.ms:.0f} | {r.ms_min:.0f}-{r.ms_max:.0f} |"
+                     f" {r.images_per_s():.1f} |"
+                     f" {gflops:.1f} | {100 * gflops / sgemm:.0f}% | {r.ms / base.ms:.2f} |"
+                     f" {r.peak_mb:.0f} | {r.peak_mb / base.peak_mb:.2f} |")
+    return lines
+
+
+def goal_lines(rows):
+    by_key = {(r.library, r.batch): r for r in rows}
+    lines = ["| batch | time numba / torch (goal <= 1.0) | peak memory numba / torch (goal <= 1.2) |",
+             "|---:|---|---|"]
+    for batch in sorted({r.batch for r in rows}):
+        ours, theirs = by_key["numba", batch], by_key["torch", batch]
+        time_ratio, memory_ratio = ours.ms / theirs.ms, ours.peak_mb / theirs.peak_mb
+        lines.append(f"| {batch} | {time_ratio:.2f} {verdict(time_ratio, GOAL_TIME)} |"
+                     f" {memory_ratio:.2f} {verdict(memory_ratio, GOAL_MEMORY)} |")
+    return lines
+
+
+def verdict(ratio, goal):
+    return "(met)" if ratio <= goal else "(**not met**)"
+
+
+def ops_lines(ops):
+    """bench_ops_cpu's per-op table, run here so its ratios come from this same run."""
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        ops.main(["--dtype", "float32"])
+    return captured.getvalue().rstrip("\n").splitlines()
+
+
+# --- main ------------------------------------------------------------------------------
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per library and batch")
+    parser.add_argument("--quick", action="store_true", help="batch 16 only, 2 timed steps")
+    parser.add_argument("--ops", action="store_true", help="also run bench_ops_cpu.py's per-op table")
+    parser.add_argument("--out", help="also write the report to this markdown file")
+    parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)  # measure() in a subprocess
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.steps = [16], 2
+    if args.steps < 1 or min(args.batches) < 1:
+        parser.error(f"--steps and --batches: expected integers >= 1, got {args.steps} and {args.batches}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.batches[0], args.steps)))
+        return
+
+    load_average = os.getloadavg()
+    import torch                    # for the report's thread line and --ops, as numba's count
+    torch.set_num_threads(numba.get_num_threads())
+    ops = bench_ops_module()
+    sgemm = sgemm_gflops()
+    print(f"SGEMM {sgemm:.1f} GFLOP/s", file=sys.stderr, flush=True)
+    macs = layer_macs(make_model(), INPUT_SHAPE)
+    flops = step_flops(macs)
+    losses = check_losses(args.batches[0])
+
+    rows = []
+    for batch in args.batches:
+        for library in LIBRARIES:
+            result = measure_in_subprocess(library, batch, args.steps)
+            ms = [1e3 * s for s in result["seconds"]]
+            rows.append(Row(library, batch, statistics.median(ms), min(ms), max(ms), result["peak_mb"]))
+            print(f"{library:>5} batch {batch}: {rows[-1].ms:.0f} ms/step,"
+                  f" peak +{result['peak_mb']:.0f} MB over {result['rss_before_mb']:.0f} MB",
+                  file=sys.stderr, flush=True)
+
+    report = [f"## CPU training step: Fashion-MNIST AlexNet {'x'.join(map(str, INPUT_SHAPE))},"
+              " float32, SGD momentum 0.9, weight decay 5e-4", ""]
+    report += ops.machine_lines() + machine_extra_lines(load_average)
+    report += method_lines(sgemm, flops, macs, losses, args.batches[0], args.steps) + [""]
+    report += table_lines(rows, sum(flops), sgemm) + ["", "### Goals", ""] + goal_lines(rows)
+    if args.ops:
+        report += [""] + ops_lines(ops)
+    text = "\n".join(report) + "\n"
+    print(text, end="")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as out:
+            out.write(text)
+
+
+if __name__ == "__main__":
+    main()
