@@ -14,8 +14,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -170,6 +172,9 @@ def save_checkpoint(path, model, optimizer, scheduler, meta):
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -228,9 +233,10 @@ class Progress:
     """One status line: epoch, batch, loss, accuracy and images/s; redrawn in place on a
     terminal, printed every 20% otherwise (logs stay short)."""
 
-    def __init__(self, epoch, epochs, total, stream=sys.stderr):
-        self.epoch, self.epochs, self.total, self.stream = epoch, epochs, total, stream
-        self.tty = stream.isatty()
+    def __init__(self, epoch, epochs, total, stream=None):
+        self.epoch, self.epochs, self.total = epoch, epochs, total
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = self.stream.isatty()
         self.last_draw, self.last_fifth = 0.0, -1
 
     def update(self, batch, loss, acc, images_per_sec, final=False):
@@ -250,6 +256,33 @@ class Progress:
                               f"loss {loss:.4f} acc {acc:.4f} {images_per_sec:.0f} img/s\n")
             self.stream.flush()
             self.last_fifth = fifth
+
+
+class DeferredInterrupt:
+    """Turn Ctrl-C into a request honoured between batches, so a checkpoint never holds a
+    half-applied SGD step; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def raise_if_requested(self):
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 def check_writable(out):
@@ -302,26 +335,39 @@ def train(config, log=print):
         log(f"resumed from {paths['checkpoint.npz']} at epoch {start_epoch + 1}, batch {start_batch}")
     _rewrite_metrics(paths["metrics.jsonl"], history)
 
+    stats = None
+    if config.grad_stats:
+        from .stats import GradStats
+        stats = GradStats(model, paths["grad_stats.jsonl"], append=config.resume)
+
+    with DeferredInterrupt() as ctrl_c:
+        history = _train_epochs(config, paths, model, optimizer, scheduler, stats, history,
+                                start_epoch, start_batch, partial, ctrl_c, log,
+                                train_set, test_set, channels)
+    plot_curves(history, paths["curves.png"])
+    if stats is not None:
+        stats.plot(os.path.join(config.out, "grad_stats.png"))
+    return history
+
+
+def _train_epochs(config, paths, model, optimizer, scheduler, stats, history, start_epoch,
+                  start_batch, partial, ctrl_c, log, train_set, test_set, channels):
     train_loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed,
                               transform=transforms_for(config.model, train=True))
     test_loader = DataLoader(test_set, 256, transform=transforms_for(config.model, train=False,
                                                                      ten_crop=config.ten_crop))
     ten_crop_size = models.MODELS[config.model][1][1] if config.ten_crop and channels == 3 else None
-    stats = None
-    if config.grad_stats:
-        from .stats import GradStats
-        stats = GradStats(model, paths["grad_stats.jsonl"], append=config.resume)
     meta = dict(config=dataclasses.asdict(config), classes=list(train_set.classes))
     best = max((m["test_acc"] for m in history), default=-1.0)
-
     for epoch in range(start_epoch, config.epochs):
         train_loader.set_epoch(epoch, start_batch)
         running = partial or dict(loss_sum=0.0, correct=0, seen=0, seconds=0.0)
         progress = Progress(epoch, config.epochs, len(train_loader))
-        batch = start_batch
+        done = start_batch  # batches whose updates are in the weights and in `running`
         tick = time.perf_counter()
         try:
             for batch, (images, labels) in enumerate(train_loader, start=start_batch):
+                ctrl_c.raise_if_requested()
                 loss_value, correct = _step(model, optimizer, images, labels, config.device, stats)
                 if not math.isfinite(loss_value):
                     raise TrainingError(
@@ -331,21 +377,26 @@ def train(config, log=print):
                 running["loss_sum"] += loss_value * len(labels)
                 running["correct"] += correct
                 running["seen"] += len(labels)
+                done = batch + 1
                 elapsed = running["seconds"] + time.perf_counter() - tick
                 progress.update(batch + 1, running["loss_sum"] / running["seen"],
                                 running["correct"] / running["seen"], running["seen"] / max(elapsed, 1e-9))
         except KeyboardInterrupt:
             running["seconds"] += time.perf_counter() - tick
             save_checkpoint(paths["checkpoint.npz"], model, optimizer, scheduler,
-                            dict(meta, epoch=epoch, batch=batch, partial=running, history=history,
+                            dict(meta, epoch=epoch, batch=done, partial=running, history=history,
                                  rng=_random.get_rng_state(), best=best))
-            log(f"\ninterrupted: saved {paths['checkpoint.npz']} (epoch {epoch + 1}, batch {batch}); "
+            log(f"\ninterrupted: saved {paths['checkpoint.npz']} (epoch {epoch + 1}, batch {done}); "
                 "continue with --resume")
             raise
         running["seconds"] += time.perf_counter() - tick
         start_batch, partial = 0, None
 
         test_loss, test_acc, test_top5 = evaluate(model, test_loader, config.device, ten_crop_size)
+        if not math.isfinite(test_loss):  # the last update overflowed: keep the last good checkpoint
+            raise TrainingError(
+                f"the test loss became {test_loss} after epoch {epoch + 1}: training stopped; the last "
+                f"good checkpoint ({paths['checkpoint.npz']}) is intact. Try a lower --lr.")
         metrics = dict(epoch=epoch + 1, train_loss=running["loss_sum"] / running["seen"],
                        train_acc=running["correct"] / running["seen"], test_loss=test_loss,
                        test_acc=test_acc, test_top5=test_top5,
@@ -367,9 +418,6 @@ def train(config, log=print):
             save_checkpoint(paths["best.npz"], model, optimizer, scheduler, checkpoint_meta)
         if stats is not None:
             stats.end_epoch(epoch + 1)
-    plot_curves(history, paths["curves.png"])
-    if stats is not None:
-        stats.plot(os.path.join(config.out, "grad_stats.png"))
     return history
 
 
