@@ -319,106 +319,134 @@ def train(config, log=print):
     for reason in reasons:
         log("chose " + reason)
     check_writable(config.out)
-    paths = {name: os.path.join(config.out, name) for name in
-             ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png", "grad_stats.jsonl")}
-    train_set, test_set = load_datasets(config)
-    channels = models.MODELS[config.model][1][0]
-    sample = train_set.get_batch(np.arange(1))[0]
-    if (1 if sample.ndim == 3 else sample.shape[-1]) != channels:
-        raise TrainingError(f"--model {config.model} expects {channels}-channel images; "
-                            f"{config.dataset} has {1 if sample.ndim == 3 else sample.shape[-1]}")
-    model, optimizer, scheduler = build(config, len(train_set.classes))
-
-    history, start_epoch, start_batch, partial = [], 0, 0, None
-    if config.resume:
-        history, start_epoch, start_batch, partial = _resume(config, paths, model, optimizer, scheduler)
-        log(f"resumed from {paths['checkpoint.npz']} at epoch {start_epoch + 1}, batch {start_batch}")
-    _rewrite_metrics(paths["metrics.jsonl"], history)
-
-    stats = None
-    if config.grad_stats:
-        from .stats import GradStats
-        stats = GradStats(model, paths["grad_stats.jsonl"], append=config.resume)
-
+    run = _Run(config, log)
     with DeferredInterrupt() as ctrl_c:
-        history = _train_epochs(config, paths, model, optimizer, scheduler, stats, history,
-                                start_epoch, start_batch, partial, ctrl_c, log,
-                                train_set, test_set, channels)
-    plot_curves(history, paths["curves.png"])
-    if stats is not None:
-        stats.plot(os.path.join(config.out, "grad_stats.png"))
-    return history
+        for epoch in range(run.start_epoch, config.epochs):
+            run.train_epoch(epoch, ctrl_c)
+            run.end_epoch(epoch)
+    plot_curves(run.history, run.paths["curves.png"])
+    if run.stats is not None:
+        run.stats.plot(os.path.join(config.out, "grad_stats.png"))
+    return run.history
 
 
-def _train_epochs(config, paths, model, optimizer, scheduler, stats, history, start_epoch,
-                  start_batch, partial, ctrl_c, log, train_set, test_set, channels):
-    train_loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed,
-                              transform=transforms_for(config.model, train=True))
-    test_loader = DataLoader(test_set, 256, transform=transforms_for(config.model, train=False,
-                                                                     ten_crop=config.ten_crop))
-    ten_crop_size = models.MODELS[config.model][1][1] if config.ten_crop and channels == 3 else None
-    meta = dict(config=dataclasses.asdict(config), classes=list(train_set.classes))
-    best = max((m["test_acc"] for m in history), default=-1.0)
-    for epoch in range(start_epoch, config.epochs):
-        train_loader.set_epoch(epoch, start_batch)
-        running = partial or dict(loss_sum=0.0, correct=0, seen=0, seconds=0.0)
-        progress = Progress(epoch, config.epochs, len(train_loader))
-        done = start_batch  # batches whose updates are in the weights and in `running`
+class _Run:
+    """The state of one training run: data, model, optimizer, schedule, and where it is."""
+
+    def __init__(self, config, log):
+        self.config, self.log = config, log
+        self.paths = {name: os.path.join(config.out, name) for name in
+                      ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png", "grad_stats.jsonl")}
+        train_set, test_set = load_datasets(config)
+        channels = models.MODELS[config.model][1][0]
+        sample = train_set.get_batch(np.arange(1))[0]
+        found = 1 if sample.ndim == 3 else sample.shape[-1]
+        if found != channels:
+            raise TrainingError(f"--model {config.model} expects {channels}-channel images; "
+                                f"{config.dataset} has {found}")
+        self.model, self.optimizer, self.scheduler = build(config, len(train_set.classes))
+
+        self.history, self.start_epoch, self.start_batch, self.partial = [], 0, 0, None
+        if config.resume:
+            self._resume()
+            log(f"resumed from {self.paths['checkpoint.npz']} at epoch {self.start_epoch + 1}, "
+                f"batch {self.start_batch}")
+        _rewrite_metrics(self.paths["metrics.jsonl"], self.history)
+
+        self.stats = None
+        if config.grad_stats:
+            from .stats import GradStats
+            self.stats = GradStats(self.model, self.paths["grad_stats.jsonl"], append=config.resume)
+        self.train_loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed,
+                                       transform=transforms_for(config.model, train=True))
+        self.test_loader = DataLoader(test_set, 256, transform=transforms_for(
+            config.model, train=False, ten_crop=config.ten_crop))
+        self.ten_crop_size = models.MODELS[config.model][1][1] if config.ten_crop and channels == 3 else None
+        self.meta = dict(config=dataclasses.asdict(config), classes=list(train_set.classes))
+        self.best = max((m["test_acc"] for m in self.history), default=-1.0)
+
+    def _resume(self):
+        model_state, optim_state, meta = load_checkpoint(self.paths["checkpoint.npz"])
+        saved = meta["config"]
+        for key in ("model", "dataset", "batch_size", "seed", "limit_train"):
+            if saved[key] != getattr(self.config, key):
+                raise TrainingError(f"--resume: the checkpoint was trained with {key}={saved[key]!r}, "
+                                    f"but this run asks for {getattr(self.config, key)!r}")
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optim_state)
+        if self.scheduler is not None and meta.get("scheduler"):
+            self.scheduler.load_state_dict(meta["scheduler"])
+        _random.set_rng_state(meta["rng"])
+        self.history, self.start_epoch = meta["history"], meta["epoch"]
+        self.start_batch, self.partial = meta["batch"], meta["partial"]
+
+    def _save(self, path, **position):
+        save_checkpoint(path, self.model, self.optimizer, self.scheduler,
+                        dict(self.meta, history=self.history, rng=_random.get_rng_state(),
+                             best=self.best, **position))
+
+    def train_epoch(self, epoch, ctrl_c):
+        """One pass over the training set (from start_batch when resuming mid-epoch)."""
+        config, path = self.config, self.paths["checkpoint.npz"]
+        self.train_loader.set_epoch(epoch, self.start_batch)
+        running = self.partial or dict(loss_sum=0.0, correct=0, seen=0, seconds=0.0)
+        progress = Progress(epoch, config.epochs, len(self.train_loader))
+        done = self.start_batch  # batches whose updates are in the weights and in `running`
         tick = time.perf_counter()
         try:
-            for batch, (images, labels) in enumerate(train_loader, start=start_batch):
+            for batch, (images, labels) in enumerate(self.train_loader, start=self.start_batch):
                 ctrl_c.raise_if_requested()
-                loss_value, correct = _step(model, optimizer, images, labels, config.device, stats)
+                loss_value, correct = _step(self.model, self.optimizer, images, labels,
+                                            config.device, self.stats)
                 if not math.isfinite(loss_value):
                     raise TrainingError(
                         f"the loss became {loss_value} at epoch {epoch + 1}, batch {batch}: training "
-                        f"stopped; the last good checkpoint ({paths['checkpoint.npz']}) is intact. "
-                        "Try a lower --lr.")
+                        f"stopped; the last good checkpoint ({path}) is intact. Try a lower --lr.")
                 running["loss_sum"] += loss_value * len(labels)
                 running["correct"] += correct
                 running["seen"] += len(labels)
                 done = batch + 1
                 elapsed = running["seconds"] + time.perf_counter() - tick
-                progress.update(batch + 1, running["loss_sum"] / running["seen"],
+                progress.update(done, running["loss_sum"] / running["seen"],
                                 running["correct"] / running["seen"], running["seen"] / max(elapsed, 1e-9))
         except KeyboardInterrupt:
             running["seconds"] += time.perf_counter() - tick
-            save_checkpoint(paths["checkpoint.npz"], model, optimizer, scheduler,
-                            dict(meta, epoch=epoch, batch=done, partial=running, history=history,
-                                 rng=_random.get_rng_state(), best=best))
-            log(f"\ninterrupted: saved {paths['checkpoint.npz']} (epoch {epoch + 1}, batch {done}); "
-                "continue with --resume")
+            self._save(path, epoch=epoch, batch=done, partial=running)
+            self.log(f"\ninterrupted: saved {path} (epoch {epoch + 1}, batch {done}); "
+                     "continue with --resume")
             raise
         running["seconds"] += time.perf_counter() - tick
-        start_batch, partial = 0, None
+        self.start_batch, self.partial, self.running = 0, None, running
 
-        test_loss, test_acc, test_top5 = evaluate(model, test_loader, config.device, ten_crop_size)
+    def end_epoch(self, epoch):
+        """Evaluate, log metrics, step the schedule, write the checkpoints."""
+        running, path = self.running, self.paths["checkpoint.npz"]
+        test_loss, test_acc, test_top5 = evaluate(self.model, self.test_loader, self.config.device,
+                                                  self.ten_crop_size)
         if not math.isfinite(test_loss):  # the last update overflowed: keep the last good checkpoint
             raise TrainingError(
                 f"the test loss became {test_loss} after epoch {epoch + 1}: training stopped; the last "
-                f"good checkpoint ({paths['checkpoint.npz']}) is intact. Try a lower --lr.")
+                f"good checkpoint ({path}) is intact. Try a lower --lr.")
         metrics = dict(epoch=epoch + 1, train_loss=running["loss_sum"] / running["seen"],
                        train_acc=running["correct"] / running["seen"], test_loss=test_loss,
                        test_acc=test_acc, test_top5=test_top5,
                        images_per_sec=running["seen"] / running["seconds"],
-                       seconds=running["seconds"], lr=optimizer.param_groups[0]["lr"])
-        history.append(metrics)
-        with open(paths["metrics.jsonl"], "a") as f:
+                       seconds=running["seconds"], lr=self.optimizer.param_groups[0]["lr"])
+        self.history.append(metrics)
+        with open(self.paths["metrics.jsonl"], "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {metrics['train_loss']:.4f} "
-            f"acc {metrics['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} "
-            f"top-5 {test_top5:.4f} | {metrics['images_per_sec']:.0f} img/s, {metrics['seconds']:.0f} s")
-        if scheduler is not None:
-            scheduler.step(test_acc) if config.lr_schedule == "plateau" else scheduler.step()
-        checkpoint_meta = dict(meta, epoch=epoch + 1, batch=0, partial=None, history=history,
-                               rng=_random.get_rng_state(), best=max(best, test_acc))
-        save_checkpoint(paths["checkpoint.npz"], model, optimizer, scheduler, checkpoint_meta)
-        if test_acc > best:
-            best = test_acc
-            save_checkpoint(paths["best.npz"], model, optimizer, scheduler, checkpoint_meta)
-        if stats is not None:
-            stats.end_epoch(epoch + 1)
-    return history
+        self.log(f"epoch {epoch + 1}/{self.config.epochs}: train loss {metrics['train_loss']:.4f} "
+                 f"acc {metrics['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} "
+                 f"top-5 {test_top5:.4f} | {metrics['images_per_sec']:.0f} img/s, {metrics['seconds']:.0f} s")
+        if self.scheduler is not None:
+            self.scheduler.step(test_acc) if self.config.lr_schedule == "plateau" else self.scheduler.step()
+        improved = test_acc > self.best
+        self.best = max(self.best, test_acc)
+        self._save(path, epoch=epoch + 1, batch=0, partial=None)
+        if improved:
+            self._save(self.paths["best.npz"], epoch=epoch + 1, batch=0, partial=None)
+        if self.stats is not None:
+            self.stats.end_epoch(epoch + 1)
 
 
 def _step(model, optimizer, images, labels, device, stats):
@@ -434,21 +462,6 @@ def _step(model, optimizer, images, labels, device, stats):
         stats.after_step()
     predictions = _device.to_device(logits.data.argmax(axis=1), "cpu")
     return loss.item(), int((predictions == labels).sum())
-
-
-def _resume(config, paths, model, optimizer, scheduler):
-    model_state, optim_state, meta = load_checkpoint(paths["checkpoint.npz"])
-    saved = meta["config"]
-    for key in ("model", "dataset", "batch_size", "seed", "limit_train"):
-        if saved[key] != getattr(config, key):
-            raise TrainingError(f"--resume: the checkpoint was trained with {key}={saved[key]!r}, "
-                                f"but this run asks for {getattr(config, key)!r}")
-    model.load_state_dict(model_state)
-    optimizer.load_state_dict(optim_state)
-    if scheduler is not None and meta.get("scheduler"):
-        scheduler.load_state_dict(meta["scheduler"])
-    _random.set_rng_state(meta["rng"])
-    return meta["history"], meta["epoch"], meta["batch"], meta["partial"]
 
 
 def _rewrite_metrics(path, history):
