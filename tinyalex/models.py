@@ -113,10 +113,13 @@ def fashion_alexnet(num_classes=10, dropout=0.5):
     return model
 
 
-def cpu_alexnet(num_classes=10, dropout=0.5):
+def cpu_alexnet(num_classes=10, dropout=0.3):
     """The 8-layer AlexNet topology scaled for 1x28 Fashion-MNIST on a 2-core CPU:
     conv 32-64-96-96-64 with LRN after conv1 and conv2 and overlapping 3/2 pooling,
-    fc 256-512-512-classes with dropout. About 11 M multiply-adds per image (AlexNet: 720 M)."""
+    fc 256-512-512-classes with dropout. About 11 M multiply-adds per image (AlexNet: 720 M).
+    Scaled with it, for a run of a few epochs: dropout 0.3 on fc layers 8x narrower than
+    AlexNet's (0.5 cost ~5 points of accuracy after a third of an epoch), and He (Kaiming)
+    normal init, so the deep ReLU stack keeps its signal's scale from the first step."""
     features = nn.Sequential(
         nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), _paper_lrn(), nn.MaxPool2d(3, 2),       # 28 -> 13
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), _paper_lrn(), nn.MaxPool2d(3, 2),      # 13 -> 6
@@ -124,7 +127,10 @@ def cpu_alexnet(num_classes=10, dropout=0.5):
         nn.Conv2d(96, 96, 3, padding=1), nn.ReLU(),
         nn.Conv2d(96, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))                    # 6 -> 2
     model = AlexNet(features, _classifier(64 * 2 * 2, 512, num_classes, dropout), pool_size=2)
-    _xavier(model)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            init.kaiming_normal_(module.weight, nonlinearity="relu")
+            init.zeros_(module.bias)
     return model
 
 
