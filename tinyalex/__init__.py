@@ -3,7 +3,11 @@
 The public API mirrors PyTorch's names: ``tinyalex.tensor``, ``Tensor.backward``,
 ``tinyalex.functional`` (like ``torch.nn.functional``), ``tinyalex.nn``, ``tinyalex.optim``.
 """
-from . import functional, nn, optim
+from .threads import shorten_spin_waits
+
+shorten_spin_waits()  # first: OpenBLAS reads its setting when numpy loads (see threads.py)
+
+from . import functional, nn, optim  # noqa: E402
 from .autograd import (Function, Tensor, bool_, enable_grad, float32, float64, int64,
                        is_grad_enabled, no_grad, tensor)
 from .device import cuda_is_available

@@ -1,0 +1,36 @@
+"""The numba kernel set: the fast CPU default (TINYALEX_CPU=numba).
+
+Same functions and signatures as tinyalex.reference (see tinyalex.dispatch.KERNEL_API),
+which holds the formulas and derivations; the docstrings here say how each kernel is
+parallelised and why it is race-free.
+
+- Every loop kernel is `@njit(parallel=True, cache=True)`. Numba compiles it on its first
+  call with a given dtype and layout (float32 and float64 both work) and caches the
+  machine code on disk, so importing this package compiles nothing.
+- `prange` runs over DISJOINT outputs only (rows of cols, planes of an image, image rows,
+  elements): no two iterations write the same element, so there are no races and no float
+  atomics, and every result is bitwise repeatable.
+- Convolution GEMMs go to BLAS through numpy.matmul, called from Python between the
+  Numba kernels, so the two thread pools never compete for the cores; threads.py keeps
+  their idle workers from spinning on the cores the other pool needs next (tinyalex/threads.py).
+"""
+from ..threads import shorten_spin_waits
+
+# Before Numba loads libgomp, when tinyalex/__init__.py came too late (see threads.py).
+shorten_spin_waits()
+
+from .conv import col2im, conv2d_backward, conv2d_forward, im2col  # noqa: E402
+from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from .dropout import dropout_backward, dropout_forward  # noqa: E402
+from .lrn import lrn_backward, lrn_forward  # noqa: E402
+from .pool import max_pool2d_backward, max_pool2d_forward  # noqa: E402
+from .relu import relu_backward, relu_forward  # noqa: E402
+
+__all__ = [
+    "im2col", "col2im", "conv2d_forward", "conv2d_backward",
+    "max_pool2d_forward", "max_pool2d_backward",
+    "lrn_forward", "lrn_backward",
+    "relu_forward", "relu_backward",
+    "dropout_forward", "dropout_backward",
+    "cross_entropy_forward", "cross_entropy_backward",
+]

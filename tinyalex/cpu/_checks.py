@@ -1,0 +1,30 @@
+"""Argument checks shared by the numba kernels.
+
+The functional layer validates user arguments; these checks guard what the njit kernels
+assume (a float dtype, a rank, one dtype across operands), because Numba would otherwise
+compile a silent integer version or fail deep inside with a typing error.
+"""
+import numpy as np
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def float_array(a, name, ndim=None):
+    """`a` as a C-contiguous float32/float64 ndarray (no copy if it already is one)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def same_dtype(a, a_name, b, b_name):
+    if a.dtype != b.dtype:
+        raise TypeError(f"{b_name}: expected dtype {a.dtype} (the dtype of {a_name}), got {b.dtype}")
+
+
+def same_shape(a, a_name, shape, what):
+    if a.shape != tuple(shape):
+        raise ValueError(f"{a_name}: expected shape {tuple(shape)} ({what}), got {a.shape}")

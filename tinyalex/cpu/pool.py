@@ -1,0 +1,110 @@
+"""2-D max pooling on the CPU: parallel Numba kernels over (n, c) planes.
+
+Semantics as in tinyalex.reference.pool (floor mode, -inf padding, the argmax is the first
+maximum in row-major window order, like PyTorch). Both kernels run one (n, c) plane per
+`prange` iteration: pooling never mixes planes, so iterations share nothing.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._checks import float_array, same_shape
+from .conv import conv_output_size
+
+
+@njit(cache=True)
+def _window_max_nan_aware(plane, W, h0, h1, w0, w1):
+    """(max, h*W + w of the first max) of plane's window [h0, h1) x [w0, w1), PyTorch's rule.
+
+    The update test is PyTorch's, `v > best or v is NaN`: a strict `>` keeps the first
+    of tied maxima, and a NaN wins (the last NaN, then, as in PyTorch).
+    """
+    best_at = h0 * W + w0
+    best = plane[best_at]
+    for h in range(h0, h1):
+        for at in range(h * W + w0, h * W + w1):
+            v = plane[at]
+            if v > best or v != v:
+                best, best_at = v, at
+    return best, best_at
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
+    """y[p, oh*OW + ow] = max of the window, argmax[p, oh*OW + ow] = h*W + w of its first maximum.
+
+    x (P, H*W), y and argmax (P, OH*OW): the N*C planes flattened. Parallel over the
+    planes (disjoint outputs). The window is clipped to the image, which is what -inf
+    padding amounts to (padding <= kernel/2 leaves every window a real pixel).
+    The scan uses a plain strict `>` (the first of tied maxima wins) and only flags NaNs;
+    the rare window holding one is redone by _window_max_nan_aware. Testing for NaN in
+    the scan's branch instead makes the whole kernel 2.4x slower.
+    """
+    for p in prange(x.shape[0]):
+        plane, y_plane, arg_plane = x[p], y[p], argmax[p]
+        for oh in range(OH):
+            h0, h1 = max(oh * sh - ph, 0), min(oh * sh - ph + kh, H)
+            for ow in range(OW):
+                w0, w1 = max(ow * sw - pw, 0), min(ow * sw - pw + kw, W)
+                best_at = h0 * W + w0
+                best = plane[best_at]
+                nan = False
+                for h in range(h0, h1):
+                    for at in range(h * W + w0, h * W + w1):
+                        v = plane[at]
+                        nan |= v != v
+                        if v > best:
+                            best, best_at = v, at
+                if nan:
+                    best, best_at = _window_max_nan_aware(plane, W, h0, h1, w0, w1)
+                y_plane[oh * OW + ow] = best
+                arg_plane[oh * OW + ow] = best_at
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_backward(gy, argmax, gx):
+    """gx[p, argmax[p, o]] += gy[p, o] for every output o; all (P, ...) flattened planes.
+
+    Parallel over the planes: each iteration zeroes and fills its own plane of gx, so two
+    windows that picked the same pixel add within one iteration (no race, and a fixed
+    order: bitwise repeatable).
+    """
+    for p in prange(gx.shape[0]):
+        gx_plane, gy_plane, arg_plane = gx[p], gy[p], argmax[p]
+        gx_plane[:] = 0
+        for o in range(gy_plane.size):
+            gx_plane[arg_plane[o]] += gy_plane[o]
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding):
+    """y = max over each (kh, kw) window; x (N, C, H, W) -> y (N, C, OH, OW), floor mode.
+
+    Saved for backward: the argmax of every window as an int32 index h*W + w into its
+    (n, c) plane (a plane-local index needs half the bytes of PyTorch's int64), and x's shape.
+    """
+    x = float_array(x, "x", 4)
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"padding: expected at most half the kernel {tuple(kernel_size)},"
+                         f" got {tuple(padding)}")
+    if H * W >= 2**31:
+        raise ValueError(f"x: a plane of {H}x{W} pixels overflows the int32 argmax")
+    OH, OW = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    argmax = np.empty((N, C, OH, OW), dtype=np.int32)
+    _max_pool_forward(x.reshape(N * C, H * W), H, W, kh, kw, sh, sw, ph, pw, OH, OW,
+                      y.reshape(N * C, OH * OW), argmax.reshape(N * C, OH * OW))
+    return y, (argmax, x.shape, x.dtype)
+
+
+def max_pool2d_backward(gy, cache):
+    """gx: each gy goes to its window's argmax; gy (N, C, OH, OW) -> gx (N, C, H, W)."""
+    argmax, x_shape, dtype = cache
+    gy = float_array(gy, "gy", 4)
+    same_shape(gy, "gy", argmax.shape, "the shape of y")
+    if gy.dtype != dtype:
+        raise TypeError(f"gy: expected dtype {np.dtype(dtype)} (the dtype of x), got {gy.dtype}")
+    N, C, H, W = x_shape
+    gx = np.empty(x_shape, dtype=gy.dtype)
+    _max_pool_backward(gy.reshape(N * C, -1), argmax.reshape(N * C, -1), gx.reshape(N * C, H * W))
+    return gx
