@@ -22,8 +22,9 @@ which is in time for OpenBLAS when tinyalex is imported before numpy (the ``tiny
 command always is); tinyalex.cpu calls it again on import, in time for libgomp (Numba loads
 it at its first parallel loop) unless torch, which shares it, was imported before. A
 program that imports numpy first can set OPENBLAS_THREAD_TIMEOUT=4 in the environment.
-On the Fashion-MNIST CPU model at batch 64, a training step ran at 665 images/s with the
-short spin, against 524 with OpenBLAS on one thread and ~360 with both defaults.
+On the Fashion-MNIST CPU model at batch 64 (median of 12 steps, two runs each), a
+training step ran at 372-408 images/s with the short spins, 339-344 with OpenBLAS on one
+thread, and 160-173 with both runtimes' default spins.
 """
 import os
 import sys
