@@ -31,6 +31,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from ..shapes import conv_output_size
 from ._checks import float_array, same_dtype, same_shape
 
 #: Budget for the column workspace of one conv call. The batch is cut into chunks of
@@ -38,15 +39,6 @@ from ._checks import float_array, same_dtype, same_shape
 #: AlexNet's largest per-sample columns (conv2: 2400 x 676, 6.5 MB in float32) many times
 #: over, so at batch 16 every float32 layer runs as one chunk, yet batch 128 stays bounded.
 WORKSPACE_BYTES = 128 * 2**20
-
-
-def conv_output_size(size, kernel, stride, padding):
-    """Output length along one axis, floor mode: (size + 2*padding - kernel) // stride + 1."""
-    out = (size + 2 * padding - kernel) // stride + 1
-    if out < 1:
-        raise ValueError(f"kernel_size: a kernel of {kernel} with padding {padding} does not fit"
-                         f" an input of size {size}")
-    return out
 
 
 def batch_chunks(n, bytes_per_sample):

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._checks import float_array, same_shape
-from .conv import conv_output_size
+from ..shapes import conv_output_size
 
 
 @njit(cache=True)

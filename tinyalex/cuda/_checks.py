@@ -41,15 +41,6 @@ def same_shape(a, a_name, shape, what):
         raise ValueError(f"{a_name}: expected shape {tuple(shape)} ({what}), got {a.shape}")
 
 
-def output_size(size, kernel, stride, padding):
-    """Output length along one axis, floor mode: (size + 2*padding - kernel) // stride + 1."""
-    out = (size + 2 * padding - kernel) // stride + 1
-    if out < 1:
-        raise ValueError(f"kernel_size: a kernel of {kernel} with padding {padding} does not fit"
-                         f" an input of size {size}")
-    return out
-
-
 def i32(value):
     """A C int kernel argument. Raises ValueError if `value` does not fit in 32 bits."""
     if not -2**31 <= value < 2**31:

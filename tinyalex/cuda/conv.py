@@ -22,7 +22,8 @@ Memory (PITFALLS #14): the batch is cut into chunks of whole samples whose colum
 WORKSPACE_BYTES, and one column workspace and one transposition workspace serve every
 chunk, so the peak is one chunk's, not the batch's (about 2 GB for AlexNet at batch 128).
 """
-from ._checks import float_array, i32, i64, output_size, same_dtype, same_shape
+from ..shapes import conv_output_size
+from ._checks import float_array, i32, i64, same_dtype, same_shape
 from .loader import cupy, get_kernel, launch_1d, matmul
 
 #: Budget for the column workspace of one conv call. 512 MiB holds 70 samples of
@@ -43,7 +44,7 @@ def batch_chunks(n, bytes_per_sample, budget):
 
 def _output_hw(x_shape, kernel_size, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    return output_size(x_shape[2], kh, sh, ph), output_size(x_shape[3], kw, sw, pw)
+    return conv_output_size(x_shape[2], kh, sh, ph), conv_output_size(x_shape[3], kw, sw, pw)
 
 
 def _column_args(x_shape, kernel_size, stride, padding, out_hw, side_by_side):

@@ -8,7 +8,8 @@ windows that cover it), so overlapping windows add in a fixed order, without ato
 """
 import numpy as np
 
-from ._checks import check_dtype, float_array, i32, output_size, same_shape
+from ..shapes import conv_output_size
+from ._checks import check_dtype, float_array, i32, same_shape
 from .loader import cupy, get_kernel, launch_1d
 
 
@@ -35,7 +36,7 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     if 2 * ph > kh or 2 * pw > kw:
         raise ValueError(f"padding: expected at most half the kernel size {kernel_size},"
                          f" got {padding}")
-    OH, OW = output_size(H, kh, sh, ph), output_size(W, kw, sw, pw)
+    OH, OW = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
     y = cp.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = cp.empty((N, C, OH, OW), dtype=np.int32)
     kernel = get_kernel("pool.cu", "max_pool2d_forward", x.dtype)

@@ -18,14 +18,7 @@ writes NCHW directly, with no transposes: the rows of group g are contiguous, so
 """
 import numpy as np
 
-
-def conv_output_size(size, kernel, stride, padding):
-    """Output length along one axis, floor mode: (size + 2*padding - kernel) // stride + 1."""
-    out = (size + 2 * padding - kernel) // stride + 1
-    if out < 1:
-        raise ValueError(f"kernel_size: a kernel of {kernel} with padding {padding} does not fit"
-                         f" an input of size {size}")
-    return out
+from ..shapes import conv_output_size
 
 
 def im2col(x, kernel_size, stride, padding):

@@ -3,7 +3,7 @@
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .conv import conv_output_size
+from ..shapes import conv_output_size
 
 
 def max_pool2d_forward(x, kernel_size, stride, padding):
