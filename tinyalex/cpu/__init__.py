@@ -14,6 +14,7 @@ parallelised and why it is race-free.
   Numba kernels, so the two thread pools never compete for the cores; threads.py keeps
   their idle workers from spinning on the cores the other pool needs next (tinyalex/threads.py).
 """
+from ..dispatch import KERNEL_API
 from ..threads import shorten_spin_waits
 
 # Before Numba loads libgomp, when tinyalex/__init__.py came too late (see threads.py).
@@ -26,11 +27,4 @@ from .lrn import lrn_backward, lrn_forward  # noqa: E402
 from .pool import max_pool2d_backward, max_pool2d_forward  # noqa: E402
 from .relu import relu_backward, relu_forward  # noqa: E402
 
-__all__ = [
-    "im2col", "col2im", "conv2d_forward", "conv2d_backward",
-    "max_pool2d_forward", "max_pool2d_backward",
-    "lrn_forward", "lrn_backward",
-    "relu_forward", "relu_backward",
-    "dropout_forward", "dropout_backward",
-    "cross_entropy_forward", "cross_entropy_backward",
-]
+__all__ = list(KERNEL_API)  # the contract every kernel set implements

@@ -18,6 +18,7 @@ Importing this package needs no GPU; the first kernel call asks tinyalex.device 
 CuPy and raises its RuntimeError, which says why, where CUDA cannot be used.
 `import tinyalex` never imports this package: tinyalex.dispatch loads it on demand.
 """
+from ..dispatch import KERNEL_API
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dropout import dropout_backward, dropout_forward
@@ -26,12 +27,4 @@ from .pool import max_pool2d_backward, max_pool2d_forward
 from .relu import relu_backward, relu_forward
 from .sgd import sgd_update
 
-__all__ = [
-    "im2col", "col2im", "conv2d_forward", "conv2d_backward",
-    "max_pool2d_forward", "max_pool2d_backward",
-    "lrn_forward", "lrn_backward",
-    "relu_forward", "relu_backward",
-    "dropout_forward", "dropout_backward",
-    "cross_entropy_forward", "cross_entropy_backward",
-    "sgd_update",
-]
+__all__ = list(KERNEL_API) + ["sgd_update"]  # the contract, plus the fused SGD step

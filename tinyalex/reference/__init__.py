@@ -10,6 +10,7 @@ The functions and their signatures are the contract in tinyalex.dispatch.KERNEL_
 numba (tinyalex.cpu) and cupy (tinyalex.cuda) sets implement the same names and are
 tested against these.
 """
+from ..dispatch import KERNEL_API
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dropout import dropout_backward, dropout_forward
@@ -17,11 +18,4 @@ from .lrn import lrn_backward, lrn_forward
 from .pool import max_pool2d_backward, max_pool2d_forward
 from .relu import relu_backward, relu_forward
 
-__all__ = [
-    "im2col", "col2im", "conv2d_forward", "conv2d_backward",
-    "max_pool2d_forward", "max_pool2d_backward",
-    "lrn_forward", "lrn_backward",
-    "relu_forward", "relu_backward",
-    "dropout_forward", "dropout_backward",
-    "cross_entropy_forward", "cross_entropy_backward",
-]
+__all__ = list(KERNEL_API)  # the contract every kernel set implements
