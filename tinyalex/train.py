@@ -491,6 +491,7 @@ def plot_curves(history, path):
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
