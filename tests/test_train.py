@@ -577,3 +577,16 @@ def test_default_choices_are_logged_with_reasons(data_dir, tmp_path, monkeypatch
     for line in log:
         assert len(line.split(": ", 1)[1]) > 10, f"no reason given: {line!r}"
     assert ("no CUDA GPU found" if device == "cpu" else "a CUDA GPU is available") in log[0]
+
+
+def test_graph_command_prints_dot_and_explains_a_missing_graphviz(tmp_path, capsys):
+    from tinyalex import cli
+    assert cli.main(["graph", "--out", str(tmp_path / "g.dot")]) == 0
+    dot = (tmp_path / "g.dot").read_text()
+    assert dot.startswith("digraph") and "features.0.weight" in dot and "CrossEntropy" in dot
+    if shutil.which("dot") is None:
+        assert cli.main(["graph", "--png", str(tmp_path / "g.png")]) == 2
+        assert "Graphviz" in capsys.readouterr().err
+    else:
+        assert cli.main(["graph", "--png", str(tmp_path / "g.png")]) == 0
+        assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""The ``tinyalex`` command: train, eval, predict, gradcheck, bench."""
+"""The ``tinyalex`` command: train, eval, predict, gradcheck, graph, bench."""
 import argparse
 import dataclasses
 import os
@@ -87,6 +87,29 @@ def _gradcheck(args):
     return 1 if failed else 0
 
 
+def _graph(args):
+    from . import functional as F
+    from . import models, viz
+    from .autograd import tensor
+    model = models.create_model(args.model, num_classes=10)
+    x = np.random.default_rng(0).standard_normal((args.batch_size, *models.MODELS[args.model][1]))
+    loss = F.cross_entropy(model(tensor(x.astype(np.float32))), tensor(np.arange(args.batch_size) % 10))
+    dot = viz.graph(loss, params=dict(model.named_parameters()))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(dot)
+    else:
+        print(dot, end="")
+    if args.png:
+        try:
+            viz.render(dot, args.png)
+        except RuntimeError as exc:  # no Graphviz: the DOT text is still there
+            print(f"tinyalex graph: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
 def _bench(args):
     here = os.path.dirname(os.path.abspath(__file__))
     script = os.path.join(os.path.dirname(here), "benchmarks",
@@ -150,6 +173,13 @@ def build_parser():
                        help="kernel set (default: the CPU default, $TINYALEX_CPU or numba)")
     check.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     check.set_defaults(run=_gradcheck)
+
+    graph = sub.add_parser("graph", help="dump a model's recorded graph (forward and loss) as DOT")
+    graph.add_argument("--model", default="cpu-alexnet")
+    graph.add_argument("--batch-size", type=int, default=2)
+    graph.add_argument("--out", help="write the DOT text here (default: print it)")
+    graph.add_argument("--png", help="also render it to this PNG (needs Graphviz's dot)")
+    graph.set_defaults(run=_graph)
 
     bench = sub.add_parser("bench", help="run the benchmarks (source checkout)")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
