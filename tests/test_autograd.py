@@ -122,3 +122,14 @@ def test_cuda_without_gpu_says_why():
         ta.tensor([1.0], device="cuda")
     with pytest.raises(ValueError, match="device"):
         ta.tensor([1.0], device="tpu")
+
+
+def test_requires_grad_switches_leaves_only():
+    x = ta.tensor([1.0, 2.0]).requires_grad_()
+    assert x.requires_grad
+    (x * x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 4.0])
+    with pytest.raises(TypeError, match="float32/float64"):
+        ta.tensor([1, 2]).requires_grad_()
+    with pytest.raises(RuntimeError, match="leaf"):
+        (x * 2.0).requires_grad_(False)

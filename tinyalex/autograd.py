@@ -235,7 +235,10 @@ class Tensor:
     def requires_grad_(self, mode=True):
         if not self.is_leaf:
             raise RuntimeError("requires_grad_(): only leaf tensors can change requires_grad")
-        Tensor.__init__(self, self.data, mode) if mode else setattr(self, "requires_grad", False)
+        if mode and self.data.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"requires_grad_(): only float32/float64 tensors can require "
+                            f"gradients, got {self.data.dtype}")
+        self.requires_grad = bool(mode)
         return self
 
     def register_hook(self, hook):
