@@ -13,6 +13,14 @@ def _empty(*shape):
     return Parameter(np.empty(shape, dtype=np.float32))
 
 
+def _default_init(layer):
+    """PyTorch's default for Conv2d and Linear: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    (kaiming_uniform_ with a=sqrt(5) gives exactly that bound for the weight)."""
+    init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+    if layer.bias is not None:
+        init.default_bias_(layer.bias, layer.weight)
+
+
 def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
@@ -32,9 +40,7 @@ class Conv2d(Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            init.default_bias_(self.bias, self.weight)
+        _default_init(self)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
@@ -57,9 +63,7 @@ class Linear(Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            init.default_bias_(self.bias, self.weight)
+        _default_init(self)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
