@@ -221,3 +221,17 @@ def test_backward_is_bitwise_deterministic(kernels):
         grads.append((kernels.to_numpy(xt.grad.data), kernels.to_numpy(wt.grad.data)))
     for a, b in zip(*grads):
         assert np.array_equal(a, b)
+
+
+def test_max_pool2d_routes_nan_windows_like_torch(kernels):
+    x = np.random.default_rng(11).standard_normal((2, 2, 5, 6))
+    x[0, 0, 0, 0] = x[0, 0, 1, 1] = x[1, 1, 3, 4] = np.nan   # two NaNs share a window
+    gy = np.random.default_rng(12).standard_normal((2, 2, 2, 3))
+    (ours,) = ta_tensors(kernels, [x])
+    y = F.max_pool2d(ours, 2)
+    y.backward(kernels.to_device(gy))
+    ref = torch.tensor(x, requires_grad=True)
+    y_ref = TF.max_pool2d(ref, 2)
+    y_ref.backward(torch.tensor(gy))
+    np.testing.assert_array_equal(np.isnan(kernels.to_numpy(y.data)), np.isnan(y_ref.detach().numpy()))
+    np.testing.assert_allclose(kernels.to_numpy(ours.grad.data), ref.grad.numpy(), rtol=1e-12)

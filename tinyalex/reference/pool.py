@@ -16,7 +16,8 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     Saved for backward: the argmax of each window, as a flat index i*kw + j into it, plus
     the shapes. It is the FIRST maximum in row-major window order (np.argmax returns the
     first), which is the pixel PyTorch gives the gradient to. A mask `x == y` would
-    instead give the gradient to every tied maximum.
+    instead give the gradient to every tied maximum. A window holding NaN outputs NaN
+    and, as in PyTorch, routes its gradient to its LAST NaN.
     """
     # x (N, C, H, W) -> y (N, C, OH, OW)
     N, C, H, W = x.shape
@@ -27,6 +28,9 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     windows = sliding_window_view(x_pad, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     windows = windows.reshape(N, C, OH, OW, kh * kw)               # row-major within a window
     argmax = windows.argmax(axis=-1)                               # (N, C, OH, OW)
+    nan = np.isnan(windows)
+    last_nan = kh * kw - 1 - nan[..., ::-1].argmax(axis=-1)
+    argmax = np.where(nan.any(axis=-1), last_nan, argmax)
     y = windows.max(axis=-1)
     cache = (argmax, x.shape, kernel_size, stride, padding)
     return y, cache
