@@ -591,3 +591,30 @@ def test_graph_command_prints_dot_and_explains_a_missing_graphviz(tmp_path, caps
     else:
         assert cli.main(["graph", "--png", str(tmp_path / "g.png")]) == 0
         assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_real_sigint_mid_step_finishes_the_step_then_saves_and_resumes_exactly(
+        one_epoch_run, data_dir, tmp_path, monkeypatch):
+    """A real Ctrl-C (SIGINT) arriving inside an SGD step: the step completes, the loop stops
+    at the next batch boundary, and the checkpoint resumes to the uninterrupted curve."""
+    import signal
+    run, signal_at = tmp_path / "run", 2
+    real_step, steps = train_module._step, []
+
+    def step_with_sigint(*args):
+        steps.append(1)
+        if len(steps) == signal_at + 1:  # during batch `signal_at`, before its update
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "_step", step_with_sigint)
+        with pytest.raises(KeyboardInterrupt):
+            train(make_config(data_dir, run, epochs=1), log=lambda line: None)
+    _, _, meta = load_checkpoint(run / "checkpoint.npz")
+    assert (meta["epoch"], meta["batch"]) == (0, signal_at + 1)  # that step was applied whole
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    train(make_config(data_dir, run, epochs=1, resume=True), log=lambda line: None)
+    expected = read_jsonl(one_epoch_run / "metrics.jsonl")
+    assert without_timing(read_jsonl(run / "metrics.jsonl")) == without_timing(expected)
+    assert_same_checkpoint_state(run / "checkpoint.npz", one_epoch_run / "checkpoint.npz")
