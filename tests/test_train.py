@@ -618,3 +618,28 @@ def test_a_real_sigint_mid_step_finishes_the_step_then_saves_and_resumes_exactly
     expected = read_jsonl(one_epoch_run / "metrics.jsonl")
     assert without_timing(read_jsonl(run / "metrics.jsonl")) == without_timing(expected)
     assert_same_checkpoint_state(run / "checkpoint.npz", one_epoch_run / "checkpoint.npz")
+
+
+def test_imagefolder_rgb_training_with_ten_crop_eval_and_predict(tmp_path, capsys):
+    """The RGB path: ImageFolder JPEGs, the paper's crops/flips/PCA lighting, alexnet2012,
+    10-crop evaluation, eval and predict through the CLI."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for label, name in enumerate(("cat", "dog")):
+            (tmp_path / "images" / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = (rng.random((270, 300, 3)) * 80 + label * 120).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "images" / split / name / f"{i}.jpg")
+    out = tmp_path / "out"
+    argv = ["train", "--dataset", f"imagefolder:{tmp_path / 'images'}", "--epochs", "1",
+            "--batch-size", "4", "--ten-crop", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    assert "chose model alexnet2012" in capsys.readouterr().out
+    (row,) = read_jsonl(out / "metrics.jsonl")
+    assert METRIC_KEYS <= row.keys() and math.isfinite(row["test_loss"])
+    assert main(["eval", "--checkpoint", str(out / "best.npz"), "--ten-crop"]) == 0
+    assert "4 test images" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "images" / "val" / "dog" / "0.jpg"),
+                 "--checkpoint", str(out / "best.npz")]) == 0
+    assert re.search(r"0\.jpg: (cat|dog) [01]\.\d{3}, (cat|dog) [01]\.\d{3}", capsys.readouterr().out)
