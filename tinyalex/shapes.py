@@ -1,4 +1,8 @@
-"""Output sizes of sliding-window ops, shared by every kernel set."""
+"""Output sizes and operand-agreement checks shared by every kernel set.
+
+The functional layer validates what users pass; these guard what the kernels assume, in
+words that name the argument, whatever array module holds the data.
+"""
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -8,3 +12,36 @@ def conv_output_size(size, kernel, stride, padding):
         raise ValueError(f"kernel_size: a kernel of {kernel} with padding {padding} does not fit"
                          f" an input of size {size}")
     return out
+
+
+def pool_output_size(x_shape, kernel_size, stride, padding):
+    """(OH, OW) of max-pooling x (N, C, H, W). Padding may be at most half the kernel
+    (PyTorch's rule), so that no window lies entirely in the -inf padding."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"padding: expected at most half the kernel {tuple(kernel_size)},"
+                         f" got {tuple(padding)}")
+    return conv_output_size(x_shape[2], kh, sh, ph), conv_output_size(x_shape[3], kw, sw, pw)
+
+
+def same_dtype(a, a_name, b, b_name):
+    if a.dtype != b.dtype:
+        raise TypeError(f"{b_name}: expected dtype {a.dtype} (the dtype of {a_name}), got {b.dtype}")
+
+
+def same_shape(a, a_name, shape, what):
+    if a.shape != tuple(shape):
+        raise ValueError(f"{a_name}: expected shape {tuple(shape)} ({what}), got {a.shape}")
+
+
+def check_conv_operands(x, weight, bias, groups):
+    """x (N, C, H, W), weight (OC, C/groups, kh, kw) and bias (OC,) or None agree in dtype and
+    shape (the arrays are already the kernel set's float arrays)."""
+    same_dtype(x, "x", weight, "weight")
+    C, (OC, Cg) = x.shape[1], weight.shape[:2]
+    if groups < 1 or C != Cg * groups or OC % groups:
+        raise ValueError(f"weight: expected shape (OC, C/groups, kh, kw) with OC divisible by"
+                         f" groups={groups} and C={C}, got {weight.shape}")
+    if bias is not None:
+        same_dtype(x, "x", bias, "bias")
+        same_shape(bias, "bias", (OC,), "one per output channel")

@@ -1,10 +1,11 @@
-"""Argument checks shared by the numba kernels.
+"""Array checks of the numba kernels (shape and dtype agreement: tinyalex/shapes.py).
 
 The functional layer validates user arguments; these checks guard what the njit kernels
 assume (a float dtype, a rank, one dtype across operands), because Numba would otherwise
 compile a silent integer version or fail deep inside with a typing error.
 """
 import numpy as np
+
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
@@ -18,13 +19,3 @@ def float_array(a, name, ndim=None):
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
     return np.ascontiguousarray(a)
-
-
-def same_dtype(a, a_name, b, b_name):
-    if a.dtype != b.dtype:
-        raise TypeError(f"{b_name}: expected dtype {a.dtype} (the dtype of {a_name}), got {b.dtype}")
-
-
-def same_shape(a, a_name, shape, what):
-    if a.shape != tuple(shape):
-        raise ValueError(f"{a_name}: expected shape {tuple(shape)} ({what}), got {a.shape}")

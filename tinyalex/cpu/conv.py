@@ -31,8 +31,8 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ..shapes import conv_output_size
-from ._checks import float_array, same_dtype, same_shape
+from ..shapes import check_conv_operands, conv_output_size, same_dtype, same_shape
+from ._checks import float_array
 
 #: Budget for the column workspace of one conv call. The batch is cut into chunks of
 #: whole samples whose columns fit in it (at least one sample per chunk). 128 MiB holds
@@ -230,17 +230,9 @@ def col2im(cols, x_shape, kernel_size, stride, padding):
 
 
 def _check_conv(x, weight, bias, groups):
-    x = float_array(x, "x", 4)
-    weight = float_array(weight, "weight", 4)
-    same_dtype(x, "x", weight, "weight")
-    OC, Cg = weight.shape[:2]
-    if groups < 1 or x.shape[1] != Cg * groups or OC % groups:
-        raise ValueError(f"groups: expected x channels {x.shape[1]} = weight.shape[1] {Cg} * groups"
-                         f" and out channels {OC} divisible by groups, got groups={groups}")
-    if bias is not None:
-        bias = float_array(bias, "bias", 1)
-        same_dtype(x, "x", bias, "bias")
-        same_shape(bias, "bias", (OC,), "one per output channel")
+    x, weight = float_array(x, "x", 4), float_array(weight, "weight", 4)
+    bias = None if bias is None else float_array(bias, "bias", 1)
+    check_conv_operands(x, weight, bias, groups)
     return x, weight, bias
 
 

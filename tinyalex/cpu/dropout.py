@@ -11,7 +11,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..dispatch import SPLITMIX_GOLDEN, SPLITMIX_MUL1, SPLITMIX_MUL2
-from ._checks import float_array, same_shape
+from ..shapes import same_shape
+from ._checks import float_array
 
 _GOLDEN = np.uint64(SPLITMIX_GOLDEN)
 _MUL1 = np.uint64(SPLITMIX_MUL1)

@@ -19,7 +19,8 @@ window sum, invisible in float32 and, since s >= k, negligible in float64.
 import numpy as np
 from numba import njit, prange
 
-from ._checks import float_array, same_dtype, same_shape
+from ..shapes import same_dtype, same_shape
+from ._checks import float_array
 
 
 @njit(cache=True)

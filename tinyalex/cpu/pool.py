@@ -7,8 +7,8 @@ maximum in row-major window order, like PyTorch). Both kernels run one (n, c) pl
 import numpy as np
 from numba import njit, prange
 
-from ._checks import float_array, same_shape
-from ..shapes import conv_output_size
+from ..shapes import pool_output_size, same_shape
+from ._checks import float_array
 
 
 @njit(cache=True)
@@ -84,12 +84,9 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     x = float_array(x, "x", 4)
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    if 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"padding: expected at most half the kernel {tuple(kernel_size)},"
-                         f" got {tuple(padding)}")
+    OH, OW = pool_output_size(x.shape, kernel_size, stride, padding)
     if H * W >= 2**31:
         raise ValueError(f"x: a plane of {H}x{W} pixels overflows the int32 argmax")
-    OH, OW = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = np.empty((N, C, OH, OW), dtype=np.int32)
     _max_pool_forward(x.reshape(N * C, H * W), H, W, kh, kw, sh, sw, ph, pw, OH, OW,

@@ -6,7 +6,8 @@ element i, so they are race-free, and the loop body vectorises.
 import numpy as np
 from numba import njit, prange
 
-from ._checks import float_array, same_dtype, same_shape
+from ..shapes import same_dtype, same_shape
+from ._checks import float_array
 
 
 @njit(parallel=True, cache=True)

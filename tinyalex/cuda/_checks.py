@@ -1,4 +1,5 @@
-"""Argument checks shared by the CUDA launchers, and the C scalar types they pass.
+"""Array checks of the CUDA launchers (shape and dtype agreement: tinyalex/shapes.py),
+and the C scalar types they pass.
 
 The functional layer validates user arguments; these checks guard what the kernels
 assume: a CuPy array of float32 or float64, a rank, one dtype across operands, and C
@@ -30,15 +31,6 @@ def in_place_array(a, name):
 def check_dtype(a, name, dtype, what):
     if a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} ({what}), got {a.dtype}")
-
-
-def same_dtype(a, a_name, b, b_name):
-    check_dtype(b, b_name, a.dtype, f"the dtype of {a_name}")
-
-
-def same_shape(a, a_name, shape, what):
-    if a.shape != tuple(shape):
-        raise ValueError(f"{a_name}: expected shape {tuple(shape)} ({what}), got {a.shape}")
 
 
 def i32(value):

@@ -22,8 +22,8 @@ Memory (PITFALLS #14): the batch is cut into chunks of whole samples whose colum
 WORKSPACE_BYTES, and one column workspace and one transposition workspace serve every
 chunk, so the peak is one chunk's, not the batch's (about 2 GB for AlexNet at batch 128).
 """
-from ..shapes import conv_output_size
-from ._checks import float_array, i32, i64, same_dtype, same_shape
+from ..shapes import check_conv_operands, conv_output_size, same_dtype, same_shape
+from ._checks import float_array, i32, i64
 from .loader import cupy, get_kernel, launch_1d, matmul
 
 #: Budget for the column workspace of one conv call. 512 MiB holds 70 samples of
@@ -205,16 +205,7 @@ def conv2d_backward(gy, cache, need_gx=True):
 
 def _check_conv_operands(x, weight, bias, groups):
     """x, weight, bias as C-contiguous arrays of one float dtype, with consistent shapes."""
-    x = float_array(x, "x", 4)
-    weight = float_array(weight, "weight", 4)
-    same_dtype(x, "x", weight, "weight")
-    C = x.shape[1]
-    OC, Cg = weight.shape[:2]
-    if groups < 1 or C != Cg * groups or OC % groups:
-        raise ValueError(f"weight: expected shape (OC, C/groups, kh, kw) with OC divisible by"
-                         f" groups={groups} and C={C}, got {weight.shape}")
-    if bias is not None:
-        bias = float_array(bias, "bias", 1)
-        same_dtype(x, "x", bias, "bias")
-        same_shape(bias, "bias", (OC,), "one per output channel")
+    x, weight = float_array(x, "x", 4), float_array(weight, "weight", 4)
+    bias = None if bias is None else float_array(bias, "bias", 1)
+    check_conv_operands(x, weight, bias, groups)
     return x, weight, bias

@@ -7,7 +7,8 @@ fused gradient glogits = (softmax - onehot(target)) * gloss (divided by N for 'm
 The forward runs one thread block per row: a max reduction, then a sum of exponentials,
 each a fixed tree of warp shuffles (deterministic).
 """
-from ._checks import float_array, i32, i64, same_shape
+from ..shapes import same_shape
+from ._checks import float_array, i32, i64
 from .loader import cupy, get_kernel, launch_1d
 
 REDUCTIONS = ("mean", "sum", "none")

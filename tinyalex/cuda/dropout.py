@@ -7,7 +7,8 @@ the same kernel on gy with the same seed and redraws it.
 """
 import numpy as np
 
-from ._checks import check_dtype, float_array, i64, same_shape
+from ..shapes import same_shape
+from ._checks import check_dtype, float_array, i64
 from .loader import cupy, get_kernel, launch_1d
 
 

@@ -7,7 +7,8 @@ paper's constants: the paper's k=2, n=5, alpha=1e-4, beta=0.75 is size=5, alpha=
     s_c = k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2] ∩ [0, C)} x_{c'}^2
     y_c = x_c * s_c^(-beta)
 """
-from ._checks import float_array, i32, same_dtype, same_shape
+from ..shapes import same_dtype, same_shape
+from ._checks import float_array, i32
 from .loader import cupy, get_kernel, launch_1d
 
 

@@ -8,8 +8,8 @@ windows that cover it), so overlapping windows add in a fixed order, without ato
 """
 import numpy as np
 
-from ..shapes import conv_output_size
-from ._checks import check_dtype, float_array, i32, same_shape
+from ..shapes import pool_output_size, same_shape
+from ._checks import check_dtype, float_array, i32
 from .loader import cupy, get_kernel, launch_1d
 
 
@@ -32,11 +32,7 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     cp = cupy()
     x = float_array(x, "x", 4)
     N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    if 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"padding: expected at most half the kernel size {kernel_size},"
-                         f" got {padding}")
-    OH, OW = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
+    OH, OW = pool_output_size(x.shape, kernel_size, stride, padding)
     y = cp.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = cp.empty((N, C, OH, OW), dtype=np.int32)
     kernel = get_kernel("pool.cu", "max_pool2d_forward", x.dtype)

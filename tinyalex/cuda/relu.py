@@ -1,5 +1,6 @@
 """ReLU, max(0, x), on the GPU (kernels/relu.cu); AlexNet paper section 3.1."""
-from ._checks import float_array, i64, same_dtype, same_shape
+from ..shapes import same_dtype, same_shape
+from ._checks import float_array, i64
 from .loader import cupy, get_kernel, launch_1d
 
 

@@ -9,7 +9,8 @@ single pass over memory. The CPU optimiser's array expressions do the same in fi
 """
 import numpy as np
 
-from ._checks import float_array, i64, in_place_array, same_dtype, same_shape
+from ..shapes import same_dtype, same_shape
+from ._checks import float_array, i64, in_place_array
 from .loader import cupy, get_kernel, launch_1d
 
 
