@@ -129,6 +129,11 @@ def _as_array(data, dtype, device):
     return array if device is None else _device.to_device(array, device)
 
 
+def _check_differentiable(dtype, where):
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{where}: only float32/float64 tensors can require gradients, got {dtype}")
+
+
 class Tensor:
     """An n-dimensional array that can record the ops applied to it.
 
@@ -143,9 +148,8 @@ class Tensor:
         self.grad = None
         self.grad_fn = None
         self._hooks = {}
-        if requires_grad and data.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"requires_grad: only float32/float64 tensors can require "
-                            f"gradients, got {data.dtype}")
+        if requires_grad:
+            _check_differentiable(data.dtype, "requires_grad")
         self.requires_grad = requires_grad
 
     # --- properties -------------------------------------------------------------------
@@ -235,9 +239,8 @@ class Tensor:
     def requires_grad_(self, mode=True):
         if not self.is_leaf:
             raise RuntimeError("requires_grad_(): only leaf tensors can change requires_grad")
-        if mode and self.data.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"requires_grad_(): only float32/float64 tensors can require "
-                            f"gradients, got {self.data.dtype}")
+        if mode:
+            _check_differentiable(self.data.dtype, "requires_grad_()")
         self.requires_grad = bool(mode)
         return self
 

@@ -27,14 +27,12 @@ class GradStats:
         self.current = {}
         self.weights_before = {}
         self.samples = []
-        relu_owner = {}  # each ReLU reports to the last Conv2d/Linear before it
-        owner = None
+        owner = None  # each ReLU reports to the last Conv2d/Linear before it
         for name, module in model.named_modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 owner = name
                 module.register_forward_hook(self._activation_hook(name))
             elif isinstance(module, nn.ReLU) and owner is not None:
-                relu_owner[name] = owner
                 module.register_forward_hook(self._relu_hook(owner))
         open(path, "a" if append else "w").close()
 
