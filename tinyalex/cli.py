@@ -31,7 +31,7 @@ def _eval(args):
     from . import models
     from .data.loader import DataLoader
     from .train import TrainConfig, evaluate, load_datasets, transforms_for
-    device = args.device or ("cuda" if _device.cuda_is_available() else "cpu")
+    device = args.device or _device.default_device()
     model, meta = _load_for_inference(args.checkpoint, device)
     saved = meta["config"]
     config = TrainConfig(model=saved["model"], dataset=args.dataset or saved["dataset"],
@@ -53,7 +53,7 @@ def _predict(args):
     from . import models
     from .autograd import no_grad, tensor
     from .train import TrainingError, transforms_for
-    device = args.device or ("cuda" if _device.cuda_is_available() else "cpu")
+    device = args.device or _device.default_device()
     model, meta = _load_for_inference(args.checkpoint, device)
     channels, height, width = models.MODELS[meta["config"]["model"]][1]
     transform = transforms_for(meta["config"]["model"], train=False)

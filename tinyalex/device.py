@@ -33,6 +33,11 @@ def cuda_is_available():
         return False
 
 
+def default_device():
+    """'cuda' when a CUDA GPU is usable, else 'cpu'."""
+    return "cuda" if cuda_is_available() else "cpu"
+
+
 def parse_device(device):
     """Normalise a device spec ('cpu', 'cuda', 'cuda:0') to 'cpu' or 'cuda'."""
     name = str(device)

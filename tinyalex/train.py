@@ -79,7 +79,7 @@ def choose_defaults(config):
     """Fill in device, model and epochs; returns (config, [reasons to print])."""
     reasons = []
     if config.device is None:
-        config.device = "cuda" if _device.cuda_is_available() else "cpu"
+        config.device = _device.default_device()
         reasons.append(f"device {config.device}: " + (
             "a CUDA GPU is available" if config.device == "cuda" else "no CUDA GPU found"))
     config.device = _device.parse_device(config.device)
