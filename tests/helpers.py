@@ -39,7 +39,7 @@ def check_parity(kernels, ta_fn, torch_fn, arrays, dtype=np.float32, rtol=None, 
     ref = torch_tensors(arrays)
     y, y_ref = ta_fn(*ours), torch_fn(*ref)
     assert y.dtype == np.dtype(dtype), f"output dtype {y.dtype} != {np.dtype(dtype)}"
-    assert_close(kernels.to_numpy(y.data), y_ref.detach().numpy(), rtol, "forward")
+    assert_close(kernels.to_numpy(y.array), y_ref.detach().numpy(), rtol, "forward")
     gy = np.random.default_rng(seed).standard_normal(y_ref.shape)
     y.backward(kernels.to_device(gy.astype(dtype)))
     y_ref.backward(torch.tensor(gy))
@@ -47,4 +47,4 @@ def check_parity(kernels, ta_fn, torch_fn, arrays, dtype=np.float32, rtol=None, 
         if r.requires_grad:
             assert a.grad is not None, f"input {i}: no gradient"
             assert a.grad.dtype == np.dtype(dtype), f"input {i}: grad dtype {a.grad.dtype}"
-            assert_close(kernels.to_numpy(a.grad.data), r.grad.numpy(), rtol, f"grad of input {i}")
+            assert_close(kernels.to_numpy(a.grad.array), r.grad.numpy(), rtol, f"grad of input {i}")

@@ -133,3 +133,18 @@ def test_requires_grad_switches_leaves_only():
         ta.tensor([1, 2]).requires_grad_()
     with pytest.raises(RuntimeError, match="leaf"):
         (x * 2.0).requires_grad_(False)
+
+
+def test_data_is_a_detached_tensor_sharing_storage_as_in_torch():
+    w = ta.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    (w * ta.tensor(np.array([0.5, -1.0, 2.0]))).sum().backward()
+    data = w.data
+    assert isinstance(data, ta.Tensor) and not data.requires_grad and data.grad_fn is None
+    w.data[...] = w.data.array - 0.1 * w.grad.data.array       # the tutorials' manual SGD step
+    np.testing.assert_allclose(w.detach().numpy(), [0.95, 2.1, 2.8])
+    w.data = ta.tensor(np.zeros(2))                              # torch's t.data = other
+    assert w.shape == (2,) and w.requires_grad
+    with pytest.raises(RuntimeError, match="in place"):
+        w[0] = 1.0
+    with pytest.raises(TypeError, match="data: expected a Tensor"):
+        w.data = np.zeros(2)

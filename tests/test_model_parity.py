@@ -47,7 +47,7 @@ def test_alexnet_shaped_model_matches_torch_for_five_sgd_steps(kernels, monkeypa
     torch_seeds = []
     theirs = build(tnn, lambda: SeededDropout(torch_seeds)).double()
     assert list(ours.state_dict()) == list(theirs.state_dict())
-    theirs.load_state_dict({k: torch.tensor(kernels.to_numpy(v.data)).double()
+    theirs.load_state_dict({k: torch.tensor(kernels.to_numpy(v.array)).double()
                             for k, v in ours.state_dict().items()})
 
     opt = optim.SGD(ours.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -60,7 +60,7 @@ def test_alexnet_shaped_model_matches_torch_for_five_sgd_steps(kernels, monkeypa
         torch_seeds.append(seeds[-1])
         tlogits = theirs(torch.tensor(x))
         tloss = tnn.CrossEntropyLoss()(tlogits, torch.tensor(t))
-        assert_close(kernels.to_numpy(logits.data), tlogits.detach().numpy(), rtol, f"step {step} logits")
+        assert_close(kernels.to_numpy(logits.array), tlogits.detach().numpy(), rtol, f"step {step} logits")
         assert_close(loss.item(), tloss.item(), rtol, f"step {step} loss")
 
         opt.zero_grad()
@@ -68,8 +68,8 @@ def test_alexnet_shaped_model_matches_torch_for_five_sgd_steps(kernels, monkeypa
         loss.backward()
         tloss.backward()
         for (name, p), tp in zip(ours.named_parameters(), theirs.parameters()):
-            assert_close(kernels.to_numpy(p.grad.data), tp.grad.numpy(), 10 * rtol, f"step {step} grad {name}")
+            assert_close(kernels.to_numpy(p.grad.array), tp.grad.numpy(), 10 * rtol, f"step {step} grad {name}")
         opt.step()
         topt.step()
     for (name, p), tp in zip(ours.named_parameters(), theirs.parameters()):
-        assert_close(kernels.to_numpy(p.data), tp.detach().numpy(), 10 * rtol, f"final {name}")
+        assert_close(kernels.to_numpy(p.array), tp.detach().numpy(), 10 * rtol, f"final {name}")

@@ -117,7 +117,7 @@ def test_module_forward_and_full_backward_hooks_match_torch():
     for lib, tensor in ((nn, lambda a: ta.tensor(a, requires_grad=True)),
                         (tnn, lambda a: torch.tensor(a, requires_grad=True))):
         layer = lib.Linear(3, 4).double()
-        layer.weight.data[...] = 0.5 if lib is tnn else 0.5  # same weights in both
+        layer.weight.data[...] = 0.5  # same weights in both, written as torch users do
         layer.bias.data[...] = 0.1
         seen = {}
         layer.register_forward_hook(lambda m, args, out: seen.__setitem__("out", out * 2))

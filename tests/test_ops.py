@@ -198,13 +198,13 @@ def test_dropout_is_inverted_and_reuses_its_mask(kernels):
     x = np.random.default_rng(8).standard_normal((64, 128)) + 3.0
     (xt,) = ta_tensors(kernels, [x], dtype=np.float32)
     y = F.dropout(xt, 0.5, training=True)
-    y_np = kernels.to_numpy(y.data)
+    y_np = kernels.to_numpy(y.array)
     keep = y_np != 0
     assert abs(keep.mean() - 0.5) < 4 * np.sqrt(0.25 / keep.size)
     np.testing.assert_allclose(y_np[keep], 2 * x.astype(np.float32)[keep], rtol=1e-6)
     gy = np.random.default_rng(9).standard_normal(x.shape).astype(np.float32)
     y.backward(kernels.to_device(gy))
-    np.testing.assert_allclose(kernels.to_numpy(xt.grad.data), np.where(keep, 2 * gy, 0), rtol=1e-6)
+    np.testing.assert_allclose(kernels.to_numpy(xt.grad.array), np.where(keep, 2 * gy, 0), rtol=1e-6)
     assert F.dropout(xt, 0.5, training=False) is xt
 
 
@@ -218,7 +218,7 @@ def test_backward_is_bitwise_deterministic(kernels):
         y = F.max_pool2d(F.local_response_norm(F.relu(F.conv2d(xt, wt, stride=1, padding=1)), 5, 0.5), 3, 1)
         gy = rng.standard_normal(y.shape).astype(np.float32) if gy is None else gy
         y.backward(kernels.to_device(gy))
-        grads.append((kernels.to_numpy(xt.grad.data), kernels.to_numpy(wt.grad.data)))
+        grads.append((kernels.to_numpy(xt.grad.array), kernels.to_numpy(wt.grad.array)))
     for a, b in zip(*grads):
         assert np.array_equal(a, b)
 
@@ -233,5 +233,5 @@ def test_max_pool2d_routes_nan_windows_like_torch(kernels):
     ref = torch.tensor(x, requires_grad=True)
     y_ref = TF.max_pool2d(ref, 2)
     y_ref.backward(torch.tensor(gy))
-    np.testing.assert_array_equal(np.isnan(kernels.to_numpy(y.data)), np.isnan(y_ref.detach().numpy()))
-    np.testing.assert_allclose(kernels.to_numpy(ours.grad.data), ref.grad.numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(np.isnan(kernels.to_numpy(y.array)), np.isnan(y_ref.detach().numpy()))
+    np.testing.assert_allclose(kernels.to_numpy(ours.grad.array), ref.grad.numpy(), rtol=1e-12)

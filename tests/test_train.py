@@ -260,7 +260,7 @@ def test_weights_that_turn_non_finite_in_an_epochs_last_step_are_not_saved(data_
         result = real_step(model, *args)
         steps.append(1)
         if len(steps) == 4:  # the last step of epoch 2 (2 batches per epoch)
-            model.classifier[6].weight.data[...] = np.inf
+            model.classifier[6].weight.array[...] = np.inf
         return result
 
     monkeypatch.setattr(train_module, "_step", overflowing_step)
@@ -503,14 +503,14 @@ def test_forward_and_full_backward_hooks_fire_in_a_model_run():
     grad_input, grad_output = seen["conv1 grads"]
     assert grad_input == (None,)  # the images need no gradient: None, as torch gives
     assert grad_output[0].shape == (2, 32, 28, 28)
-    np.testing.assert_array_equal(grad_output[0].data, seen["conv1"].grad.data)
+    np.testing.assert_array_equal(grad_output[0].array, seen["conv1"].grad.array)
     grad_input, grad_output = seen["conv2 grads"]
     assert grad_input[0].shape == (2, 32, 13, 13) and grad_output[0].shape == (2, 64, 13, 13)
-    np.testing.assert_array_equal(grad_input[0].data, seen["pool1"].grad.data)
-    np.testing.assert_array_equal(grad_output[0].data, seen["conv2"].grad.data)
+    np.testing.assert_array_equal(grad_input[0].array, seen["pool1"].grad.array)
+    np.testing.assert_array_equal(grad_output[0].array, seen["conv2"].grad.array)
 
     # hooks that return None only observe: the same step without them gives the same gradients
-    hooked_grads = {name: p.grad.data.copy() for name, p in model.named_parameters()}
+    hooked_grads = {name: p.grad.array.copy() for name, p in model.named_parameters()}
     for handle in handles:
         handle.remove()
     events.clear()
@@ -518,7 +518,7 @@ def test_forward_and_full_backward_hooks_fire_in_a_model_run():
     small_batch_loss(model).backward()
     assert events == []
     for name, p in model.named_parameters():
-        np.testing.assert_array_equal(p.grad.data, hooked_grads[name], err_msg=name)
+        np.testing.assert_array_equal(p.grad.array, hooked_grads[name], err_msg=name)
 
 
 # ---------------------------------------------------------------------------- gradcheck CLI

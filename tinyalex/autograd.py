@@ -57,7 +57,7 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **params):
-        y, cache = cls.forward(*(t.data for t in inputs), **params)
+        y, cache = cls.forward(*(t.array for t in inputs), **params)
         requires_grad = _grad_enabled and any(t.requires_grad for t in inputs)
         out = Tensor(y, requires_grad=requires_grad)
         if requires_grad:
@@ -110,7 +110,7 @@ def _as_array(data, dtype, device):
     """Turn user data into an array with PyTorch's dtype rules: Python floats -> float32,
     NumPy arrays keep float32/float64, integers -> int64, bools -> bool."""
     if isinstance(data, Tensor):
-        data = data.data
+        data = data.array
     array = data if _device.device_of(data) == "cuda" else np.asarray(data)
     if dtype is not None:
         dtype = np.dtype(dtype)
@@ -137,14 +137,16 @@ def _check_differentiable(dtype, where):
 class Tensor:
     """An n-dimensional array that can record the ops applied to it.
 
-    ``data`` is the raw array (NumPy on "cpu", CuPy on "cuda"); ``grad`` is a Tensor
-    filled by ``backward`` for leaves with ``requires_grad``; ``grad_fn`` is the Node that
+    ``array`` is the raw array (NumPy on "cpu", CuPy on "cuda"): what the kernels read
+    and write. ``data`` is torch's: a Tensor that shares ``array`` and records no graph, so
+    ``p.data.sub_(lr * p.grad.data)`` updates ``p`` in place. ``grad`` is a Tensor filled
+    by ``backward`` for leaves with ``requires_grad``; ``grad_fn`` is the Node that
     produced a non-leaf tensor.
     """
     __array_priority__ = 1000  # make ndarray + Tensor call Tensor.__radd__
 
     def __init__(self, data, requires_grad=False):
-        self.data = data
+        self.array = data
         self.grad = None
         self.grad_fn = None
         self._hooks = {}
@@ -154,20 +156,34 @@ class Tensor:
 
     # --- properties -------------------------------------------------------------------
     @property
+    def data(self):
+        """This tensor's values as a new leaf that shares its array and needs no grad."""
+        return Tensor(self.array)
+
+    @data.setter
+    def data(self, value):
+        """Replace the values (torch's ``t.data = other``), keeping the graph and grad."""
+        if not isinstance(value, Tensor):
+            raise TypeError(f"data: expected a Tensor, got {type(value).__name__}")
+        if self.requires_grad:
+            _check_differentiable(value.dtype, "data")
+        self.array = value.array
+
+    @property
     def shape(self):
-        return tuple(self.data.shape)
+        return tuple(self.array.shape)
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self.array.dtype
 
     @property
     def device(self):
-        return _device.device_of(self.data)
+        return _device.device_of(self.array)
 
     @property
     def ndim(self):
-        return self.data.ndim
+        return self.array.ndim
 
     @property
     def is_leaf(self):
@@ -180,7 +196,7 @@ class Tensor:
         return self.ndim
 
     def numel(self):
-        return int(self.data.size)
+        return int(self.array.size)
 
     def __len__(self):
         return self.shape[0]
@@ -189,7 +205,7 @@ class Tensor:
         extra = f", grad_fn={self.grad_fn!r}" if self.grad_fn else (
             ", requires_grad=True" if self.requires_grad else "")
         dev = ", device='cuda'" if self.device == "cuda" else ""
-        body = np.array2string(np.asarray(_device.to_device(self.data, "cpu")), precision=4,
+        body = np.array2string(np.asarray(_device.to_device(self.array, "cpu")), precision=4,
                                separator=", ", prefix="tensor(")
         return f"tensor({body}, dtype={self.dtype}{dev}{extra})"
 
@@ -201,19 +217,19 @@ class Tensor:
             raise RuntimeError("numpy(): this tensor requires grad; use tensor.detach().numpy()")
         if self.device != "cpu":
             raise TypeError("numpy(): the tensor is on 'cuda'; use tensor.cpu().numpy()")
-        return self.data
+        return self.array
 
     def item(self):
         if self.numel() != 1:
             raise ValueError(f"item(): expected a tensor with one element, got shape {self.shape}")
-        return self.data.reshape(()).item()
+        return self.array.reshape(()).item()
 
     def tolist(self):
-        return _device.to_device(self.data, "cpu").tolist()
+        return _device.to_device(self.array, "cpu").tolist()
 
     def detach(self):
         """A new leaf sharing this tensor's data, cut from the graph."""
-        return Tensor(self.data)
+        return Tensor(self.array)
 
     def to(self, device=None, dtype=None):
         """Copy to another device and/or dtype; differentiable (the gradient flows back)."""
@@ -240,7 +256,7 @@ class Tensor:
         if not self.is_leaf:
             raise RuntimeError("requires_grad_(): only leaf tensors can change requires_grad")
         if mode:
-            _check_differentiable(self.data.dtype, "requires_grad_()")
+            _check_differentiable(self.array.dtype, "requires_grad_()")
         self.requires_grad = bool(mode)
         return self
 
@@ -300,6 +316,14 @@ class Tensor:
 
     def __getitem__(self, index):
         return _basic.getitem(self, index)
+
+    def __setitem__(self, index, value):
+        """In-place assignment into the array, for tensors that record no graph (like
+        ``p.data[...] = 0`` or under ``no_grad``): autograd cannot see in-place writes."""
+        if self.requires_grad and _grad_enabled:
+            raise RuntimeError("__setitem__: a tensor that requires grad cannot be written in"
+                               " place; write into tensor.data or inside tinyalex.no_grad()")
+        self.array[_basic.raw_index(index)] = value.array if isinstance(value, Tensor) else value
 
     def __eq__(self, other):
         return _basic.compare(self, other, "equal")
@@ -378,13 +402,13 @@ def tensor(data, dtype=None, requires_grad=False, device=None):
     """Build a Tensor from a copy of data (like torch.tensor). Python floats become float32.
     device None keeps the data where it is (a CuPy array stays on 'cuda'), else 'cpu'."""
     array = _as_array(data, dtype, device)
-    if array is (data.data if isinstance(data, Tensor) else data):  # never alias the caller's array
+    if array is (data.array if isinstance(data, Tensor) else data):  # never alias the caller's array
         array = array.copy()
     return Tensor(array, requires_grad=requires_grad)
 
 
 def _unit_like(y):
-    return _device.array_module(y.data).ones_like(y.data)
+    return _device.array_module(y.array).ones_like(y.array)
 
 
 def backward(root, gradient=None, retain_graph=False):
@@ -399,7 +423,7 @@ def backward(root, gradient=None, retain_graph=False):
         gy = _unit_like(root)
     else:
         gy = _as_array(gradient, root.dtype, root.device)
-        if gy.shape != root.data.shape:
+        if gy.shape != root.array.shape:
             raise ValueError(f"gradient: expected shape {root.shape}, got {tuple(gy.shape)}")
     if root.is_leaf:
         _accumulate_leaf(root, gy)
@@ -421,7 +445,7 @@ def backward(root, gradient=None, retain_graph=False):
         for t, g in zip(inputs, input_grads):
             if g is None or not t.requires_grad:
                 continue
-            if g.shape != t.data.shape:
+            if g.shape != t.array.shape:
                 raise RuntimeError(f"{node.name()}.backward returned a gradient of shape "
                                    f"{tuple(g.shape)} for an input of shape {t.shape}")
             if t.grad_fn is None:
@@ -449,7 +473,7 @@ def _run_hooks(hooks, g):
     for hook in list(hooks.values()):
         replaced = hook(Tensor(g))
         if replaced is not None:
-            g = replaced.data if isinstance(replaced, Tensor) else replaced
+            g = replaced.array if isinstance(replaced, Tensor) else replaced
     return g
 
 
@@ -458,7 +482,7 @@ def _accumulate_leaf(t, g):
     if t.grad is None:
         t.grad = Tensor(g.copy())  # a copy: g may be shared with other inputs' gradients
     else:
-        t.grad.data += g
+        t.grad.array += g
 
 
 from .ops import basic as _basic  # noqa: E402  (the ops need Tensor and Function defined)

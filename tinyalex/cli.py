@@ -69,7 +69,7 @@ def _predict(args):
             raise TrainingError(f"predict: {path}: cannot read the image ({exc})") from exc
         x = transform(array[None], np.random.default_rng(0))
         with no_grad():
-            logits = _device.to_device(model(tensor(x, device=device)).data, "cpu")[0].astype(np.float64)
+            logits = _device.to_device(model(tensor(x, device=device)).array, "cpu")[0].astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         top = np.argsort(-probs)[:min(5, len(probs))]

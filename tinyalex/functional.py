@@ -204,7 +204,7 @@ def cross_entropy(input, target, reduction="mean"):
     _check_float_tensors(op, input=input)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{op}: reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
-    target_array = target.data if isinstance(target, Tensor) else target
+    target_array = target.array if isinstance(target, Tensor) else target
     if isinstance(target, Tensor) and target.device != input.device:
         raise ValueError(f"{op}: target: expected device '{input.device}' (the device of input), "
                          f"got '{target.device}'")

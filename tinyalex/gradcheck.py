@@ -22,7 +22,7 @@ class GradcheckError(AssertionError):
 
 def _loss(fn, inputs, gy):
     y = fn(*inputs)
-    return float((_device.to_device(y.data, "cpu").astype(np.float64) * gy).sum())
+    return float((_device.to_device(y.array, "cpu").astype(np.float64) * gy).sum())
 
 
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, n_directions=4, n_elements=24,
@@ -63,8 +63,8 @@ def compare_with_finite_differences(fn, inputs, eps=1e-6, n_directions=4, n_elem
         inputs[i].grad = None
     y.backward(_device.to_device(gy.astype(y.dtype), y.device))
     analytic = {i: np.zeros(inputs[i].shape) if inputs[i].grad is None
-                else _device.to_device(inputs[i].grad.data, "cpu").astype(np.float64) for i in checked}
-    originals = {i: inputs[i].data.copy() for i in checked}
+                else _device.to_device(inputs[i].grad.array, "cpu").astype(np.float64) for i in checked}
+    originals = {i: inputs[i].array.copy() for i in checked}
 
     def numeric(perturbations):
         """(L(x + eps d) - L(x - eps d)) / 2 eps for {input index: direction d}."""

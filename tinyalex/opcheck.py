@@ -81,8 +81,8 @@ def _forward_backward(case, arrays, dtype, device, gy=None):
     y = case.call(F, *inputs)
     gy = np.random.default_rng(7).standard_normal(y.shape) if gy is None else gy
     y.backward(_device.to_device(gy.astype(dtype), device))
-    grads = [_device.to_device(t.grad.data, "cpu").astype(np.float64) for t in inputs if t.requires_grad]
-    return _device.to_device(y.data, "cpu").astype(np.float64), grads, gy
+    grads = [_device.to_device(t.grad.array, "cpu").astype(np.float64) for t in inputs if t.requires_grad]
+    return _device.to_device(y.array, "cpu").astype(np.float64), grads, gy
 
 
 def _errors(pairs):

@@ -42,7 +42,7 @@ class GradStats:
     def _activation_hook(self, name):
         def hook(module, args, output):
             if module.training and self.sampling():
-                y = output.data
+                y = output.array
                 self.current.setdefault(name, {}).update(
                     act_mean=float(y.mean()), act_std=float(y.std()))
         return hook
@@ -50,7 +50,7 @@ class GradStats:
     def _relu_hook(self, owner):
         def hook(module, args, output):
             if module.training and self.sampling():
-                self.current.setdefault(owner, {})["relu_zero_frac"] = float((output.data == 0).mean())
+                self.current.setdefault(owner, {})["relu_zero_frac"] = float((output.array == 0).mean())
         return hook
 
     def before_step(self):
@@ -58,9 +58,9 @@ class GradStats:
         if not self.sampling():
             return
         for name, layer in self.layers:
-            g = layer.weight.grad.data
+            g = layer.weight.grad.array
             self.current.setdefault(name, {}).update(grad_mean=float(g.mean()), grad_std=float(g.std()))
-            self.weights_before[name] = layer.weight.data.copy()
+            self.weights_before[name] = layer.weight.array.copy()
 
     def after_step(self):
         """After the update: ||W_new - W_old|| / ||W_old||, then write this sample."""
@@ -68,7 +68,7 @@ class GradStats:
             with open(self.path, "a") as f:
                 for name, layer in self.layers:
                     w_old = self.weights_before.pop(name)
-                    ratio = float(np.linalg.norm(_host(layer.weight.data - w_old)) /
+                    ratio = float(np.linalg.norm(_host(layer.weight.array - w_old)) /
                                   max(float(np.linalg.norm(_host(w_old))), 1e-30))
                     row = dict(epoch=self.epoch + 1, step=self.step, layer=name,
                                update_ratio=ratio, **self.current.get(name, {}))

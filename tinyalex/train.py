@@ -161,7 +161,7 @@ def save_checkpoint(path, model, optimizer, scheduler, meta):
     """Write model, optimizer and run state to `path` atomically: a temporary file in the
     same directory, flushed to disk, then renamed over the old one. A crash leaves either
     the old checkpoint or the new one, never half of one."""
-    arrays = {f"model/{k}": _device.to_device(v.data, "cpu") for k, v in model.state_dict().items()}
+    arrays = {f"model/{k}": _device.to_device(v.array, "cpu") for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
     for i, state in opt_state["state"].items():
         arrays[f"optim/{i}/momentum_buffer"] = state["momentum_buffer"]
@@ -216,11 +216,11 @@ def evaluate(model, loader, device, ten_crop_size=None):
             if ten_crop_size:
                 crops = T.TenCrop(ten_crop_size)(images)
                 logits = T.average_ten_crops(_device.to_device(
-                    model(tensor(crops, device=device)).data, "cpu"))
+                    model(tensor(crops, device=device)).array, "cpu"))
                 logits_t = tensor(logits)
             else:
                 logits_t = model(tensor(images, device=device))
-                logits = _device.to_device(logits_t.data, "cpu")
+                logits = _device.to_device(logits_t.array, "cpu")
             loss = F.cross_entropy(logits_t, tensor(labels, device=logits_t.device), reduction="sum")
             loss_sum += loss.item()
             ranked = np.argsort(-logits, axis=1)[:, :5]
@@ -463,7 +463,7 @@ def _step(model, optimizer, images, labels, device, stats):
     optimizer.step()
     if stats is not None:
         stats.after_step()
-    predictions = _device.to_device(logits.data.argmax(axis=1), "cpu")
+    predictions = _device.to_device(logits.array.argmax(axis=1), "cpu")
     return loss.item(), int((predictions == labels).sum())
 
 

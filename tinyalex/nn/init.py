@@ -9,7 +9,7 @@ from .. import random as _random
 
 
 def _fill(tensor, values):
-    tensor.data[...] = _device.to_device(values.astype(tensor.dtype), tensor.device)
+    tensor.array[...] = _device.to_device(values.astype(tensor.dtype), tensor.device)
     return tensor
 
 
@@ -30,7 +30,7 @@ def normal_(tensor, mean=0.0, std=1.0):
 
 
 def constant_(tensor, val):
-    tensor.data[...] = val
+    tensor.array[...] = val
     return tensor
 
 

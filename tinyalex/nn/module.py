@@ -13,7 +13,7 @@ class Parameter(Tensor):
     """A Tensor that a Module registers as trainable (requires_grad=True by default)."""
 
     def __init__(self, data, requires_grad=True):
-        array = data.data if isinstance(data, Tensor) else _as_array(data, None, _device.device_of(data))
+        array = data.array if isinstance(data, Tensor) else _as_array(data, None, _device.device_of(data))
         super().__init__(array, requires_grad=requires_grad)
 
     def __repr__(self):
@@ -133,7 +133,7 @@ class Module:
                                  f"got {tuple(value.shape)}")
             values[key] = value
         for key, value in values.items():
-            target = own[key].data
+            target = own[key].array
             target[...] = _device.to_device(value, _device.device_of(target)).astype(target.dtype, copy=False)
         return collections.namedtuple("IncompatibleKeys", "missing_keys unexpected_keys")(missing, unexpected)
 
@@ -149,12 +149,12 @@ class Module:
         """Move (and/or cast) every parameter and buffer in place; returns self."""
         device = None if device is None else _device.parse_device(device)
         for t in itertools.chain(self.parameters(), (b for _, b in self.named_buffers())):
-            array = t.data if device is None else _device.to_device(t.data, device)
+            array = t.array if device is None else _device.to_device(t.array, device)
             if dtype is not None and array.dtype.kind == "f":
                 array = array.astype(dtype, copy=False)
-            t.data = array
+            t.array = array
             if t.grad is not None:
-                t.grad = Tensor(_device.to_device(t.grad.data, _device.device_of(array)).astype(array.dtype))
+                t.grad = Tensor(_device.to_device(t.grad.array, _device.device_of(array)).astype(array.dtype))
         return self
 
     def float(self):
@@ -174,7 +174,7 @@ class Module:
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
-                p.grad.data[...] = 0
+                p.grad.array[...] = 0
 
     # --- calling and hooks ------------------------------------------------------------
     def forward(self, *args):
@@ -221,7 +221,7 @@ def _raw_array(value):
     """The array behind a state_dict value: a tinyalex Tensor, an array, or a torch tensor
     (so that weights exported from torch load directly)."""
     if isinstance(value, Tensor):
-        return value.data
+        return value.array
     if hasattr(value, "detach"):
         return value.detach().cpu().numpy()
     return value if _device.device_of(value) == "cuda" else np.asarray(value)
@@ -260,7 +260,7 @@ def _attach_backward_hooks(module, args):
             replaced = hook(module, grad_input, (Tensor(state["grad_output"]),))
             if replaced is not None:
                 grad_input = tuple(replaced)
-        return {i: (None if g is None else g.data) for i, g in zip(state["grad_input"], grad_input)}
+        return {i: (None if g is None else g.array) for i, g in zip(state["grad_input"], grad_input)}
 
     def on_output(gy):
         state["grad_output"] = gy

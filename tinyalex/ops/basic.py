@@ -175,7 +175,7 @@ def abs(x):
 def compare(a, b, ufunc):
     """Elementwise comparison; a bool tensor with no gradient."""
     a, b = _operands(a, b, ufunc)
-    return Tensor(getattr(_device.array_module(a.data), ufunc)(a.data, b.data))
+    return Tensor(getattr(_device.array_module(a.array), ufunc)(a.array, b.array))
 
 
 # --- matrix product ----------------------------------------------------------------------
@@ -248,10 +248,10 @@ def mean(x, dim=None, keepdim=False):
 
 
 def argmax(x, dim=None, keepdim=False):
-    xp = _device.array_module(x.data)
+    xp = _device.array_module(x.array)
     if dim is None:
-        return Tensor(xp.asarray(x.data.argmax()).astype(np.int64))
-    y = x.data.argmax(axis=dim)
+        return Tensor(xp.asarray(x.array.argmax()).astype(np.int64))
+    y = x.array.argmax(axis=dim)
     return Tensor((xp.expand_dims(y, dim) if keepdim else y).astype(np.int64))
 
 
@@ -328,11 +328,15 @@ class GetItem(Function):
         return (gx,)
 
 
-def getitem(x, index):
+def raw_index(index):
+    """An index with every Tensor in it replaced by its array."""
     def raw(i):
-        return i.data if isinstance(i, Tensor) else i
-    index = tuple(raw(i) for i in index) if isinstance(index, tuple) else raw(index)
-    return GetItem.apply(x, index=index)
+        return i.array if isinstance(i, Tensor) else i
+    return tuple(raw(i) for i in index) if isinstance(index, tuple) else raw(index)
+
+
+def getitem(x, index):
+    return GetItem.apply(x, index=raw_index(index))
 
 
 # --- dtype and device --------------------------------------------------------------------
@@ -356,5 +360,5 @@ def convert(x, device=None, dtype=None):
     if device == x.device and dtype == x.dtype:
         return x
     if x.requires_grad and dtype.kind != "f":
-        return Tensor(_device.to_device(x.data, device).astype(dtype))
+        return Tensor(_device.to_device(x.array, device).astype(dtype))
     return Convert.apply(x, device=device, dtype=dtype)

@@ -37,7 +37,7 @@ class SGD:
                 if set_to_none:
                     p.grad = None
                 elif p.grad is not None:
-                    p.grad.data[...] = 0
+                    p.grad.array[...] = 0
 
     def step(self):
         for group in self.param_groups:
@@ -48,10 +48,10 @@ class SGD:
                     continue
                 # At most one parameter-sized temporary at a time: the update of the largest
                 # layer (fc6) would otherwise hold several copies of it at once.
-                g, owned = p.grad.data, False    # owned: g is our temporary, scalable in place
+                g, owned = p.grad.array, False    # owned: g is our temporary, scalable in place
                 if weight_decay:
-                    g = p.data * weight_decay
-                    g += p.grad.data
+                    g = p.array * weight_decay
+                    g += p.grad.array
                     owned = True
                 if momentum:
                     buf = self.state.setdefault(p, {}).get("momentum_buffer")
@@ -67,9 +67,9 @@ class SGD:
                         g, owned = buf, False
                 if owned:
                     g *= lr
-                    p.data -= g
+                    p.array -= g
                 else:
-                    p.data -= lr * g
+                    p.array -= lr * g
 
     def state_dict(self):
         """Hyperparameters and momentum buffers (as CPU arrays), parameters by index."""
