@@ -677,8 +677,9 @@ def throughput_section(results):
     lines = [f"## Training throughput: tinyalex vs PyTorch ({model}, batch {batch}, strict fp32)", "",
              "| measured | tinyalex images/s | PyTorch images/s | time ratio tinyalex / PyTorch |",
              "|---|---:|---:|---:|",
-             row("end to end: `tinyalex train` epochs, and the same loop in PyTorch (same loader,"
-                 f" transforms and {TRAIN_IMAGES} images)", end_to_end, torch_data.get("torch_end_to_end")),
+             row("end to end: `tinyalex train` epochs, and the same loop in PyTorch (same loader and"
+                 f" transforms, {torch_data.get('images', '')} images)", end_to_end,
+                 torch_data.get("torch_end_to_end")),
              row("one training step on a fixed batch already on the GPU", torch_data.get("tinyalex_step"),
                  torch_data.get("torch_step"))]
     if torch_data.get("loader"):
@@ -902,7 +903,7 @@ def sample_results(steps, ctx):
     by_name = {s.name: s for s in steps}
     caps = {"train": 180}
     throughput = dict(model="fashion-alexnet", batch=128, torch_end_to_end=2000.0, torch_step=4000.0,
-                      tinyalex_step=1000.0, loader=3000.0, loss_tinyalex=2.302585, loss_torch=2.302586,
+                      tinyalex_step=1000.0, loader=3000.0, images=6400, loss_tinyalex=2.302585, loss_torch=2.302586,
                       loss_difference=4e-7, check_passed=True)
     canned = [
         ("environment", "pass", 2.0, "SAMPLE GPU (compute capability 0.0); CUDA runtime 0.0; CuPy 0.0", [], {}),

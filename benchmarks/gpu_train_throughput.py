@@ -5,13 +5,14 @@ fashion-alexnet at batch 128 on Fashion-MNIST), rebuilt layer for layer in PyTor
 the same weights (benchmarks/bench_cpu.py's torch_twin), and trained with the same SGD
 settings. Three rates, in images/s:
 
-- torch_end_to_end: one epoch of PyTorch training fed by tinyalex's own DataLoader and
-  transforms (the same images, order and resizing as `tinyalex train`), reading the loss
-  and the predictions back every step as tinyalex.train does. It is the number to set
-  beside the images_per_sec of tinyalex's metrics.jsonl;
+- torch_end_to_end: PyTorch training fed by tinyalex's own DataLoader and transforms (the
+  same images, order and resizing as `tinyalex train`), reading the loss and the
+  predictions back every step as tinyalex.train does, over the first --batches batches of
+  an epoch. It is the number to set beside the images_per_sec of tinyalex's metrics.jsonl;
 - tinyalex_step and torch_step: one training step (forward, loss, backward, SGD) on a
   fixed batch already on the GPU, so the data pipeline is out of the picture;
-- loader: the loader alone, no model: the ceiling of both end-to-end rates.
+- loader: the loader alone over as many batches, no model: the ceiling of both end-to-end
+  rates (on a GPU, resizing 28 px images to 224 on the CPU may well be the bottleneck).
 
 Method: check before timing (dropout off, same weights, same batch: the two losses must
 agree to a relative 1e-3, else the exit status is 1, after the timings); strict fp32 on
@@ -20,7 +21,7 @@ warm-up steps (and a few warm-up batches of PyTorch's epoch) before anything is 
 each timed step ends in loss.item(), which waits for the GPU. The last line is
 `THROUGHPUT {json}`, which benchmarks/gpu_check.py reads.
 
-    PYTHONPATH=. python benchmarks/gpu_train_throughput.py [--data-dir DIR] [--limit-train 25600]
+    PYTHONPATH=. python benchmarks/gpu_train_throughput.py [--data-dir DIR] [--limit-train 25600] [--batches 50]
     PYTHONPATH=. python benchmarks/gpu_train_throughput.py --device cpu ...   # the script itself, on the CPU
 """
 import argparse
@@ -139,7 +140,7 @@ def torch_epoch_rate(config, theirs, loader, epoch, device, compute=True, batche
     return seen / (time.perf_counter() - start)
 
 
-def measure(data_dir, limit_train, device="cuda", warmup=3, repeats=10):
+def measure(data_dir, limit_train, device="cuda", warmup=3, repeats=10, batches=50):
     """The check and the four rates, as a dict (see the module docstring)."""
     import math
     strict_fp32()
@@ -151,10 +152,10 @@ def measure(data_dir, limit_train, device="cuda", warmup=3, repeats=10):
     rates = step_rates(config, ours, theirs, images, labels, device, warmup, repeats)
     print(f"step only: {rates}", flush=True)
     torch_epoch_rate(config, theirs, loader, 0, device, batches=warmup)
-    rates["torch_end_to_end"] = torch_epoch_rate(config, theirs, loader, 1, device)
-    rates["loader"] = torch_epoch_rate(config, theirs, loader, 2, device, compute=False)
+    rates["torch_end_to_end"] = torch_epoch_rate(config, theirs, loader, 1, device, batches=batches)
+    rates["loader"] = torch_epoch_rate(config, theirs, loader, 2, device, compute=False, batches=batches)
     return dict(model=config.model, batch=config.batch_size, device=device,
-                images=min(limit_train or len(train_set), len(train_set)),
+                images=min(batches * config.batch_size, len(train_set)),
                 loss_tinyalex=loss_ours, loss_torch=loss_theirs, loss_difference=difference,
                 check_passed=bool(math.isfinite(loss_ours) and difference <= CHECK_RTOL),
                 **{k: float(v) for k, v in rates.items()})
@@ -163,15 +164,17 @@ def measure(data_dir, limit_train, device="cuda", warmup=3, repeats=10):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="Fashion-MNIST's folder (default: tinyalex's)")
-    parser.add_argument("--limit-train", type=int, default=25600, help="images in PyTorch's timed epoch")
+    parser.add_argument("--limit-train", type=int, default=25600,
+                        help="use only the first N training images, as `tinyalex train --limit-train`")
+    parser.add_argument("--batches", type=int, default=50, help="batches in the timed end-to-end runs")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cuda (what it is for); cpu runs the same code on the CPU default model")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (and batches) first")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps on the fixed batch")
     args = parser.parse_args(argv)
-    if args.limit_train < 1 or args.warmup < 0 or args.repeats < 1:
-        parser.error("--limit-train and --repeats must be >= 1, --warmup >= 0")
-    result = measure(args.data_dir, args.limit_train, args.device, args.warmup, args.repeats)
+    if min(args.limit_train, args.repeats, args.batches) < 1 or args.warmup < 0:
+        parser.error("--limit-train, --repeats and --batches must be >= 1, --warmup >= 0")
+    result = measure(args.data_dir, args.limit_train, args.device, args.warmup, args.repeats, args.batches)
     print("THROUGHPUT " + json.dumps(result), flush=True)
     return 0 if result["check_passed"] else 1
 

@@ -370,6 +370,24 @@ def test_the_smoke_run_catches_a_wrong_kernel():
     assert len(problems) == 2 and all(p.startswith("relu float") and "relative error" in p for p in problems)
 
 
+def test_the_smoke_run_records_which_compiled_kernels_the_launchers_ask_for():
+    from tinyalex.cuda import loader, relu
+    launchers, original = ("conv", "pool", "lrn", "relu", "dropout", "cross_entropy", "sgd"), loader.get_kernel
+    with smoke.kernel_requests() as requested:
+        for name in launchers:
+            module = sys.modules[f"tinyalex.cuda.{name}"]
+            assert module.get_kernel is not original, f"tinyalex.cuda.{name}'s launches are not recorded"
+        try:
+            relu.get_kernel("relu.cu", "relu_forward", np.float32)
+        except RuntimeError:                            # no GPU here: the request is recorded all the same
+            pass
+    assert requested == {("relu_forward", "float32")}
+    assert relu.get_kernel is loader.get_kernel is original, "the launchers are restored afterwards"
+    expected = smoke.expected_kernel_requests()
+    assert len(expected) == 2 * sum(len(names) for names in loader.KERNEL_FILES.values())
+    assert ("sgd_update", "float64") in expected and ("dropout", "float32") in expected
+
+
 def test_the_smoke_driver_runs_on_the_cpu_reference_set():
     done = subprocess.run([sys.executable, "benchmarks/gpu_kernels_smoke.py", "--kernels", "numpy"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=gpu_check.child_environment())
