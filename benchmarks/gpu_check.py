@@ -558,13 +558,13 @@ class Report:
     def __init__(self, ctx, steps, command, sample=False):
         self.ctx, self.steps, self.command, self.sample = ctx, steps, command, sample
         self.results = {}                   # step name -> StepResult
-        self.running = None
+        self.running, self.running_since = None, None
         self.finished = False
         self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         self.commit = git_commit()
 
     def start(self, step):
-        self.running = step.name
+        self.running, self.running_since = step.name, time.monotonic()
         self.results[step.name] = StepResult(step, "running", cap_s=step.cap_s,
                                              command=display_command(step.command, self.ctx))
 
@@ -864,7 +864,8 @@ def run_check(ctx, steps, command_line):
     except (Stopped, KeyboardInterrupt) as exc:
         step = next(s for s in steps if s.name == report.running) if report.running else None
         if step:
-            report.add(StepResult(step, "timeout", cap_s=step.cap_s, command=display_command(step.command, ctx),
+            report.add(StepResult(step, "timeout", time.monotonic() - report.running_since,
+                                  report.results[step.name].cap_s, command=display_command(step.command, ctx),
                                   key=f"the check itself was stopped ({exc or 'Ctrl-C'}) during this step"))
         report.write()
         print(f"stopped; partial report: {ctx.report_path}", flush=True)

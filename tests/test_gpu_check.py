@@ -219,6 +219,23 @@ def test_run_check_rewrites_the_report_around_every_step(tmp_path):
     assert not os.path.exists(ctx.work_dir), "the temporary folder is removed"
 
 
+def test_a_check_stopped_by_sigterm_stops_its_step_and_leaves_a_report(tmp_path):
+    ctx = context(tmp_path, budget_s=60)
+    script = ("import os, signal, time\nprint(os.getpid(), flush=True)\n"
+              "os.kill(os.getppid(), signal.SIGTERM)\ntime.sleep(30)\n")   # the check, stopped from outside
+    steps = [gpu_check.Step("stopper", "stopper", "-", 20, (sys.executable, "-c", script), None),
+             gpu_check.Step("never", "never", "-", 20, (sys.executable, "-c", "pass"), None)]
+    os.makedirs(ctx.work_dir)
+    start = time.monotonic()
+    assert gpu_check.run_check(ctx, steps, "bash benchmarks/gpu_check.sh") == 1
+    assert time.monotonic() - start < 10
+    step_pid = int(Path(ctx.logs_dir, "stopper.log").read_text().split()[0])
+    assert not is_running(step_pid)
+    text = Path(ctx.report_path).read_text()
+    assert "| 1 | stopper | **timeout** |" in text and "the check itself was stopped (signal 15)" in text
+    assert "| 2 | never | pending |" in text and "**Partial report**: 1 of 2 steps done." in text
+
+
 # --- reading the steps' output ----------------------------------------------------------------
 
 PYTEST_WITHOUT_GPU = """\
