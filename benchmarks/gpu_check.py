@@ -79,7 +79,7 @@ class Step:
     summarize: object           # (CommandRun, Context) -> Summary
     takes_rest: bool = False    # its cap grows to whatever the budget has left
     interrupt_s: int = 0        # Ctrl-C this long before the cap: the planned end, not a timeout
-    requires: str = ""          # an executable that must exist, else the step is skipped
+    requires: str = ""          # an executable (name or path) that must exist, else the step is skipped
 
 
 @dataclasses.dataclass
@@ -148,7 +148,7 @@ def plan_steps(ctx):
         steps.append(Step(tool, f"compute-sanitizer {tool}", purposes[tool] + ", over every kernel of"
                           " gpu_kernels_smoke.py in both dtypes", caps[tool],
                           (ctx.sanitizer or "compute-sanitizer", "--tool", tool, "--print-limit", "50", *smoke),
-                          summarize_sanitizer, requires="compute-sanitizer"))
+                          summarize_sanitizer, requires=ctx.sanitizer or "compute-sanitizer"))
     bench = (py, "benchmarks/bench_cuda.py", "--repeat", str(BENCH_REPEAT))
     steps += [
         Step("bench-fp32", "bench_cuda.py in strict fp32, every op",
@@ -828,8 +828,17 @@ def make_context(args, dry_run):
                    out_dir=os.path.abspath(args.out), work_dir=work_dir,
                    data_dir=os.path.join(work_dir, "fashion-mnist-synthetic") if synthetic else data_dir,
                    synthetic=synthetic, fashion_mnist_dir=data_dir, budget_s=args.budget_s,
-                   sanitizer=shutil.which("compute-sanitizer") or "",
+                   sanitizer=find_sanitizer(),
                    device_note=note)
+
+
+def find_sanitizer():
+    """compute-sanitizer's path: on PATH, else in the CUDA toolkit's usual folders; "" if none."""
+    cuda = [os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
+    candidates = [shutil.which("compute-sanitizer")] + [
+        os.path.join(root, sub, "compute-sanitizer") for root in cuda if root
+        for sub in ("bin", "compute-sanitizer")]
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), "")
 
 
 def child_environment():
@@ -886,7 +895,8 @@ def run_step(step, ctx, report):
     command = display_command(step.command, ctx)
     if step.requires and not shutil.which(step.requires):
         return StepResult(step, "skipped", cap_s=step.cap_s, command=command,
-                          key=f"{step.requires} is not installed on this machine")
+                          key=f"{os.path.basename(step.requires)} is not installed on this machine"
+                              " (looked on PATH and in CUDA's folders)")
     if cap < MIN_STEP_S:
         return StepResult(step, "skipped", cap_s=step.cap_s, command=command,
                           key=f"only {max(left, 0):.0f} s of the budget left")
