@@ -1,0 +1,991 @@
+"""The one-shot GPU check: every GPU claim of tinyalex exercised once, in one report.
+
+Few sessions are lent a GPU, and then for minutes, so this runs everything that needs
+one, unattended, within a time budget (default 480 s, under the 10 minutes one command
+may take there), and writes what it finds to benchmarks/results/gpu-<device>-<date>.md:
+
+ 1. environment: GPU, driver, CUDA, CuPy, PyTorch and cuDNN versions;
+ 2. pytest on the GPU: every test of the cupy kernel set and every test that touches
+    device 'cuda' (the emulated-CUDA tests and the nvcc compile tests are left to CI);
+ 3-6. compute-sanitizer memcheck, racecheck, initcheck and synccheck over
+    benchmarks/gpu_kernels_smoke.py, which launches every kernel, both dtypes;
+ 7-8. benchmarks/bench_cuda.py in strict fp32 (every op) and in TF32 (the GEMM ops);
+ 9. PyTorch's images/s for the GPU default model (the twin of tinyalex's, same weights,
+    same loader, same batch size), and both libraries' images/s for one step alone;
+10. `tinyalex train --device cuda` on that model until the budget is spent: Ctrl-C at
+    the end (tinyalex finishes the step and saves), images/s from its metrics.jsonl.
+
+Each step runs as a subprocess in its own process group with a time cap; a step past
+its cap is killed and recorded as a timeout. The training step's cap is whatever the
+earlier steps left of the budget. The report is rewritten after every step (and before
+each, naming the step that is running), so a check cut off from outside still leaves a
+report of everything that finished. Full output of every step goes to a folder next
+to the report. The exit status is 1 if any step failed or timed out, else 0.
+
+    bash benchmarks/gpu_check.sh [--budget-s 480] [--out benchmarks/results]
+    bash benchmarks/gpu_check.sh --dry-run [--sample-report PATH]    # no GPU needed
+
+--dry-run prints the plan (steps, commands, caps, the report's path); --sample-report
+also writes a report rendered from canned step results, labelled as a sample, to show
+and test the format. Nothing is installed: the machine must already have CuPy, PyTorch
+and compute-sanitizer (a missing sanitizer skips its steps, and says so).
+"""
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+DEFAULT_BUDGET_S = 480
+RESERVE_S = 10                  # of the budget, kept for writing the report and process start-up
+MIN_STEP_S = 10                 # a step given less than this is skipped, not started
+KILL_GRACE_S = 3                # SIGTERM, then SIGKILL after this long
+TRAIN_INTERRUPT_S = 25          # Ctrl-C this long before the training step's cap: time to finish and save
+TRAIN_IMAGES = 25600            # training images per epoch (200 batches of 128); test images below
+TEST_IMAGES = 2560
+BENCH_REPEAT = 10               # bench_cuda.py's timed repeats (its default is 20)
+PLAN_DEVICE_NAME = "NVIDIA H200"    # names the dry run's report when no GPU is visible
+TAIL_LINES = 30                 # of output, shown for a step that did not pass
+SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+STATUSES = ("pass", "fail", "timeout", "skipped", "running", "pending")
+
+
+# --- the plan: steps as data ------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step of the check: a command, its time cap, and how to read its output."""
+    name: str                   # short id; also the name of its log file
+    title: str
+    purpose: str                # what a pass shows
+    cap_s: int                  # the longest it may run (the training step: the least it gets)
+    command: tuple
+    summarize: object           # (CommandRun, Context) -> Summary
+    takes_rest: bool = False    # its cap grows to whatever the budget has left
+    interrupt_s: int = 0        # Ctrl-C this long before the cap: the planned end, not a timeout
+    requires: str = ""          # an executable (name or path) that must exist, else the step is skipped
+
+
+@dataclasses.dataclass
+class Context:
+    """Where the check runs and writes, and what it found before the first step."""
+    python: str
+    device_name: str
+    date: str
+    out_dir: str
+    work_dir: str               # temporary: synthetic data, training checkpoints
+    data_dir: str               # the Fashion-MNIST files the training steps read
+    synthetic: bool             # none at fashion_mnist_dir: data_dir holds synthetic images of its shape
+    fashion_mnist_dir: str      # where Fashion-MNIST was looked for
+    budget_s: float
+    sanitizer: str              # the compute-sanitizer executable, or "" if there is none
+    device_note: str = ""       # where the device name came from, when it is not a GPU found here
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def slug(self):
+        return device_slug(self.device_name)
+
+    @property
+    def report_path(self):
+        return os.path.join(self.out_dir, f"gpu-{self.slug}-{self.date}.md")
+
+    @property
+    def logs_dir(self):
+        return os.path.splitext(self.report_path)[0]
+
+    @property
+    def train_dir(self):
+        return os.path.join(self.work_dir, "train")
+
+    def remaining(self):
+        return self.budget_s - (time.monotonic() - self.started)
+
+
+def device_slug(name):
+    """'NVIDIA H200' -> 'nvidia-h200': lower case, runs of other characters as one dash."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "unknown-gpu"
+
+
+def plan_steps(ctx):
+    """The steps, in order, for the context's paths and tools."""
+    py = ctx.python
+    smoke = (py, "benchmarks/gpu_kernels_smoke.py")
+    pytest_selection = ("-k", "(cupy or cuda) and not nvcc", "-m", "not cuda_emulated")
+    steps = [
+        Step("environment", "GPU, driver and library versions",
+             "the GPU, driver and library versions the numbers below come from", 15,
+             (py, "benchmarks/gpu_check.py", "--part", "environment"), summarize_environment),
+        Step("pytest", "GPU tests (pytest, cupy kernel set)",
+             "the cupy kernel set agrees with numpy and torch on the test suite's cases, forward and"
+             " backward, float32 and float64, on a real GPU",
+             90, (py, "-m", "pytest", "-q", "--maxfail=10", "-p", "no:cacheprovider", *pytest_selection, "tests"),
+             summarize_pytest),
+    ]
+    caps = {"memcheck": 55, "racecheck": 55, "initcheck": 30, "synccheck": 30}
+    purposes = {"memcheck": "no out-of-bounds or misaligned access in any kernel",
+                "racecheck": "no shared-memory race (the cross-entropy reduction)",
+                "initcheck": "no kernel reads global memory that was never written",
+                "synccheck": "no barrier or warp-shuffle misuse"}
+    for tool in SANITIZER_TOOLS:
+        steps.append(Step(tool, f"compute-sanitizer {tool}", purposes[tool] + ", over every kernel of"
+                          " gpu_kernels_smoke.py in both dtypes", caps[tool],
+                          (ctx.sanitizer or "compute-sanitizer", "--tool", tool, "--print-limit", "50", *smoke),
+                          summarize_sanitizer, requires=ctx.sanitizer or "compute-sanitizer"))
+    bench = (py, "benchmarks/bench_cuda.py", "--repeat", str(BENCH_REPEAT))
+    steps += [
+        Step("bench-fp32", "bench_cuda.py in strict fp32, every op",
+             "every op of the 2012 AlexNet at batch 128, forward and backward, agrees with PyTorch + cuDNN"
+             " (TF32 off on both sides), and how fast each runs beside it", 60,
+             (*bench, "--modes", "fp32", "--out", os.path.join(ctx.logs_dir, "bench-fp32")),
+             functools.partial(summarize_bench, mode="fp32")),
+        Step("bench-tf32", "bench_cuda.py in TF32, the GEMM cases",
+             "the conv and fc layers (and conv2's im2col, whose name matches) agree with PyTorch + cuDNN"
+             " with TF32 on both sides, and how fast they run beside it", 35,
+             (*bench, "--modes", "tf32", "--only", "conv", "fc",
+              "--out", os.path.join(ctx.logs_dir, "bench-tf32")),
+             functools.partial(summarize_bench, mode="tf32")),
+    ]
+    data = ("--data-dir", ctx.data_dir, "--limit-train", str(TRAIN_IMAGES))
+    steps += [
+        Step("torch-throughput", "PyTorch's images/s for the same model",
+             "the baseline for training throughput: PyTorch on the same model, weights, loader and batch",
+             45, (py, "benchmarks/gpu_train_throughput.py", *data), summarize_throughput),
+        Step("train", "tinyalex train --device cuda",
+             "training runs end to end on the GPU (data, steps, evaluation, checkpoints) with finite"
+             " losses, and how fast", 55,
+             (py, "-m", "tinyalex.cli", "train", "--device", "cuda", *data, "--limit-test", str(TEST_IMAGES),
+              "--epochs", "1000", "--out", ctx.train_dir), summarize_train,
+             takes_rest=True, interrupt_s=TRAIN_INTERRUPT_S),
+    ]
+    return steps
+
+
+def check_plan(steps, budget_s):
+    """Raise ValueError unless every step has a cap and the caps fit in the budget."""
+    for step in steps:
+        if not step.cap_s > 0:
+            raise ValueError(f"step {step.name}: expected a positive cap, got {step.cap_s!r}")
+    total = sum(step.cap_s for step in steps) + RESERVE_S
+    if total > budget_s:
+        raise ValueError(f"--budget-s: the step caps and the {RESERVE_S} s reserve add up to {total} s,"
+                         f" expected at most the budget, got {budget_s:g} s")
+
+
+def plan_lines(steps, ctx):
+    """The plan as text: steps, caps, commands, and where the report goes."""
+    total = sum(step.cap_s for step in steps)
+    lines = [f"GPU check plan: {len(steps)} steps, caps adding up to {total} s of a {ctx.budget_s:g} s budget"
+             f" ({RESERVE_S} s kept for the report); the training step also gets what the others leave.", ""]
+    for i, step in enumerate(steps, 1):
+        cap = f">= {step.cap_s} s" if step.takes_rest else f"{step.cap_s} s"
+        lines.append(f"{i:2}. {step.name:<17} cap {cap:>8}  {display_command(step.command, ctx)}")
+    lines += ["", f"device: {ctx.device_name}" + (f" ({ctx.device_note})" if ctx.device_note else ""),
+              f"report: {ctx.report_path}", f"logs:   {ctx.logs_dir}/", f"data:   {data_line(ctx)}"]
+    if not ctx.sanitizer:
+        lines.append("compute-sanitizer: not found here; its steps would be skipped")
+    return lines
+
+
+def display_command(command, ctx):
+    """A command as a shell line, with the interpreter shown as `python` and paths inside the
+    repository relative to its root (where every step runs)."""
+    def shown(part):
+        if part == ctx.python:
+            return "python"
+        return os.path.relpath(part, ROOT) if part.startswith(ROOT + os.sep) else part
+    return shlex.join(shown(part) for part in command)
+
+
+def data_line(ctx):
+    if ctx.synthetic:
+        return (f"synthetic: no Fashion-MNIST at {ctx.fashion_mnist_dir}, so {TRAIN_IMAGES} training and"
+                f" {TEST_IMAGES}"
+                " test images of its shape (28x28 uint8, 10 classes, each class a brighter band of rows)"
+                " are written to a temporary folder; accuracy then says only that the model learns")
+    return f"Fashion-MNIST from {ctx.data_dir} (the first {TRAIN_IMAGES} training and {TEST_IMAGES} test images)"
+
+
+# --- running one step ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CommandRun:
+    """How a command ended, and everything it printed."""
+    returncode: object          # int, or None if it could not start
+    wall_s: float
+    output: str
+    timed_out: bool = False     # killed at its cap
+    interrupted: bool = False   # sent the planned Ctrl-C
+
+
+def run_command(command, cap_s, log_path, env=None, interrupt_s=0, cwd=ROOT):
+    """Run `command` with its output in `log_path`, for at most `cap_s` seconds.
+
+    It runs in a process group of its own, so a timeout (or this script being stopped)
+    ends it and everything it started. With interrupt_s, SIGINT goes to the group that
+    long before the cap, as a planned end; the command may still use the rest of the cap.
+    """
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        try:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       cwd=cwd, env=env, start_new_session=True)
+        except OSError as exc:
+            log.write(f"could not start {command[0]}: {exc}\n")
+            return CommandRun(None, 0.0, f"could not start {command[0]}: {exc}")
+        interrupted = timed_out = False
+        try:
+            if interrupt_s:
+                try:
+                    process.wait(timeout=max(cap_s - interrupt_s, 0))
+                except subprocess.TimeoutExpired:
+                    _signal_group(process, signal.SIGINT)
+                    interrupted = True
+            try:
+                process.wait(timeout=max(cap_s - (time.monotonic() - start), 0))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(process)
+        finally:
+            if process.poll() is None:          # this script is being stopped: take the step with it
+                _kill_group(process)
+    with open(log_path, errors="replace") as log:
+        output = log.read()
+    return CommandRun(process.returncode, time.monotonic() - start, output, timed_out, interrupted)
+
+
+def _signal_group(process, signum):
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(process):
+    """SIGTERM to the process group, then, KILL_GRACE_S later or once the command has gone,
+    SIGKILL to whatever of the group is left (processes it started that outlived it)."""
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process, signal.SIGKILL)
+    process.wait()
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a step's output says: pass or fail, one line for the table, and details."""
+    status: str
+    key: str
+    details: list = dataclasses.field(default_factory=list)     # markdown lines
+    data: dict = dataclasses.field(default_factory=dict)        # numbers other sections use
+
+
+@dataclasses.dataclass
+class StepResult:
+    """A step as the report shows it."""
+    step: Step
+    status: str
+    wall_s: float = 0.0
+    cap_s: float = 0.0
+    key: str = ""
+    details: list = dataclasses.field(default_factory=list)
+    tail: list = dataclasses.field(default_factory=list)        # last lines of output, unless it passed
+    data: dict = dataclasses.field(default_factory=dict)
+    command: str = ""
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status: expected one of {STATUSES}, got {self.status!r}")
+
+
+def step_result(step, run, ctx, cap_s):
+    """Judge a finished command: the step's own reading of its output, and the timeout."""
+    command = display_command(step.command, ctx)
+    if run.returncode is None:
+        return StepResult(step, "fail", run.wall_s, cap_s, run.output.strip(), command=command,
+                          tail=run.output.splitlines()[-TAIL_LINES:])
+    try:
+        summary = step.summarize(run, ctx)
+    except Exception as exc:                    # an unreadable output is the step's failure, not the check's
+        summary = Summary("fail", f"could not read its output: {type(exc).__name__}: {exc}")
+    status, key = summary.status, summary.key
+    if run.timed_out:
+        status, key = "timeout", f"killed at its {cap_s:.0f} s cap; " + key
+    tail = [] if status == "pass" else run.output.splitlines()[-TAIL_LINES:]
+    return StepResult(step, status, run.wall_s, cap_s, key, summary.details, tail, summary.data, command)
+
+
+# --- reading each step's output ----------------------------------------------------------------
+
+def key_value_lines(text):
+    """{'GPU': 'NVIDIA H200 ...', ...} from 'key: value' lines."""
+    pairs = (line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def summarize_environment(run, ctx):
+    found = key_value_lines(run.output)
+    key = "; ".join(found[k] if k == "GPU" else f"{k} {found[k]}"
+                    for k in ("GPU", "CUDA", "CuPy", "PyTorch") if k in found)
+    if run.returncode != 0:                     # its whole output is in the report's tail
+        return Summary("fail", (run.output.strip().splitlines() or ["no output"])[-1])
+    return Summary("pass", key, [f"- {line}" for line in run.output.splitlines() if ": " in line])
+
+
+PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)")
+
+
+def parse_pytest_counts(output):
+    """{'passed': 105, 'skipped': 2, ...} from pytest's last summary line ({} if there is none)."""
+    for line in reversed(output.splitlines()):
+        counts = {word if word != "error" else "errors": int(n) for n, word in PYTEST_COUNT.findall(line)}
+        if counts or "no tests ran" in line:
+            return counts
+    return {}
+
+
+#: A skip reason that means the test wanted a GPU or CuPy and found none (the tests' own words).
+NO_GPU_SKIP = re.compile(r"^SKIPPED \[(\d+)\] .*(need a CUDA GPU|'cuda' is not available|CuPy .*not installed)")
+
+
+def summarize_pytest(run, ctx):
+    """Pass: pytest passed, and no test was skipped for want of a GPU (on a machine without
+    one, the selection still passes the ~20 tests that need no GPU and skips the rest)."""
+    counts = parse_pytest_counts(run.output)
+    key = ", ".join(f"{n} {word}" for word, n in counts.items()) or (
+        "no tests ran" if "no tests ran" in run.output else "no pytest summary line")
+    lines = run.output.splitlines()
+    details = [f"- `{line.strip()}`" for line in lines if line.startswith(("FAILED ", "ERROR ", "SKIPPED "))][:20]
+    without_gpu = sum(int(m.group(1)) for m in map(NO_GPU_SKIP.match, lines) if m)
+    if without_gpu or (run.returncode == 0 and not counts.get("passed")):
+        return Summary("fail", f"{without_gpu} tests skipped for want of a GPU ({key}): does CuPy see it?",
+                       details, counts)
+    return Summary("pass" if run.returncode == 0 else "fail", key, details, counts)
+
+
+@dataclasses.dataclass
+class SanitizerReport:
+    """What compute-sanitizer's output says."""
+    summaries: int = 0          # summary lines found (0: the tool did not finish)
+    errors: int = 0
+    warnings: int = 0           # racecheck's hazards of warning severity
+    findings: list = dataclasses.field(default_factory=list)    # "what (in which kernel)", one per finding
+    in_our_kernels: int = 0     # findings located in one of tinyalex's kernels
+
+
+SANITIZER_PREFIX = "========="
+ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
+RACECHECK_SUMMARY = re.compile(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)")
+NOT_FINDINGS = ("COMPUTE-SANITIZER", "ERROR SUMMARY", "RACECHECK SUMMARY", "LEAK SUMMARY",
+                "Target application returned", "This tool is deprecated")
+
+
+def parse_sanitizer_output(text, kernel_names=()):
+    """Count compute-sanitizer's errors and list its findings.
+
+    Every tool ends with `========= ERROR SUMMARY: N errors` (racecheck with `RACECHECK
+    SUMMARY: H hazards displayed (E errors, W warnings)`); each finding is a line after the
+    prefix, followed by indented lines, one of them `at KERNEL(...)+0x...`. A finding in
+    one of `kernel_names` is counted as in tinyalex's kernels.
+    """
+    report, current = SanitizerReport(), None
+    for raw in text.splitlines():
+        if not raw.startswith(SANITIZER_PREFIX):
+            continue
+        line = raw[len(SANITIZER_PREFIX):]
+        if match := ERROR_SUMMARY.search(line):
+            report.summaries += 1
+            report.errors += int(match.group(1))
+        elif match := RACECHECK_SUMMARY.search(line):
+            report.summaries += 1
+            report.errors = max(report.errors, int(match.group(2)))     # ERROR SUMMARY may count them too
+            report.warnings += int(match.group(3))
+        if not line.strip() or line.strip().startswith(NOT_FINDINGS):
+            current = None
+        elif not line.startswith("  "):             # a finding's first line
+            current = len(report.findings)
+            report.findings.append(line.strip())
+        elif current is not None and line.strip().startswith("at ") and " in " not in report.findings[current]:
+            where = line.strip()[3:]
+            report.findings[current] += f" (in {where.split('(')[0]})"
+            if any(re.search(rf"\b{re.escape(name)}\b", where) for name in kernel_names):
+                report.in_our_kernels += 1
+    return report
+
+
+def tinyalex_kernel_names():
+    from tinyalex.cuda.loader import KERNEL_FILES
+    return [name for names in KERNEL_FILES.values() for name in names]
+
+
+def summarize_sanitizer(run, ctx):
+    report = parse_sanitizer_output(run.output, tinyalex_kernel_names())
+    smoke = [line for line in run.output.splitlines() if line.startswith("SMOKE ")]
+    smoke_line = smoke[-1] if smoke else "the smoke driver did not finish"
+    details = [f"- finding: `{f}`" for f in report.findings[:15]]
+    if len(report.findings) > 15:
+        details.append(f"- ... and {len(report.findings) - 15} more in the log")
+    details.append(f"- smoke driver: {smoke_line}")
+    if not report.summaries:
+        return Summary("fail", f"no sanitizer summary line (the tool did not finish); {smoke_line}", details)
+    key = f"{report.errors} errors"
+    if report.errors:
+        key += f" ({report.in_our_kernels} located in tinyalex's kernels)"
+    if report.warnings:
+        key += f", {report.warnings} race warnings (read them in the log)"
+    passed = report.errors == 0 and run.returncode == 0 and smoke_line.startswith("SMOKE OK")
+    return Summary("pass" if passed else "fail", f"{key}; driver: {smoke_line[:100]}", details,
+                   {"errors": report.errors})
+
+
+def markdown_table(output):
+    """The lines of the last markdown table in `output`."""
+    tables, current = [], []
+    for line in output.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    if current:
+        tables.append(current)
+    return tables[-1] if tables else []
+
+
+def table_column(table, header):
+    """The values of column `header` in a markdown table, as strings."""
+    cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in table]
+    index = cells[0].index(header)
+    return [row[index] for row in cells[2:]]
+
+
+def summarize_bench(run, ctx, mode="fp32"):
+    table = markdown_table(run.output)
+    if not table:
+        progress = [f"    {line.strip()}" for line in run.output.splitlines()
+                    if " ms " in line or "MISMATCH" in line]
+        return Summary("fail", "no results table: the benchmark did not finish",
+                       (["- cases that finished before it stopped:", ""] + progress + [""]) if progress else [])
+    ratios = [float(v) for v in table_column(table, "tinyalex / torch")]
+    mismatches = sum("MISMATCH" in row for row in table[2:])
+    key = (f"{len(ratios)} timings, time ratio tinyalex / torch: median {statistics.median(ratios):.2f}"
+           f" (from {min(ratios):.2f} to {max(ratios):.2f}); {mismatches} mismatches against torch")
+    own = f"{os.path.basename(ctx.logs_dir)}/bench-{mode}/cuda.md"
+    details = [f"Ratio: tinyalex time / torch time, below 1 tinyalex is faster. The benchmark's own report,"
+               f" with its method and chart: [{own}]({own}).", ""] + table + [""]
+    return Summary("pass" if run.returncode == 0 and not mismatches else "fail", key, details,
+                   {"median_ratio": statistics.median(ratios), "mismatches": mismatches})
+
+
+def summarize_throughput(run, ctx):
+    lines = [line for line in run.output.splitlines() if line.startswith("THROUGHPUT ")]
+    if not lines:
+        return Summary("fail", "no THROUGHPUT line: the measurement did not finish")
+    data = json.loads(lines[-1][len("THROUGHPUT "):])
+    key = (f"{data['model']}, batch {data['batch']}: PyTorch {data['torch_end_to_end']:.0f} images/s end to end,"
+           f" {data['torch_step']:.0f} step only; tinyalex {data['tinyalex_step']:.0f} step only;"
+           f" loader alone {data['loader']:.0f}")
+    check = (f"check before timing (eval mode, same weights and batch): loss tinyalex {data['loss_tinyalex']:.6f},"
+             f" PyTorch {data['loss_torch']:.6f}, relative difference {data['loss_difference']:.1e}"
+             f" ({'ok' if data['check_passed'] else 'MISMATCH'})")
+    passed = run.returncode == 0 and data["check_passed"]
+    return Summary("pass" if passed else "fail", key, [f"- {check}"], data)
+
+
+def read_metrics(path):
+    """The per-epoch metrics of a training run (metrics.jsonl), [] if there are none."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def steady_images_per_s(history):
+    """(images/s, how it was taken): the median of epochs after the first, whose time includes
+    the warm-up (cuBLAS handles, loading compiled kernels, growing the memory pool)."""
+    rates = [m["images_per_sec"] for m in history]
+    if len(rates) >= 2:
+        return statistics.median(rates[1:]), f"median of epochs 2-{len(rates)}"
+    return rates[0], "epoch 1, warm-up included"
+
+
+def summarize_train(run, ctx):
+    history = read_metrics(os.path.join(ctx.train_dir, "metrics.jsonl"))
+    chosen = re.search(r"chose model (\S+):", run.output)
+    model = chosen.group(1) if chosen else "the default model"
+    progress = [line for line in run.output.splitlines() if "img/s" in line]
+    ended = "stopped by the planned Ctrl-C" if run.interrupted else f"exited with status {run.returncode}"
+    if not history:
+        last = f"; last progress line: {progress[-1].strip()}" if progress else ""
+        return Summary("fail", f"{model}: {ended} before an epoch finished{last}")
+    rate, how = steady_images_per_s(history)
+    finite = all(math.isfinite(m["train_loss"]) and math.isfinite(m["test_loss"]) for m in history)
+    rows = ["| epoch | train loss | train acc | test loss | test acc | images/s | seconds |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
+    rows += [f"| {m['epoch']} | {m['train_loss']:.4f} | {m['train_acc']:.4f} | {m['test_loss']:.4f} |"
+             f" {m['test_acc']:.4f} | {m['images_per_sec']:.0f} | {m['seconds']:.1f} |" for m in history]
+    key = (f"{model}: {len(history)} epochs of {TRAIN_IMAGES} images, {rate:.0f} images/s ({how});"
+           f" last test accuracy {history[-1]['test_acc']:.3f}; {ended}")
+    passed = finite and (run.returncode == 0 or (run.interrupted and run.returncode == 130))
+    return Summary("pass" if passed else "fail", key, rows + [""],
+                   {"model": model, "images_per_s": rate, "how": how})
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+class Report:
+    """The markdown report, rewritten whole after every change so the file is never stale."""
+
+    def __init__(self, ctx, steps, command, sample=False):
+        self.ctx, self.steps, self.command, self.sample = ctx, steps, command, sample
+        self.results = {}                   # step name -> StepResult
+        self.running, self.running_since = None, None
+        self.finished = False
+        self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.commit = git_commit()
+
+    def start(self, step):
+        self.running, self.running_since = step.name, time.monotonic()
+        self.results[step.name] = StepResult(step, "running", cap_s=step.cap_s,
+                                             command=display_command(step.command, self.ctx))
+
+    def add(self, result):
+        self.running = None
+        self.results[result.step.name] = result
+
+    def result(self, step):
+        return self.results.get(step.name) or StepResult(step, "pending", cap_s=step.cap_s,
+                                                         command=display_command(step.command, self.ctx))
+
+    def failed(self):
+        return [r for r in self.results.values() if r.status in ("fail", "timeout")]
+
+    def render(self):
+        ctx, results = self.ctx, [self.result(s) for s in self.steps]
+        lines = [f"# GPU check{' (SAMPLE)' if self.sample else ''}: {ctx.device_name}, {ctx.date}", ""]
+        if self.sample:
+            lines += ["> **SAMPLE REPORT.** Canned step results that show the format of the GPU check's"
+                      " report (benchmarks/gpu_check.py --dry-run --sample-report). Nothing here was"
+                      " measured; no number in it describes any GPU.", ""]
+        if not self.finished:
+            lines += [self.partial_note(results), ""]
+        lines += [self.overall_line(results), ""]
+        lines += ["| # | step | status | wall s | cap s | result |", "|---:|---|---|---:|---:|---|"]
+        for i, r in enumerate(results, 1):
+            wall = f"{r.wall_s:.1f}" if r.status not in ("pending", "running", "skipped") else ""
+            lines.append(f"| {i} | {r.step.name} | {bold_if_bad(r.status)} | {wall} | {r.cap_s:.0f} |"
+                         f" {cell(r.key)} |")
+        lines += ["", f"- started: {self.started_at}; budget {ctx.budget_s:g} s",
+                  f"- command: `{self.command}`", f"- commit: {self.commit}",
+                  f"- data: {data_line(ctx)}",
+                  f"- logs: [{os.path.basename(ctx.logs_dir)}/]({os.path.basename(ctx.logs_dir)}/)"
+                  " holds the full output of every step", ""]
+        lines += throughput_section(self.results)
+        for i, r in enumerate(results, 1):
+            lines += step_section(i, r, ctx)
+        return "\n".join(lines).rstrip() + "\n"
+
+    def partial_note(self, results):
+        done = sum(r.status not in ("pending", "running") for r in results)
+        if self.running:
+            index = [s.name for s in self.steps].index(self.running) + 1
+            return (f"> **Partial report**: written while step {index} ({self.running}) was running,"
+                    f" {done} of {len(results)} steps done. If the file stays like this, the check was cut"
+                    " off there and the steps after it did not run.")
+        return f"> **Partial report**: {done} of {len(results)} steps done."
+
+    def overall_line(self, results):
+        counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+        failed = counts["fail"] or counts["timeout"]
+        verdict = "FAIL" if failed else "PASS" if self.finished else "no failure so far"
+        parts = [f"{counts[s]} {word}" for s, word in (("pass", "passed"), ("fail", "failed"),
+                                                       ("timeout", "timed out"), ("skipped", "skipped"))]
+        spent = sum(r.wall_s for r in results)
+        return (f"**Overall: {verdict}**: {', '.join(parts)}, of {len(results)} steps;"
+                f" {spent:.0f} s of the {self.ctx.budget_s:g} s budget.")
+
+    def write(self, path=None):
+        """Write the report atomically (a temporary file renamed over the old one)."""
+        path = path or self.ctx.report_path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(self.render())
+        os.replace(tmp, path)
+        return path
+
+
+def bold_if_bad(status):
+    return f"**{status}**" if status in ("fail", "timeout") else status
+
+
+def cell(text):
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def step_section(index, r, ctx):
+    """One step's section: what it shows, how it went, its details, and its last output lines."""
+    lines = [f"## {index}. {r.step.name}: {r.step.title}", "", f"*What a pass shows:* {r.step.purpose}.", ""]
+    if r.status in ("pending", "running"):
+        return lines + [f"- status: {r.status}", f"- command: `{r.command}`", ""]
+    log = f"{os.path.basename(ctx.logs_dir)}/{r.step.name}.log"
+    timing = "" if r.status == "skipped" else f" in {r.wall_s:.1f} s"
+    lines += [f"- status: {bold_if_bad(r.status)}{timing} (cap {r.cap_s:.0f} s)", f"- result: {r.key}",
+              f"- command: `{r.command}`"]
+    if r.status != "skipped":
+        lines.append(f"- output: [{log}]({log})")
+    lines += [""] + r.details + ([""] if r.details else [])
+    if r.tail:
+        lines += ["Last lines of output:", "", "```text", *r.tail, "```", ""]
+    return lines
+
+
+def throughput_section(results):
+    """tinyalex's images/s beside PyTorch's, for whichever of the two steps has run."""
+    torch_data = results.get("torch-throughput") and results["torch-throughput"].data
+    train_data = results.get("train") and results["train"].data
+    if not torch_data and not train_data:
+        return []
+    torch_data, train_data = torch_data or {}, train_data or {}
+    model = torch_data.get("model") or train_data.get("model", "")
+    batch = torch_data.get("batch", "")
+
+    def row(label, ours, theirs):
+        ratio = f"{theirs / ours:.2f}" if ours and theirs else ""
+        return f"| {label} | {f'{ours:.0f}' if ours else ''} | {f'{theirs:.0f}' if theirs else ''} | {ratio} |"
+    end_to_end = train_data.get("images_per_s")
+    lines = [f"## Training throughput: tinyalex vs PyTorch ({model}, batch {batch}, strict fp32)", "",
+             "| measured | tinyalex images/s | PyTorch images/s | time ratio tinyalex / PyTorch |",
+             "|---|---:|---:|---:|",
+             row("end to end: `tinyalex train` epochs, and the same loop in PyTorch (same loader and"
+                 f" transforms, {torch_data.get('images', '')} images)", end_to_end,
+                 torch_data.get("torch_end_to_end")),
+             row("one training step on a fixed batch already on the GPU", torch_data.get("tinyalex_step"),
+                 torch_data.get("torch_step"))]
+    if torch_data.get("loader"):
+        lines.append(f"| the data loader alone, no model: the ceiling of both end-to-end rates |"
+                     f" {torch_data['loader']:.0f} | {torch_data['loader']:.0f} | |")
+    lines += ["", "Time ratio = PyTorch images/s / tinyalex images/s: below 1, tinyalex is faster."
+              " Both sides run strict fp32 (TF32 off), cuDNN autotuning off, dropout on, and read the loss"
+              " back every step as `tinyalex train` does." + (f" tinyalex's end-to-end rate: {train_data['how']}."
+                                                               if train_data.get("how") else ""), ""]
+    return lines
+
+
+def git_commit():
+    """'abc1234' (plus ', uncommitted changes'), or 'unknown' outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (", with uncommitted changes" if dirty.stdout.strip() else "")
+
+
+# --- the parts that run in child processes -------------------------------------------------------
+
+def environment_part():
+    """Print 'key: value' lines about the machine; exit 1 if CuPy sees no GPU."""
+    import platform
+
+    import numpy
+    print(f"date (UTC): {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    print(f"host: {platform.node()}, {os.cpu_count()} CPU cores; Python {platform.python_version()},"
+          f" NumPy {numpy.__version__}")
+    for label, command in (("nvidia-smi", ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                           "--format=csv,noheader"]),
+                           ("compute-sanitizer", ["compute-sanitizer", "--version"]),
+                           ("nvcc", ["nvcc", "--version"])):
+        print(f"{label}: {first_output_line(command, last=label != 'nvidia-smi')}")
+    for label, probe in (("numba", lambda: __import__("numba").__version__),
+                         ("PyTorch", torch_versions)):
+        try:
+            print(f"{label}: {probe()}")
+        except Exception as exc:
+            print(f"{label}: unavailable ({type(exc).__name__}: {exc})")
+    try:
+        import cupy
+        device = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(device.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+
+        def version(v):
+            return f"{v // 1000}.{v % 1000 // 10}"
+        print(f"GPU: {name} (compute capability {props['major']}.{props['minor']},"
+              f" {props['totalGlobalMem'] / 2**30:.0f} GiB, {cupy.cuda.runtime.getDeviceCount()} visible)")
+        print(f"CUDA: runtime {version(cupy.cuda.runtime.runtimeGetVersion())},"
+              f" driver {version(cupy.cuda.runtime.driverGetVersion())}")
+        print(f"CuPy: {cupy.__version__}")
+    except Exception as exc:
+        print(f"CuPy: no usable GPU ({type(exc).__name__}: {exc})")
+        return 1
+    return 0
+
+
+def torch_versions():
+    import torch
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else "none"
+    return f"{torch.__version__} (CUDA {torch.version.cuda}, cuDNN {cudnn})"
+
+
+def first_output_line(command, last=False):
+    """The first (or last) line a command prints, or why there is none."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({type(exc).__name__})"
+    lines = [line.strip() for line in (done.stdout or done.stderr).splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0]) if lines else f"no output (status {done.returncode})"
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def has_fashion_mnist(directory):
+    """True if all four Fashion-MNIST files are there (each raw or .gz)."""
+    def present(name):
+        return any(os.path.isfile(os.path.join(directory, name + suffix)) for suffix in ("", ".gz"))
+    return all(present(name) for name in FASHION_MNIST_FILES)
+
+
+def write_synthetic_fashion_mnist(directory, n_train, n_test, seed=0):
+    """Fashion-MNIST's four IDX files, of its shapes and types, with learnable content: noise,
+    plus a brighter band of two rows whose position is the label."""
+    import numpy as np
+
+    from tinyalex.data import write_idx
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = ((FASHION_MNIST_FILES[:2], n_train), (FASHION_MNIST_FILES[2:], n_test))
+    for (images_name, labels_name), n in splits:
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 96, (n, 28, 28)).astype(np.uint8)
+        for label in range(10):
+            images[labels == label, 4 + 2 * label:6 + 2 * label, :] += 150
+        write_idx(os.path.join(directory, images_name), images)
+        write_idx(os.path.join(directory, labels_name), labels)
+
+
+# --- detecting the GPU ---------------------------------------------------------------------------
+
+def detect_gpu_name(python, probe_cupy=True):
+    """The GPU's name from nvidia-smi, else from CuPy in a child process; None if neither works."""
+    name = _first_line(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], timeout=15)
+    if name or not probe_cupy:
+        return name
+    probe = ("import cupy; p = cupy.cuda.runtime.getDeviceProperties(0); n = p['name'];"
+             " print(n.decode() if isinstance(n, bytes) else n)")
+    return _first_line([python, "-c", probe], timeout=60)
+
+
+def _first_line(command, timeout):
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def make_context(args, dry_run):
+    """The context of this run: device name, date, paths, data and tools."""
+    detected = args.device_name or detect_gpu_name(sys.executable, probe_cupy=not dry_run)
+    name = detected or (PLAN_DEVICE_NAME if dry_run else "unknown GPU")
+    note = "from --device-name" if args.device_name else "" if detected else (
+        "no GPU visible here: the name the plan assumes; a run names the report after the GPU it finds"
+        if dry_run else "neither nvidia-smi nor CuPy named a GPU")
+    data_dir = os.path.abspath(args.data_dir)
+    work_dir = os.path.join(tempfile.gettempdir(), "tinyalex-gpu-check") if dry_run else \
+        tempfile.mkdtemp(prefix="tinyalex-gpu-check-")
+    synthetic = not has_fashion_mnist(data_dir)
+    return Context(python=sys.executable, device_name=name,
+                   date=datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+                   out_dir=os.path.abspath(args.out), work_dir=work_dir,
+                   data_dir=os.path.join(work_dir, "fashion-mnist-synthetic") if synthetic else data_dir,
+                   synthetic=synthetic, fashion_mnist_dir=data_dir, budget_s=args.budget_s,
+                   sanitizer=find_sanitizer(),
+                   device_note=note)
+
+
+def find_sanitizer():
+    """compute-sanitizer's path: on PATH, else in the CUDA toolkit's usual folders; "" if none."""
+    cuda = [os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
+    candidates = [shutil.which("compute-sanitizer")] + [
+        os.path.join(root, sub, "compute-sanitizer") for root in cuda if root
+        for sub in ("bin", "compute-sanitizer")]
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), "")
+
+
+def child_environment():
+    """The environment of every step: the repository importable, output unbuffered (so a
+    killed step's log is complete up to the kill), strict fp32 unless a step says otherwise."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TINYALEX_TF32="0")
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+class Stopped(Exception):
+    """This script got SIGTERM: stop the running step and write what there is."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(f"signal {signum}")
+
+
+def run_check(ctx, steps, command_line):
+    """Run every step within the budget, rewriting the report as it goes; returns the exit status."""
+    report = Report(ctx, steps, command_line)
+    os.makedirs(ctx.logs_dir, exist_ok=True)
+    if ctx.synthetic:
+        write_synthetic_fashion_mnist(ctx.data_dir, TRAIN_IMAGES, TEST_IMAGES)
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        for step in steps:
+            result = run_step(step, ctx, report)
+            report.add(result)
+            report.write()
+            print(f"{step.name:>17}: {result.status:<7} {result.wall_s:6.1f} s  {result.key[:120]}", flush=True)
+    except (Stopped, KeyboardInterrupt) as exc:
+        step = next(s for s in steps if s.name == report.running) if report.running else None
+        if step:
+            report.add(StepResult(step, "timeout", time.monotonic() - report.running_since,
+                                  report.results[step.name].cap_s, command=display_command(step.command, ctx),
+                                  key=f"the check itself was stopped ({exc or 'Ctrl-C'}) during this step"))
+        report.write()
+        print(f"stopped; partial report: {ctx.report_path}", flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    report.finished = True
+    report.write()
+    print(f"report: {ctx.report_path}")
+    return 1 if report.failed() else 0
+
+
+def run_step(step, ctx, report):
+    """Run one step (or skip it) and judge it."""
+    left = ctx.remaining() - RESERVE_S
+    cap = left if step.takes_rest else min(step.cap_s, left)
+    command = display_command(step.command, ctx)
+    if step.requires and not shutil.which(step.requires):
+        return StepResult(step, "skipped", cap_s=step.cap_s, command=command,
+                          key=f"{os.path.basename(step.requires)} is not installed on this machine"
+                              " (looked on PATH and in CUDA's folders)")
+    if cap < MIN_STEP_S:
+        return StepResult(step, "skipped", cap_s=step.cap_s, command=command,
+                          key=f"only {max(left, 0):.0f} s of the budget left")
+    report.start(step)
+    report.results[step.name].cap_s = cap
+    report.write()
+    run = run_command(list(step.command), cap, os.path.join(ctx.logs_dir, f"{step.name}.log"),
+                      env=child_environment(), interrupt_s=step.interrupt_s if cap > 2 * step.interrupt_s else 0)
+    return step_result(step, run, ctx, cap)
+
+
+def sample_results(steps, ctx):
+    """Canned results of every kind (pass, fail, timeout, skipped, a planned Ctrl-C) for the
+    sample report. They show the format only and are labelled as a sample wherever shown."""
+    by_name = {s.name: s for s in steps}
+    caps = {"train": 180}
+    throughput = dict(model="fashion-alexnet", batch=128, torch_end_to_end=2000.0, torch_step=4000.0,
+                      tinyalex_step=1000.0, loader=3000.0, images=6400, loss_tinyalex=2.302585, loss_torch=2.302586,
+                      loss_difference=4e-7, check_passed=True)
+    canned = [
+        ("environment", "pass", 2.0, "SAMPLE GPU (compute capability 0.0); CUDA runtime 0.0; CuPy 0.0", [], {}),
+        ("pytest", "pass", 30.0, "100 passed, 2 skipped, 500 deselected", [], {}),
+        ("memcheck", "fail", 20.0, "3 errors (3 located in tinyalex's kernels); driver: SMOKE OK",
+         ["- finding: `Invalid __global__ read of size 4 bytes (in relu_forward<float>)`"], {}),
+        ("racecheck", "timeout", 55.0, "killed at its 55 s cap; no sanitizer summary line", [], {}),
+        ("initcheck", "skipped", 0.0, "compute-sanitizer is not installed on this machine", [], {}),
+        ("torch-throughput", "pass", 20.0, "fashion-alexnet, batch 128: sample numbers", [], throughput),
+        ("train", "pass", 150.0, "fashion-alexnet: 2 epochs; stopped by the planned Ctrl-C", [],
+         dict(model="fashion-alexnet", images_per_s=1500.0, how="median of epochs 2-2")),
+    ]
+    results = []
+    for name, status, wall, key, details, data in canned:
+        tail = ["(sample output line 1)", "(sample output line 2)"] if status in ("fail", "timeout") else []
+        results.append(StepResult(by_name[name], status, wall, caps.get(name, by_name[name].cap_s), key, details,
+                                  tail, data,
+                                  display_command(by_name[name].command, ctx)))
+    return results
+
+
+def write_sample_report(path, ctx, steps, command_line):
+    """The report rendered from sample_results(), with the steps they leave out still pending."""
+    ctx = dataclasses.replace(ctx, device_name="SAMPLE GPU", device_note="")
+    report = Report(ctx, steps, command_line, sample=True)
+    for result in sample_results(steps, ctx):
+        report.add(result)
+    return report.write(path)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                        help=f"seconds for all steps together (default {DEFAULT_BUDGET_S})")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
+                        help="folder for the report and its logs (default benchmarks/results)")
+    parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist",
+                        help="Fashion-MNIST's folder; without the files there, synthetic data of its shape")
+    parser.add_argument("--device-name", help="name the report after this GPU instead of the one found")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit (no GPU needed)")
+    parser.add_argument("--sample-report", metavar="PATH",
+                        help="with --dry-run: also write a sample report from canned results to PATH")
+    parser.add_argument("--part", choices=["environment"], help=argparse.SUPPRESS)   # a step's child process
+    args = parser.parse_args(argv)
+    if args.sample_report and not args.dry_run:
+        parser.error("--sample-report: expected together with --dry-run")
+    if args.budget_s <= 0:
+        parser.error(f"--budget-s: expected a positive number of seconds, got {args.budget_s:g}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.part == "environment":
+        return environment_part()
+    ctx = make_context(args, dry_run=args.dry_run)
+    steps = plan_steps(ctx)
+    command_line = "bash benchmarks/gpu_check.sh " + shlex.join(argv if argv is not None else sys.argv[1:])
+    try:
+        check_plan(steps, ctx.budget_s)
+    except ValueError as exc:
+        print(f"gpu_check: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print("\n".join(plan_lines(steps, ctx)))
+        if args.sample_report:
+            path = write_sample_report(args.sample_report, ctx, steps, command_line)
+            print(f"sample report (canned results, not measurements): {path}")
+        return 0
+    return run_check(ctx, steps, command_line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
