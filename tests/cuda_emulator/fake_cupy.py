@@ -35,6 +35,10 @@ class ndarray(np.ndarray):
         """A host copy, as a plain numpy.ndarray."""
         return np.array(self.view(np.ndarray))
 
+    def __getitem__(self, index):
+        # An element stays on the device, as a 0-d array (numpy would give a host scalar).
+        return _to_device(super().__getitem__(index), scalars=True)
+
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         for operand in inputs + (out or ()):
             if isinstance(operand, np.ndarray) and not isinstance(operand, ndarray) \
@@ -89,6 +93,18 @@ def asarray(a, dtype=None):
     if isinstance(a, ndarray):
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
     return np.array(a, dtype=dtype).view(ndarray)
+
+
+def empty(shape, dtype=float):
+    """Fresh 'device' memory, poisoned (every byte 0xFF: NaN for floats, -1 for ints) so
+    that a kernel or launcher that reads memory nobody wrote shows it."""
+    out = np.empty(shape, dtype=dtype)
+    out.reshape(-1).view(np.uint8)[:] = 0xFF
+    return out.view(ndarray)
+
+
+def empty_like(a, dtype=None):
+    return empty(np.shape(a), dtype=a.dtype if dtype is None else dtype)
 
 
 def ascontiguousarray(a, dtype=None):
