@@ -191,8 +191,11 @@ def source_line(library, offset):
     result = subprocess.run(["addr2line", "-e", str(library), "-i", hex(offset)],
                             capture_output=True, text=True)
     lines = [l for l in result.stdout.splitlines() if l and not l.startswith("??")]
-    # -i lists the inlined frames innermost first: the first is the access itself.
-    if not lines:
+    # -i lists the inlined frames innermost first: the first outside emulator.h is the
+    # kernel's own line (a shuffle's wrapper is inlined from emulator.h).
+    lines = [l.split(" (discriminator")[0] for l in lines]
+    kernel_lines = [l for l in lines if Path(l.rpartition(":")[0]).name != HEADER.name]
+    if not (kernel_lines or lines):
         return ""
-    file, _, line = lines[0].split(" (discriminator")[0].rpartition(":")
+    file, _, line = (kernel_lines or lines)[0].rpartition(":")
     return f"{Path(file).name}:{line}"

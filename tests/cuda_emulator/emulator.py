@@ -119,7 +119,7 @@ class Module:
         self.library = ctypes.CDLL(str(self.path))
         anchor = ctypes.cast(self.library.emu_run_0, ctypes.c_void_p).value
         self.base = anchor - build.symbol_offset(self.path, "emu_run_0")
-        self.shared = [(self.base + offset, size, name)
+        self.shared = [(self.base + offset, size, _shared_name(name))
                        for offset, size, name in build.shared_variables(self.path)]
         self._kernels = {expression: Kernel(self, i, expression, _parameter_names(code, expression))
                          for i, expression in enumerate(name_expressions)}
@@ -244,6 +244,13 @@ def _scalar_bits(value, dtype, what):
     raw = np.zeros(8, dtype=np.uint8)
     raw[:dtype.itemsize] = np.frombuffer(value.tobytes(), dtype=np.uint8)
     return int(raw.view(np.uint64)[0])
+
+
+def _shared_name(symbol):
+    """'__shared__ partials of cross_entropy_forward<float>' for a demangled static local
+    'cross_entropy_forward<float>(float const*, ...)::partials'."""
+    match = re.match(r"(.*?)\(.*\)::(\w+)$", symbol)
+    return f"__shared__ {match.group(2)} of {match.group(1)}" if match else f"__shared__ {symbol}"
 
 
 def _parameter_names(code, name_expression):

@@ -225,13 +225,16 @@ void check_cell(Region& region, Cell& cell, uint64_t address, bool is_write, uin
     const char* access = is_write ? "writes" : "reads";
     const unsigned long long offset = (unsigned long long)(address - region.lo);
     if (concurrent(cell.writer, cell.write_epoch, me)) {
-        fail(pc, "race: %s byte %llu of %s, which %s wrote %s with no __syncthreads() between",
-             access, offset, region.name, thread_name(cell.writer).c_str(),
-             cell.write_epoch < current->block_first_epoch ? "in another block" : "");
+        fail(pc, "race: %s byte %llu of %s, which %s wrote %s", access, offset, region.name,
+             thread_name(cell.writer).c_str(),
+             cell.write_epoch < current->block_first_epoch
+                 ? "(blocks are never ordered within a launch)"
+                 : "with no __syncthreads() between");
     }
     if (is_write) {
         if (cell.first_read_epoch != 0 && cell.first_read_epoch < current->block_first_epoch) {
-            fail(pc, "race: writes byte %llu of %s, which a thread of another block read",
+            fail(pc, "race: writes byte %llu of %s, which a thread of another block read (blocks "
+                     "are never ordered within a launch)",
                  offset, region.name);
         }
         if (cell.read_epoch == current->epoch && cell.reader != 0 && cell.reader != me) {
@@ -445,7 +448,9 @@ void run_block(long long block_linear)
 void on_signal(int number, siginfo_t* info, void* context)
 {
     const ucontext_t* uc = (const ucontext_t*)context;
-    const uint64_t pc = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+    // + 1: error_pc is read as a return address (the instruction before it is the culprit),
+    // but a signal's pc is the faulting instruction itself.
+    const uint64_t pc = (uint64_t)uc->uc_mcontext.gregs[REG_RIP] + 1;
     if (number == SIGILL) {
         fail(pc, "undefined behaviour (a UBSan check trapped: signed overflow, a shift too "
                  "wide, division by zero, an index past a fixed-size array, a null or "
