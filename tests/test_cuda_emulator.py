@@ -51,8 +51,9 @@ def test_a_missing_barrier_is_reported_whatever_the_order():
         cuda_emulator.set_seed(seed)
         with pytest.raises(EmulatedKernelError,
                            match=r"snippet.cu:8: reverse, block \(0,0,0\), thread .*: (race: reads byte"
-                                 r" \d+ of '__shared__ tile of reverse', which thread .* wrote"
-                                 r"|reads byte \d+ of __shared__ .*which no thread of this block has written)"):
+                                 r" \d+ of 'tile' \(__shared__ in reverse\), which thread .* wrote"
+                                 r"|reads byte \d+ of 'tile' \(__shared__ in reverse\), which no thread"
+                                 r" of this block has written yet)"):
             reverse((1,), (64,), (floats(64), np.zeros(64, np.float32), np.int32(64)))
 
 

@@ -199,7 +199,7 @@ class Kernel:
                 keep.append(name.encode())
                 slot.lo, slot.hi, slot.writable, slot.name = lo, lo + size, writable, keep[-1]
             return array
-        shared = [(lo, size, True, f"'{name}'") for lo, size, name in self.module.shared]
+        shared = [(lo, size, True, name) for lo, size, name in self.module.shared]
         spec = _LaunchSpec()
         spec.entry = self._entry.value
         spec.kernel = self.name.encode()
@@ -247,10 +247,10 @@ def _scalar_bits(value, dtype, what):
 
 
 def _shared_name(symbol):
-    """'__shared__ partials of cross_entropy_forward<float>' for a demangled static local
-    'cross_entropy_forward<float>(float const*, ...)::partials'."""
+    """"'partials' (__shared__ in cross_entropy_forward<float>)" for a demangled static
+    local 'cross_entropy_forward<float>(float const*, ...)::partials'."""
     match = re.match(r"(.*?)\(.*\)::(\w+)$", symbol)
-    return f"__shared__ {match.group(2)} of {match.group(1)}" if match else f"__shared__ {symbol}"
+    return f"'{match.group(2)}' (__shared__ in {match.group(1)})" if match else f"'{symbol}' (__shared__)"
 
 
 def _parameter_names(code, name_expression):

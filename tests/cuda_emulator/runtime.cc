@@ -246,7 +246,7 @@ void check_cell(Region& region, Cell& cell, uint64_t address, bool is_write, uin
         return;
     }
     if (region.shared && cell.write_epoch == 0) {
-        fail(pc, "reads byte %llu of __shared__ %s, which no thread of this block has written",
+        fail(pc, "reads byte %llu of %s, which no thread of this block has written yet",
              offset, region.name);
     }
     if (cell.first_read_epoch == 0) {
