@@ -77,3 +77,9 @@ def emulated_cuda(request):
     """The CuPy stand-in, for tests that use the emulated cupy set without the `kernels` fixture."""
     with emulated_cupy(request) as cupy:
         yield cupy
+
+
+@pytest.fixture
+def emulated_kernels(emulated_cuda):
+    """The `cupy-emulated` KernelSet alone (what `kernels` gives for that param)."""
+    return KernelSet("cupy-emulated", "cuda", load_kernel_set("cupy"))
