@@ -192,14 +192,7 @@ class Kernel:
     def _launch(self, grid, block, params, buffers):
         lib = runtime()
         seed, launch_number = _next_launch_seed()
-        keep = []                                                  # keep C strings alive
-        def regions(items):
-            array = (_Region * max(1, len(items)))()
-            for slot, (lo, size, writable, name) in zip(array, items):
-                keep.append(name.encode())
-                slot.lo, slot.hi, slot.writable, slot.name = lo, lo + size, writable, keep[-1]
-            return array
-        shared = [(lo, size, True, name) for lo, size, name in self.module.shared]
+        names = []                                                 # keeps the C strings alive
         spec = _LaunchSpec()
         spec.entry = self._entry.value
         spec.kernel = self.name.encode()
@@ -207,14 +200,24 @@ class Kernel:
         spec.block[:] = block
         spec.params = (ctypes.c_ulonglong * max(1, len(params)))(*params)
         spec.nparams = len(params)
-        spec.buffers, spec.nbuffers = regions(buffers), len(buffers)
-        spec.shared, spec.nshared = regions(shared), len(shared)
+        spec.buffers, spec.nbuffers = _regions(buffers, names), len(buffers)
+        shared = [(lo, size, True, name) for lo, size, name in self.module.shared]
+        spec.shared, spec.nshared = _regions(shared, names), len(shared)
         spec.seed, spec.yield_one_in = seed, YIELD_ONE_IN
         if lib.emu_launch(ctypes.byref(spec)) != 0:
-            message = lib.emu_error_message().decode()
-            message = self.module.describe_error(message, lib.emu_error_pc())
+            message = self.module.describe_error(lib.emu_error_message().decode(),
+                                                 lib.emu_error_pc())
             raise EmulatedKernelError(f"{message} [grid {grid}, block {block};"
                                       f" interleaving seed {_seed['base']}, launch {launch_number}]")
+
+
+def _regions(items, names):
+    """A C array of emu_region for [(address, size, writable, name)]; `names` keeps the bytes."""
+    array = (_Region * max(1, len(items)))()
+    for slot, (lo, size, writable, name) in zip(array, items):
+        names.append(name.encode())
+        slot.lo, slot.hi, slot.writable, slot.name = lo, lo + size, writable, names[-1]
+    return array
 
 
 def _dims(value, what):
