@@ -192,12 +192,13 @@ void call(void (*kernel)(P...), const unsigned long long* slots)
 
 // One kernel instantiation, exported as emu_run_<i> (the body of every thread) and
 // emu_describe_<i> (its parameter types).
+#define EMU_PUBLIC extern "C" __attribute__((visibility("default")))
 #define EMU_EXPORT(i, ...)                                                                  \
-    extern "C" __attribute__((visibility("default"))) void emu_run_##i(const unsigned long long* slots)                            \
+    EMU_PUBLIC void emu_run_##i(const unsigned long long* slots)                            \
     {                                                                                       \
         emu::call(&__VA_ARGS__, slots);                                                     \
     }                                                                                       \
-    extern "C" __attribute__((visibility("default"))) int emu_describe_##i(char* out, int capacity)                                \
+    EMU_PUBLIC int emu_describe_##i(char* out, int capacity)                                \
     {                                                                                       \
         return emu::describe(&__VA_ARGS__, out, capacity);                                  \
     }

@@ -266,7 +266,9 @@ std::string nearest_region(uint64_t address)
     const Region* best = nullptr;
     uint64_t best_distance = UINT64_MAX;
     for (const Region& r : current->regions) {
-        const uint64_t d = address < r.lo ? r.lo - address : address >= r.hi ? address - r.hi + 1 : 0;
+        const uint64_t d = address < r.lo    ? r.lo - address
+                           : address >= r.hi ? address - r.hi + 1
+                                             : 0;
         if (d < best_distance) {
             best_distance = d;
             best = &r;
@@ -357,7 +359,8 @@ void fiber_main()
     const int warp_first = running->linear / kWarpSize * kWarpSize;
     for (int i = warp_first; i < warp_first + kWarpSize && i < current->threads; ++i) {
         const Fiber& lane = fibers[i];
-        if (lane.state == State::at_shuffle && (lane.shuffle.mask >> (running->linear % kWarpSize) & 1)) {
+        const bool waits_for_me = lane.shuffle.mask >> (running->linear % kWarpSize) & 1;
+        if (lane.state == State::at_shuffle && waits_for_me) {
             fail(0, "exits while lane %d waits for it in a warp shuffle (mask 0x%08x)",
                  i % kWarpSize, lane.shuffle.mask);
         }
@@ -476,14 +479,14 @@ uint3 emu_block_idx(void) { return current ? current->block_index : uint3{0, 0, 
 
 uint3 emu_block_dim(void)
 {
-    return current ? uint3{current->spec->block[0], current->spec->block[1], current->spec->block[2]}
-                   : uint3{1, 1, 1};
+    const unsigned int* b = current ? current->spec->block : nullptr;
+    return b ? uint3{b[0], b[1], b[2]} : uint3{1, 1, 1};
 }
 
 uint3 emu_grid_dim(void)
 {
-    return current ? uint3{current->spec->grid[0], current->spec->grid[1], current->spec->grid[2]}
-                   : uint3{1, 1, 1};
+    const unsigned int* g = current ? current->spec->grid : nullptr;
+    return g ? uint3{g[0], g[1], g[2]} : uint3{1, 1, 1};
 }
 
 void emu_syncthreads(void)
@@ -639,13 +642,14 @@ uint64_t emu_error_pc(void) { return last_error_pc; }
 uint64_t emu_access_count(void) { return access_count; }
 
 // --- the ThreadSanitizer instrumentation hooks: every load and store of kernel code ------
-#define EMU_HOOKS(N)                                                                        \
-    void __tsan_read##N(void* p) { check_access(p, N, false, (uint64_t)__builtin_return_address(0)); } \
-    void __tsan_write##N(void* p) { check_access(p, N, true, (uint64_t)__builtin_return_address(0)); } \
-    void __tsan_unaligned_read##N(void* p) { check_access(p, N, false, (uint64_t)__builtin_return_address(0)); } \
-    void __tsan_unaligned_write##N(void* p) { check_access(p, N, true, (uint64_t)__builtin_return_address(0)); } \
-    void __tsan_volatile_read##N(void* p) { check_access(p, N, false, (uint64_t)__builtin_return_address(0)); } \
-    void __tsan_volatile_write##N(void* p) { check_access(p, N, true, (uint64_t)__builtin_return_address(0)); }
+#define EMU_CALLER ((uint64_t)__builtin_return_address(0))
+#define EMU_HOOKS(N)                                                                       \
+    void __tsan_read##N(void* p) { check_access(p, N, false, EMU_CALLER); }                \
+    void __tsan_write##N(void* p) { check_access(p, N, true, EMU_CALLER); }                \
+    void __tsan_unaligned_read##N(void* p) { check_access(p, N, false, EMU_CALLER); }      \
+    void __tsan_unaligned_write##N(void* p) { check_access(p, N, true, EMU_CALLER); }      \
+    void __tsan_volatile_read##N(void* p) { check_access(p, N, false, EMU_CALLER); }       \
+    void __tsan_volatile_write##N(void* p) { check_access(p, N, true, EMU_CALLER); }
 EMU_HOOKS(1)
 EMU_HOOKS(2)
 EMU_HOOKS(4)
@@ -654,31 +658,31 @@ EMU_HOOKS(16)
 
 void __tsan_read_range(void* p, unsigned long size)
 {
-    check_access(p, size, false, (uint64_t)__builtin_return_address(0));
+    check_access(p, size, false, EMU_CALLER);
 }
 
 void __tsan_write_range(void* p, unsigned long size)
 {
-    check_access(p, size, true, (uint64_t)__builtin_return_address(0));
+    check_access(p, size, true, EMU_CALLER);
 }
 
 void* __tsan_memcpy(void* to, const void* from, unsigned long size)
 {
-    check_access(from, size, false, (uint64_t)__builtin_return_address(0));
-    check_access(to, size, true, (uint64_t)__builtin_return_address(0));
+    check_access(from, size, false, EMU_CALLER);
+    check_access(to, size, true, EMU_CALLER);
     return memcpy(to, from, size);
 }
 
 void* __tsan_memmove(void* to, const void* from, unsigned long size)
 {
-    check_access(from, size, false, (uint64_t)__builtin_return_address(0));
-    check_access(to, size, true, (uint64_t)__builtin_return_address(0));
+    check_access(from, size, false, EMU_CALLER);
+    check_access(to, size, true, EMU_CALLER);
     return memmove(to, from, size);
 }
 
 void* __tsan_memset(void* to, int value, unsigned long size)
 {
-    check_access(to, size, true, (uint64_t)__builtin_return_address(0));
+    check_access(to, size, true, EMU_CALLER);
     return memset(to, value, size);
 }
 

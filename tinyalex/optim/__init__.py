@@ -85,8 +85,8 @@ class SGD:
         if group["momentum"]:
             buf = self.state.setdefault(p, {}).get("momentum_buffer")
             if buf is None:                            # the kernel sets it to g on this step
-                buf = self.state[p]["momentum_buffer"] = _device.array_module(p.data).empty_like(p.data)
-                first_step = True
+                buf = _device.array_module(p.data).empty_like(p.data)
+                self.state[p]["momentum_buffer"], first_step = buf, True
         sgd_update(p.data, p.grad.data, buf, group["lr"], group["momentum"], group["weight_decay"],
                    group["nesterov"], first_step, group["dampening"])
 
