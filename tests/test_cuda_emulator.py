@@ -65,14 +65,15 @@ __global__ void racy(int* out)
 {
     __shared__ int last;
     last = threadIdx.x;
-    out[0] = 0;
+    __syncthreads();
+    out[threadIdx.x] = last;
 }
 """, "racy")
     reports = set()
     for seed in range(8):
         cuda_emulator.set_seed(seed)
         with pytest.raises(EmulatedKernelError, match="race: writes byte 0 of 'last'") as error:
-            racy((1,), (64,), (np.zeros(1, np.int32),))
+            racy((1,), (64,), (np.zeros(64, np.int32),))
         reports.add(str(error.value).split("[")[0])
     assert len(reports) > 1, "the threads ran in the same order for every seed"
 
