@@ -280,13 +280,16 @@ def test_relu_matches_torch(kernels, dtype):
 
 # --- cross-entropy --------------------------------------------------------------------
 
+# 5 classes: one warp per row on CUDA; 70: three warps, so the block reduction's shared
+# partials and barriers are exercised.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scale", [1.0, 1e3])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_cross_entropy_matches_torch(kernels, reduction, scale, dtype):
+@pytest.mark.parametrize("C", [5, 70])
+def test_cross_entropy_matches_torch(kernels, C, reduction, scale, dtype):
     rng = np.random.default_rng(7)
     K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
-    N, C = 6, 5
+    N = 6
     logits = (scale * rng.standard_normal((N, C))).astype(dtype)
     target = rng.integers(0, C, size=N)  # int64, with repeated classes
     gloss = rng.standard_normal(N if reduction == "none" else ()).astype(dtype)

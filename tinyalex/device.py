@@ -1,14 +1,19 @@
 """Devices and array modules: the only place that knows NumPy arrays live on "cpu"
 and CuPy arrays on "cuda". Everything else asks here."""
+import contextlib
+
 import numpy as np
 
 _cupy = None
 _cupy_error = None
+_stand_in = None  # a module playing cupy, inside cupy_stand_in() only (tests)
 
 
 def cupy_module():
     """Return the cupy module, or raise RuntimeError saying why CUDA cannot be used."""
     global _cupy, _cupy_error
+    if _stand_in is not None:
+        return _stand_in
     if _cupy is None and _cupy_error is None:
         try:
             import cupy
@@ -50,12 +55,31 @@ def parse_device(device):
 
 def device_of(array):
     """'cuda' for a CuPy array, 'cpu' for anything else."""
+    if _stand_in is not None and isinstance(array, _stand_in.ndarray):
+        return "cuda"
     return "cuda" if type(array).__module__.startswith("cupy") else "cpu"
 
 
 def array_module(array):
     """numpy or cupy, whichever owns `array` (like cupy.get_array_module)."""
-    return _cupy if device_of(array) == "cuda" else np
+    return cupy_module() if device_of(array) == "cuda" else np
+
+
+@contextlib.contextmanager
+def cupy_stand_in(module):
+    """Inside the block, `module` plays cupy: cupy_module() returns it, and instances of
+    its `ndarray` class are arrays on 'cuda'.
+
+    The seam through which the tests run the CUDA kernels without a GPU
+    (tests/cuda_emulator/fake_cupy.py: a test double of the launch path, not of CuPy).
+    Nothing in tinyalex calls it; outside the block nothing changes.
+    """
+    global _stand_in
+    previous, _stand_in = _stand_in, module
+    try:
+        yield module
+    finally:
+        _stand_in = previous
 
 
 def to_device(array, device):

@@ -9,7 +9,8 @@ The third implementation of tinyalex.dispatch.KERNEL_API, next to the numpy refe
   picks cuBLAS's float32 mode: strict fp32, or TF32 with TINYALEX_TF32=1.
 - conv.py, pool.py, lrn.py, relu.py, dropout.py and cross_entropy.py are thin launchers:
   they check what the kernels assume, allocate the outputs and launch.
-- sgd.py adds the fused optimiser step (sgd_update), which is not part of KERNEL_API.
+- sgd.py adds the fused optimiser step (sgd_update), which is not part of KERNEL_API;
+  optim.SGD.step uses it for parameters on CUDA.
 
 Every backward is a gather, one thread per output element looping over its inputs, so
 gradients are bitwise repeatable: no float atomics (PITFALLS #6).

@@ -1,0 +1,201 @@
+"""Compile the emulator's runtime and the kernel modules with g++, cached on disk.
+
+A kernel module is one .cu source compiled UNCHANGED into a shared library:
+
+    g++ -include emulator.h <unit.cc> ...    unit.cc = the source text, then a trailer
+
+The trailer, generated here, exports every name expression the loader asks for
+(``im2col<float>``, ...) as ``emu_run_<i>`` (one thread's body) and ``emu_describe_<i>``
+(its C parameter types): see the end of emulator.h. The unit is compiled with
+
+- ``-fsanitize=thread`` as instrumentation only: every load and store calls a
+  ``__tsan_*`` hook, and runtime.cc defines those hooks (bounds, races); libtsan is never
+  linked, because its runtime would need to start with the process;
+- ``-fsanitize=undefined`` in trap mode: a failed UB check executes a trap instruction,
+  which the runtime turns into an error, with no UBSan runtime either.
+
+AddressSanitizer is not used: inside a library that a plain (non-ASan) Python dlopens,
+ASan cannot see the bounds of numpy's heap buffers unless it is preloaded into the
+interpreter, and it knows nothing of which array a kernel argument is. The hooks check
+each access against the exact byte ranges of the launch's arguments instead.
+
+``__shared__`` is ``static`` (emulator.h), so the module's writable data symbols are
+exactly its ``__shared__`` variables. They are hidden and not "GNU unique" (the default
+for static locals of templates), so two modules built from the same source (a mutated
+copy in a test) each keep their own: :func:`shared_variables` reads their offsets and
+sizes with ``nm``. Everything is cached under :func:`cache_dir`, keyed by a hash of the
+source, the emulator's own files, the flags and the compiler version.
+"""
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HEADER = HERE / "emulator.h"
+RUNTIME_SOURCE = HERE / "runtime.cc"
+
+CXX = os.environ.get("CXX", "g++")
+KERNEL_FLAGS = ("-std=c++17", "-O1", "-gdwarf-4", "-fPIC", "-fno-exceptions",
+                "-fvisibility=hidden", "-fno-gnu-unique",
+                "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
+                "-fsanitize=undefined,float-cast-overflow", "-fno-sanitize=vptr",
+                "-fsanitize-undefined-trap-on-error")
+RUNTIME_FLAGS = ("-std=c++17", "-O2", "-g", "-fPIC", "-shared")
+
+# Data symbols of a shared library that are not the kernel's: the C runtime's.
+NOT_SHARED = re.compile(r"^(__|_DYNAMIC$|_GLOBAL_OFFSET_TABLE_$|_edata$|_end$|completed\.)")
+
+
+class EmulatorBuildError(RuntimeError):
+    """g++ failed, or the kernel needs something the emulator does not provide."""
+
+
+def compiler_missing_reason():
+    """None when g++ (and nm) can build the emulator, else why not."""
+    for tool in (CXX, "nm"):
+        if shutil.which(tool) is None:
+            return f"the CUDA emulator needs {tool}, which is not on PATH"
+    return None
+
+
+def cache_dir():
+    """Where built libraries live: $TINYALEX_EMULATOR_CACHE, else a folder in the temp dir."""
+    folder = os.environ.get("TINYALEX_EMULATOR_CACHE")
+    if not folder:
+        folder = Path(tempfile.gettempdir()) / f"tinyalex-cuda-emulator-{os.getuid()}"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_version():
+    return subprocess.run([CXX, "--version"], capture_output=True, text=True, check=True).stdout
+
+
+def _key(*parts):
+    digest = hashlib.sha256()
+    for part in parts + (compiler_version(),):
+        digest.update(str(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:24]
+
+
+def _run(command, what):
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise EmulatorBuildError(f"{what} failed:\n{' '.join(map(str, command))}\n"
+                                 f"{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def _publish(built, target):
+    """Move a finished build into place atomically (other processes may share the cache)."""
+    os.replace(built, target)
+    return target
+
+
+@functools.lru_cache(maxsize=None)
+def runtime_library():
+    """Path of the runtime .so (scheduler, checks, the __tsan_* hooks), built if needed."""
+    text = RUNTIME_SOURCE.read_text()
+    target = cache_dir() / f"runtime-{_key(text, RUNTIME_FLAGS)}.so"
+    if not target.exists():
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as work:
+            built = Path(work) / "runtime.so"
+            _run([CXX, *RUNTIME_FLAGS, RUNTIME_SOURCE, "-o", built], "building the emulator runtime")
+            _publish(built, target)
+    return target
+
+
+def trailer(name_expressions):
+    """The C++ appended to the source: one EMU_EXPORT per name expression."""
+    lines = ["", "// --- generated by tests/cuda_emulator/build.py ---"]
+    lines += [f"EMU_EXPORT({i}, {expression})" for i, expression in enumerate(name_expressions)]
+    return "\n".join(lines) + "\n"
+
+
+def build_module(code, name_expressions, file_name):
+    """Path of the kernel .so for `code` (the .cu text) exporting `name_expressions`."""
+    unit_text = f'#line 1 "{file_name}"\n{code}\n#line 1 "emulator-trailer"\n{trailer(name_expressions)}'
+    key = _key(unit_text, HEADER.read_text(), RUNTIME_SOURCE.read_text(), KERNEL_FLAGS)
+    target = cache_dir() / f"{Path(file_name).stem}-{key}.so"
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as work:
+        unit = Path(work) / "unit.cc"
+        unit.write_text(unit_text)
+        obj = Path(work) / "unit.o"
+        _run([CXX, *KERNEL_FLAGS, "-include", HEADER, "-c", unit, "-o", obj],
+             f"compiling {file_name} for the CUDA emulator")
+        _check_hooks(obj, file_name)
+        built = Path(work) / "module.so"
+        _run([CXX, "-shared", obj, "-o", built], f"linking {file_name} for the CUDA emulator")
+        return _publish(built, target)
+
+
+def _check_hooks(obj, file_name):
+    """Refuse instrumentation the runtime does not implement (atomics, for example)."""
+    provided = set(_run(["nm", "-D", "--defined-only", "--format=just-symbols", runtime_library()],
+                        "listing the runtime's symbols").split())
+    wanted = {s for s in _run(["nm", "-u", "--format=just-symbols", obj], "nm").split()
+              if s.startswith(("__tsan_", "emu_"))}
+    missing = sorted(wanted - provided)
+    if missing:
+        raise EmulatorBuildError(f"{file_name} needs {', '.join(missing)}, which the CUDA"
+                                 f" emulator does not provide (atomics are not emulated)")
+
+
+def shared_variables(library):
+    """[(offset, size, name)] of the __shared__ variables of a built module (its data symbols).
+
+    ``static`` locals of templates are unique-global ('u') symbols in their own comdat
+    sections, so a section attribute cannot gather them; their symbols can.
+    """
+    listing = _run(["nm", "--defined-only", "-S", library], "nm")
+    found = []
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) != 4 or fields[2] not in "bBdDuV" or NOT_SHARED.match(fields[3]):
+            continue
+        found.append((int(fields[0], 16), int(fields[1], 16), fields[3]))
+    pretty = _demangle([name for _, _, name in found])
+    return [(offset, size, name) for (offset, size, _), name in zip(found, pretty)]
+
+
+def symbol_offset(library, symbol):
+    """The address of `symbol` in the library file (its offset from the load base)."""
+    for line in _run(["nm", "--defined-only", library], "nm").splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[2] == symbol:
+            return int(fields[0], 16)
+    raise EmulatorBuildError(f"{symbol} is not defined in {library}")
+
+
+def _demangle(names):
+    if not names:
+        return []
+    out = _run(["c++filt", *names], "c++filt") if shutil.which("c++filt") else "\n".join(names)
+    return out.splitlines()
+
+
+def source_line(library, offset):
+    """'file:line' of the code at `offset` in the library (from its debug info), or ''."""
+    if shutil.which("addr2line") is None:
+        return ""
+    result = subprocess.run(["addr2line", "-e", str(library), "-i", hex(offset)],
+                            capture_output=True, text=True)
+    lines = [l for l in result.stdout.splitlines() if l and not l.startswith("??")]
+    # -i lists the inlined frames innermost first: the first outside emulator.h is the
+    # kernel's own line (a shuffle's wrapper is inlined from emulator.h).
+    lines = [l.split(" (discriminator")[0] for l in lines]
+    kernel_lines = [l for l in lines if Path(l.rpartition(":")[0]).name != HEADER.name]
+    if not (kernel_lines or lines):
+        return ""
+    file, _, line = (kernel_lines or lines)[0].rpartition(":")
+    return f"{Path(file).name}:{line}"
