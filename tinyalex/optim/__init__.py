@@ -85,9 +85,9 @@ class SGD:
         if group["momentum"]:
             buf = self.state.setdefault(p, {}).get("momentum_buffer")
             if buf is None:                            # the kernel sets it to g on this step
-                buf = _device.array_module(p.data).empty_like(p.data)
+                buf = _device.array_module(p.array).empty_like(p.array)
                 self.state[p]["momentum_buffer"], first_step = buf, True
-        sgd_update(p.data, p.grad.data, buf, group["lr"], group["momentum"], group["weight_decay"],
+        sgd_update(p.array, p.grad.array, buf, group["lr"], group["momentum"], group["weight_decay"],
                    group["nesterov"], first_step, group["dampening"])
 
     def state_dict(self):
