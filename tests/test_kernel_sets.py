@@ -200,22 +200,79 @@ POOL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("value_range, kernel_size, stride, padding", POOL_CASES)
 def test_max_pool2d_matches_torch_with_ties(kernels, value_range, kernel_size, stride, padding,
-                                            dtype):
+                                            dtype, ceil_mode):
     rng = np.random.default_rng(3)
     K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
     x = rng.integers(*value_range, size=(2, 3, 8, 5)).astype(dtype)
 
-    y, cache = K.max_pool2d_forward(dev(x), kernel_size, stride, padding)
+    y, cache = K.max_pool2d_forward(dev(x), kernel_size, stride, padding, ceil_mode)
     gy = rng.standard_normal(host(y).shape).astype(dtype)
     gx = K.max_pool2d_backward(dev(gy), cache)
+    indices = host(K.max_pool2d_indices(cache))
 
-    y_t, (gx_t,) = torch_vjp(lambda x: F.max_pool2d(x, kernel_size, stride, padding), [x], gy)
+    def pool(x):
+        return F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+
+    y_t, (gx_t,) = torch_vjp(pool, [x], gy)
     assert_close(host(y), y_t, dtype)
     assert_close(host(gx), gx_t, dtype)
     np.testing.assert_array_equal(host(K.max_pool2d_backward(dev(gy), cache)), host(gx))
+    _, indices_t = F.max_pool2d(torch.from_numpy(x), kernel_size, stride, padding,
+                                ceil_mode=ceil_mode, return_indices=True)
+    assert indices.dtype == np.int64
+    np.testing.assert_array_equal(indices, indices_t.numpy())
+
+
+# (H, W, kernel_size, stride, padding): ceil mode adds a last window that runs past the
+# bottom/right padding (torch's rule drops one that would start inside the padding).
+CEIL_CASES = [
+    (7, 6, (2, 2), (2, 2), (0, 0)),          # 7 rows: a last window of one real row
+    (8, 5, (3, 3), (2, 2), (1, 1)),          # 8+2-3 = 7, odd: ceil adds a window
+    (6, 9, (3, 2), (3, 2), (1, 1)),          # the rule: (OH-1)*sh >= H + ph drops a window
+    (5, 7, (4, 3), (3, 2), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("H, W, kernel_size, stride, padding", CEIL_CASES)
+def test_max_pool2d_ceil_mode_sizes_and_indices_match_torch(kernels, H, W, kernel_size, stride,
+                                                            padding):
+    rng = np.random.default_rng(13)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = rng.integers(-2, 2, size=(2, 3, H, W)).astype(np.float64)      # ties
+    y, cache = K.max_pool2d_forward(dev(x), kernel_size, stride, padding, True)
+    gy = rng.standard_normal(host(y).shape)
+    y_t, (gx_t,) = torch_vjp(lambda x: F.max_pool2d(x, kernel_size, stride, padding,
+                                                    ceil_mode=True), [x], gy)
+    assert host(y).shape == y_t.shape
+    assert_close(host(y), y_t, np.float64)
+    assert_close(host(K.max_pool2d_backward(dev(gy), cache)), gx_t, np.float64)
+    _, indices_t = F.max_pool2d(torch.from_numpy(x), kernel_size, stride, padding,
+                                ceil_mode=True, return_indices=True)
+    np.testing.assert_array_equal(host(K.max_pool2d_indices(cache)), indices_t.numpy())
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_max_pool2d_never_routes_to_padding_in_windows_of_minus_inf(kernels, ceil_mode):
+    """A window whose real pixels are all -inf ties with the -inf padding: torch's index (and
+    gradient) goes to the first real pixel, on every set."""
+    rng = np.random.default_rng(14)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = rng.standard_normal((2, 2, 7, 6))
+    x[:, :, :3, :] = -np.inf                                           # whole top windows
+    x[1, 1] = -np.inf                                                  # a whole plane
+    x[0, 1, :, :2] = -np.inf                                           # left windows
+    y, cache = K.max_pool2d_forward(dev(x), (3, 3), (2, 2), (1, 1), ceil_mode)
+    gy = rng.standard_normal(host(y).shape)
+    y_t, (gx_t,) = torch_vjp(lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=ceil_mode), [x], gy)
+    np.testing.assert_array_equal(host(y), y_t)
+    np.testing.assert_allclose(host(K.max_pool2d_backward(dev(gy), cache)), gx_t, rtol=1e-12)
+    _, indices_t = F.max_pool2d(torch.from_numpy(x), 3, 2, 1, ceil_mode=ceil_mode,
+                                return_indices=True)
+    np.testing.assert_array_equal(host(K.max_pool2d_indices(cache)), indices_t.numpy())
 
 
 # --- LRN ------------------------------------------------------------------------------

@@ -147,10 +147,13 @@ def test_max_pool2d_matches_reference_with_ties(seed, dtype):
     shape = random_image(rng)
     window = random_window(rng, *shape[2:])
     x = rng.integers(-3, 2, size=shape).astype(dtype)                   # many ties, all-negative windows
+    x[x == -3] = -np.inf                                               # ties with the padding
+    ceil_mode = bool(seed % 2)
 
-    y, cache = cpu.max_pool2d_forward(x, *window)
-    y_ref, cache_ref = reference.max_pool2d_forward(x, *window)
+    y, cache = cpu.max_pool2d_forward(x, *window, ceil_mode)
+    y_ref, cache_ref = reference.max_pool2d_forward(x, *window, ceil_mode)
     np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(cpu.max_pool2d_indices(cache), reference.max_pool2d_indices(cache_ref))
 
     gy = rng.standard_normal(y.shape).astype(dtype)
     gx = cpu.max_pool2d_backward(gy, cache)

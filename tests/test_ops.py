@@ -49,14 +49,16 @@ def test_conv2d_finite_differences(kernels, case):
 @fd_settings
 @given(n=st.integers(2, 3), c=st.integers(2, 3), h=st.integers(4, 8), w=st.integers(4, 8),
        kernel=st.integers(2, 3), stride=st.integers(1, 3), padding=st.integers(0, 1),
-       seed=st.integers(0, 99))
-def test_max_pool2d_finite_differences(kernels, n, c, h, w, kernel, stride, padding, seed):
+       ceil_mode=st.booleans(), seed=st.integers(0, 99))
+def test_max_pool2d_finite_differences(kernels, n, c, h, w, kernel, stride, padding, ceil_mode,
+                                       seed):
     if h == w:
         w += 1
     rng = np.random.default_rng(seed)
     # distinct values 0.1 apart: no ties within the finite-difference step
     x = rng.permutation(n * c * h * w).reshape(n, c, h, w) * 0.1
-    gradcheck(kernels, lambda x: F.max_pool2d(x, kernel, stride, min(padding, kernel // 2)), [x])
+    gradcheck(kernels, lambda x: F.max_pool2d(x, kernel, stride, min(padding, kernel // 2),
+                                              ceil_mode=ceil_mode), [x])
 
 
 @fd_settings
@@ -138,16 +140,36 @@ def test_conv2d_matches_torch(kernels, xs, ws, stride, padding, groups, bias):
                  lambda x, w, b=None: TF.conv2d(x, w, b, stride, padding, 1, groups), arrays)
 
 
+@pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("shape, kernel, stride, padding", [
     ((2, 3, 9, 7), 3, 2, 1),          # overlapping 3/2 pooling with padding
-    ((2, 2, 8, 10), 2, 2, 0),
+    ((2, 2, 8, 11), 2, 2, 0),         # ceil mode: a last column window of one real pixel
     ((2, 3, 13, 11), 3, 1, 0),        # stride 1: every pixel in up to 9 windows
+    ((2, 2, 10, 7), (3, 2), (3, 2), (1, 1)),   # ceil mode's rule drops a window in the padding
 ])
-def test_max_pool2d_matches_torch_with_ties(kernels, shape, kernel, stride, padding):
+def test_max_pool2d_matches_torch_with_ties(kernels, shape, kernel, stride, padding, ceil_mode):
     # small integers: many ties; the first maximum in row-major order takes the gradient
     x = np.random.default_rng(2).integers(-2, 3, shape).astype(np.float64)
-    check_parity(kernels, lambda x: F.max_pool2d(x, kernel, stride, padding),
-                 lambda x: TF.max_pool2d(x, kernel, stride, padding), [x])
+    check_parity(kernels, lambda x: F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode),
+                 lambda x: TF.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode), [x])
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_max_pool2d_return_indices_match_torch(kernels, ceil_mode, unbatched):
+    shape = (3, 9, 8) if unbatched else (2, 3, 9, 8)
+    x = np.random.default_rng(15).integers(-2, 3, shape).astype(np.float64)
+    x[..., :2, :] = -np.inf                                            # windows of -inf and padding
+    (ours,) = ta_tensors(kernels, [x])
+    y, indices = F.max_pool2d(ours, 3, 2, 1, ceil_mode=ceil_mode, return_indices=True)
+    y_t, indices_t = TF.max_pool2d(torch.tensor(x), 3, 2, 1, ceil_mode=ceil_mode,
+                                   return_indices=True)
+    assert indices.dtype == np.int64 and not indices.requires_grad
+    assert indices.shape == tuple(indices_t.shape) and y.shape == tuple(y_t.shape)
+    np.testing.assert_array_equal(kernels.to_numpy(indices.array), indices_t.numpy())
+    np.testing.assert_array_equal(kernels.to_numpy(y.array), y_t.numpy())
+    layer = ta.nn.MaxPool2d(3, 2, 1, return_indices=True, ceil_mode=ceil_mode)
+    np.testing.assert_array_equal(kernels.to_numpy(layer(ours)[1].array), indices_t.numpy())
 
 
 @pytest.mark.parametrize("size, alpha, beta, k", [
@@ -235,3 +257,100 @@ def test_max_pool2d_routes_nan_windows_like_torch(kernels):
     y_ref.backward(torch.tensor(gy))
     np.testing.assert_array_equal(np.isnan(kernels.to_numpy(y.array)), np.isnan(y_ref.detach().numpy()))
     np.testing.assert_allclose(kernels.to_numpy(ours.grad.array), ref.grad.numpy(), rtol=1e-12)
+
+
+# --- N = 0 and shape (): torch's shapes and values on every set -----------------------------
+class _Lib:
+    """The same names on both libraries: lib.F (functional), lib.nn (layers)."""
+
+    def __init__(self, functional, nn):
+        self.F, self.nn = functional, nn
+
+
+TINYALEX, TORCH = _Lib(F, ta.nn), _Lib(TF, torch.nn)
+
+
+def _empty_target(n):
+    return np.zeros(n, dtype=np.int64)
+
+
+# name -> (call(lib, *tensors), input arrays); every input float array gets a gradient.
+EDGE_CASES = {
+    "conv2d N=0": (lambda lib, x, w, b: lib.F.conv2d(x, w, b, 1, 1),
+                   [np.zeros((0, 3, 5, 6)), np.ones((4, 3, 3, 3)), np.ones(4)]),
+    "conv2d N=0 dilated same": (lambda lib, x, w: lib.F.conv2d(x, w, padding="same", dilation=2),
+                                [np.zeros((0, 2, 5, 6)), np.ones((4, 2, 2, 3))]),
+    "max_pool2d N=0": (lambda lib, x: lib.F.max_pool2d(x, 3, 2, 1), [np.zeros((0, 3, 7, 6))]),
+    "max_pool2d N=0 ceil": (lambda lib, x: lib.F.max_pool2d(x, 2, 2, ceil_mode=True),
+                            [np.zeros((0, 3, 7, 6))]),
+    "local_response_norm N=0": (lambda lib, x: lib.F.local_response_norm(x, 3, 0.5),
+                                [np.zeros((0, 4, 3, 5))]),
+    "relu N=0": (lambda lib, x: lib.F.relu(x), [np.zeros((0, 3))]),
+    "relu ()": (lambda lib, x: lib.F.relu(x), [np.array(1.5)]),
+    "relu () negative": (lambda lib, x: lib.F.relu(x), [np.array(-0.5)]),
+    "dropout eval ()": (lambda lib, x: lib.F.dropout(x, 0.5, training=False), [np.array(1.5)]),
+    "linear N=0": (lambda lib, x, w, b: lib.F.linear(x, w, b),
+                   [np.zeros((0, 7)), np.ones((5, 7)), np.ones(5)]),
+    "linear (0,) @ (8, 0)": (lambda lib, x, w: lib.F.linear(x, w), [np.zeros(0), np.ones((8, 0))]),
+    "linear 3-D N=0": (lambda lib, x, w: lib.F.linear(x, w), [np.zeros((2, 0, 7)), np.ones((5, 7))]),
+    "cross_entropy N=0 mean": (lambda lib, z, t: lib.F.cross_entropy(z, t),
+                               [np.zeros((0, 4)), _empty_target(0)]),
+    "cross_entropy N=0 sum": (lambda lib, z, t: lib.F.cross_entropy(z, t, reduction="sum"),
+                              [np.zeros((0, 4)), _empty_target(0)]),
+    "cross_entropy N=0 none": (lambda lib, z, t: lib.F.cross_entropy(z, t, reduction="none"),
+                               [np.zeros((0, 4)), _empty_target(0)]),
+    "cross_entropy unbatched ()": (lambda lib, z, t: lib.F.cross_entropy(z, t),
+                                   [np.array([0.5, -1.0, 2.0]), np.array(2)]),
+    "cross_entropy unbatched () none": (lambda lib, z, t: lib.F.cross_entropy(z, t, reduction="none"),
+                                        [np.array([0.5, -1.0, 2.0]), np.array(0)]),
+    "cross_entropy N=0 probabilities": (lambda lib, z, t: lib.F.cross_entropy(z, t),
+                                        [np.zeros((0, 4)), np.zeros((0, 4))]),
+    "Flatten N=0": (lambda lib, x: lib.nn.Flatten()(x), [np.zeros((0, 3, 2))]),
+    "sum then relu": (lambda lib, x: x.relu().sum().relu(), [np.array([1.0, -2.0, 3.0])]),
+    "mean then relu": (lambda lib, x: x.relu().mean().relu(), [np.array([[1.0, -2.0], [3.0, 0.5]])]),
+    "mean of N=0": (lambda lib, x: x.mean(), [np.zeros((0, 3))]),
+    "sum of N=0": (lambda lib, x: x.sum(), [np.zeros((0, 3))]),
+    "sum of ()": (lambda lib, x: (x * 2.0).sum().relu(), [np.array(-1.5)]),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_empty_batch_and_0d_match_torch(kernels, name, dtype):
+    """Output shape, dtype and values (NaN where torch gives NaN), and every input gradient
+    (shape and values) for a random upstream gradient, against torch."""
+    call, arrays = EDGE_CASES[name]
+    ours = ta_tensors(kernels, arrays, dtype=dtype)
+    torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
+    theirs = [torch.tensor(a, dtype=torch_dtype if a.dtype.kind == "f" else None,
+                           requires_grad=a.dtype.kind == "f") for a in arrays]
+    y, y_t = call(TINYALEX, *ours), call(TORCH, *theirs)
+    assert y.shape == tuple(y_t.shape), f"shape {y.shape}, torch {tuple(y_t.shape)}"
+    assert y.dtype == np.dtype(dtype)
+    y_np = kernels.to_numpy(y.array)
+    assert isinstance(y.array, type(kernels.to_device(np.zeros(1)))), "a scalar, not an array"
+    np.testing.assert_allclose(y_np, y_t.detach().numpy(), rtol=1e-6, atol=1e-7, equal_nan=True)
+
+    gy = np.random.default_rng(0).uniform(0.5, 1.5, y.shape)         # never all ones
+    y.backward(kernels.to_device(gy.astype(dtype)))
+    y_t.backward(torch.tensor(gy, dtype=torch_dtype))
+    for i, (a, t) in enumerate(zip(ours, theirs)):
+        if t.requires_grad:
+            assert a.grad is not None and a.grad.shape == tuple(t.grad.shape), f"grad {i} shape"
+            np.testing.assert_allclose(kernels.to_numpy(a.grad.array), t.grad.numpy(), rtol=1e-6,
+                                       atol=1e-7, equal_nan=True, err_msg=f"grad of input {i}")
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (0, 3), (2, 0, 4)])
+def test_dropout_in_training_keeps_shape_and_mask_at_0d_and_empty(kernels, shape):
+    x = np.full(shape, 1.5)
+    (xt,) = ta_tensors(kernels, [x])
+    ta.manual_seed(3)
+    y = F.dropout(xt, 0.5, training=True)
+    assert y.shape == shape
+    y_np = kernels.to_numpy(y.array)
+    assert np.all((y_np == 0) | (y_np == 3.0))                         # dropped, or scaled by 2
+    gy = np.random.default_rng(1).uniform(0.5, 1.5, shape)
+    y.backward(kernels.to_device(gy))
+    assert xt.grad.shape == shape
+    np.testing.assert_array_equal(kernels.to_numpy(xt.grad.array), np.where(y_np != 0, 2 * gy, 0))

@@ -29,10 +29,16 @@ KERNEL_API = {
     "conv2d_forward": "conv2d_forward(x, weight, bias, stride, padding, groups) -> (y, cache)."
                       " weight (OC, C/groups, kh, kw), bias (OC,) or None; y (N,OC,OH,OW).",
     "conv2d_backward": "conv2d_backward(gy, cache, need_gx=True) -> (gx or None, gW, gb or None).",
-    "max_pool2d_forward": "max_pool2d_forward(x, kernel_size, stride, padding) -> (y, cache)."
-                          " Floor mode, -inf padding; the argmax is the first maximum in"
-                          " row-major window order.",
+    "max_pool2d_forward": "max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False)"
+                          " -> (y, cache). -inf padding (at most half the kernel); OH floor"
+                          " (H + 2*ph - kh) // sh + 1, or with ceil_mode torch's ceil size"
+                          " (tinyalex.shapes.pool_output_size). The argmax is the first maximum"
+                          " among the window's real pixels in row-major order (never padding),"
+                          " the last NaN in a window holding NaN.",
     "max_pool2d_backward": "max_pool2d_backward(gy, cache) -> gx.",
+    "max_pool2d_indices": "max_pool2d_indices(cache) -> indices (N, C, OH, OW) int64: each"
+                          " window's argmax as h*W + w in its input plane (torch's"
+                          " return_indices).",
     "lrn_forward": "lrn_forward(x, size, alpha, beta, k) -> (y, cache). PyTorch convention:"
                    " y = x / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]}"
                    " x_{c'}^2)^beta.",

@@ -66,6 +66,11 @@ def _only_default(op, name, value, default):
         raise ValueError(f"{op}: {name}: only {default!r} is supported, got {value!r}")
 
 
+def _check_bool(op, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name}: expected True or False, got {value!r}")
+
+
 def _output_size(op, x_shape, kernel, stride, padding):
     """Floor-mode output size; refuses a kernel larger than the padded input."""
     padded = (x_shape[-2] + 2 * padding[0], x_shape[-1] + 2 * padding[1])
@@ -112,8 +117,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    """Max pooling over (kh, kw) windows, floor mode; the gradient of each window goes to
-    its first maximum in row-major order, as in torch. Same signature as torch."""
+    """Max pooling over (kh, kw) windows; the gradient of each window goes to its first
+    maximum in row-major order, as in torch. Same signature as torch.
+
+    ceil_mode: OH = ceil((H + 2*ph - kh) / sh) + 1 instead of floor, less one if the last
+    window would start in the bottom padding (torch's rule; likewise OW).
+    return_indices: also return the argmax of each window as int64 h*W + w in its input
+    plane (torch's indices, never a padding cell), a tensor without gradient.
+    """
     op = "max_pool2d"
     _check_tensor(op, "input", input, (3, 4))
     _check_float_tensors(op, input=input)
@@ -121,15 +132,21 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     stride = kernel if stride is None or stride == [] else _pair(op, "stride", stride, 1)
     padding = _pair(op, "padding", padding, 0)
     _only_default(op, "dilation", dilation, 1)
-    _only_default(op, "ceil_mode", ceil_mode, False)
-    _only_default(op, "return_indices", return_indices, False)
+    _check_bool(op, "ceil_mode", ceil_mode)
+    _check_bool(op, "return_indices", return_indices)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{op}: padding: expected at most half the kernel size {kernel}, "
                          f"got {padding}")
     x, unbatched = _batched(input, 4)
     _output_size(op, x.shape, kernel, stride, padding)
-    y = MaxPool2d.apply(x, kernel_size=kernel, stride=stride, padding=padding)
-    return reshape(y, *y.shape[1:]) if unbatched else y
+    indices = [] if return_indices else None
+    y = MaxPool2d.apply(x, kernel_size=kernel, stride=stride, padding=padding,
+                        ceil_mode=bool(ceil_mode), indices=indices)
+    y = reshape(y, *y.shape[1:]) if unbatched else y
+    if not return_indices:
+        return y
+    index = indices[0]
+    return y, Tensor(index.reshape(index.shape[1:]) if unbatched else index)
 
 
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
@@ -191,7 +208,8 @@ def linear(input, weight, bias=None):
                          f"{weight.shape}), got shape {input.shape}")
     if bias is not None and bias.shape != (out_features,):
         raise ValueError(f"{op}: bias: expected shape ({out_features},), got {bias.shape}")
-    x = input if input.ndim == 2 else reshape(input, -1, in_features)
+    rows = int(np.prod(input.shape[:-1]))                          # not -1: (0,) @ (8, 0)^T is (8,) zeros
+    x = input if input.ndim == 2 else reshape(input, rows, in_features)
     y = Linear.apply(*((x, weight) if bias is None else (x, weight, bias)))
     return y if input.ndim == 2 else reshape(y, *input.shape[:-1], out_features)
 

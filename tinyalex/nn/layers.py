@@ -84,7 +84,8 @@ class MaxPool2d(Module):
                             self.ceil_mode, self.return_indices)
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding},"
+                f" dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
 
 class LocalResponseNorm(Module):
