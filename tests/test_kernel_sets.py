@@ -20,11 +20,14 @@ from tinyalex.dispatch import KERNEL_API, KERNEL_SETS, counter_uniform, load_ker
 
 DTYPES = (np.float64, np.float32)
 
-# (kernel_size, stride, padding): overlapping windows, padding, non-square, H != W below.
+# (kernel_size, stride, padding, dilation): overlapping windows, padding, non-square,
+# dilation with stride and padding; H != W below.
 GEOMETRIES = [
-    ((3, 3), (2, 2), (1, 1)),
-    ((3, 2), (1, 2), (1, 0)),
-    ((2, 3), (1, 1), (1, 1)),
+    ((3, 3), (2, 2), (1, 1), (1, 1)),
+    ((3, 2), (1, 2), (1, 0), (1, 1)),
+    ((2, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 2), (2, 1), (2, 1), (2, 3)),
+    ((2, 2), (1, 2), (0, 1), (3, 2)),
 ]
 X_SHAPE = (2, 3, 7, 6)  # N, C, H, W
 
@@ -53,15 +56,15 @@ def assert_close(actual, expected, dtype):
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale)
 
 
-def output_size(size, kernel, stride, padding):
-    return (size + 2 * padding - kernel) // stride + 1
+def output_size(size, kernel, stride, padding, dilation=1):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def im2col_by_loops(x, kernel_size, stride, padding):
+def im2col_by_loops(x, kernel_size, stride, padding, dilation):
     """The definition of im2col, one element at a time."""
     N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    OH, OW = output_size(H, kh, sh, ph), output_size(W, kw, sw, pw)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    OH, OW = output_size(H, kh, sh, ph, dh), output_size(W, kw, sw, pw, dw)
     cols = np.zeros((N, C * kh * kw, OH * OW), dtype=x.dtype)
     for n in range(N):
         for c in range(C):
@@ -69,21 +72,21 @@ def im2col_by_loops(x, kernel_size, stride, padding):
                 for j in range(kw):
                     for oh in range(OH):
                         for ow in range(OW):
-                            h, w = oh * sh - ph + i, ow * sw - pw + j
+                            h, w = oh * sh - ph + i * dh, ow * sw - pw + j * dw
                             if 0 <= h < H and 0 <= w < W:
                                 cols[n, c * kh * kw + i * kw + j, oh * OW + ow] = x[n, c, h, w]
     return cols
 
 
-def covering_window_count(H, W, kernel_size, stride, padding):
-    """count[h, w] = the number of windows that cover pixel (h, w), by brute force."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+def covering_window_count(H, W, kernel_size, stride, padding, dilation):
+    """count[h, w] = the number of window taps that read pixel (h, w), by brute force."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     count = np.zeros((H, W))
-    for oh in range(output_size(H, kh, sh, ph)):
-        for ow in range(output_size(W, kw, sw, pw)):
+    for oh in range(output_size(H, kh, sh, ph, dh)):
+        for ow in range(output_size(W, kw, sw, pw, dw)):
             for i in range(kh):
                 for j in range(kw):
-                    h, w = oh * sh - ph + i, ow * sw - pw + j
+                    h, w = oh * sh - ph + i * dh, ow * sw - pw + j * dw
                     if 0 <= h < H and 0 <= w < W:
                         count[h, w] += 1
     return count
@@ -91,8 +94,8 @@ def covering_window_count(H, W, kernel_size, stride, padding):
 
 def contract_parameters(name):
     """The parameters of `name` as KERNEL_API writes them: ['gy', 'cache', 'need_gx=True']."""
-    match = re.match(rf"{name}\(([^)]*)\)", KERNEL_API[name])
-    return [p.strip() for p in match.group(1).split(",")]
+    match = re.match(rf"{name}\(((?:[^()]|\([^()]*\))*)\)", KERNEL_API[name])  # (1, 1) defaults
+    return [p.strip() for p in re.split(r",(?![^()]*\))", match.group(1))]
 
 
 # --- the API contract -----------------------------------------------------------------
@@ -110,52 +113,56 @@ def test_kernel_set_exposes_kernel_api(set_name):
 # --- im2col / col2im ------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel_size, stride, padding", GEOMETRIES)
-def test_im2col_matches_loop_definition(kernels, kernel_size, stride, padding, dtype):
+@pytest.mark.parametrize("kernel_size, stride, padding, dilation", GEOMETRIES)
+def test_im2col_matches_loop_definition(kernels, kernel_size, stride, padding, dilation, dtype):
     x = np.random.default_rng(0).standard_normal(X_SHAPE).astype(dtype)
-    cols = kernels.module.im2col(kernels.to_device(x), kernel_size, stride, padding)
+    cols = kernels.module.im2col(kernels.to_device(x), kernel_size, stride, padding, dilation)
     cols = kernels.to_numpy(cols)
     assert cols.dtype == dtype
-    np.testing.assert_array_equal(cols, im2col_by_loops(x, kernel_size, stride, padding))
+    np.testing.assert_array_equal(cols, im2col_by_loops(x, kernel_size, stride, padding, dilation))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel_size, stride, padding", GEOMETRIES)
-def test_col2im_of_ones_counts_covering_windows(kernels, kernel_size, stride, padding, dtype):
+@pytest.mark.parametrize("kernel_size, stride, padding, dilation", GEOMETRIES)
+def test_col2im_of_ones_counts_covering_windows(kernels, kernel_size, stride, padding, dilation,
+                                                dtype):
     K = kernels.module
     ones = kernels.to_device(np.ones(X_SHAPE, dtype=dtype))
-    x = kernels.to_numpy(K.col2im(K.im2col(ones, kernel_size, stride, padding),
-                                  X_SHAPE, kernel_size, stride, padding))
-    count = covering_window_count(*X_SHAPE[2:], kernel_size, stride, padding)
+    x = kernels.to_numpy(K.col2im(K.im2col(ones, kernel_size, stride, padding, dilation),
+                                  X_SHAPE, kernel_size, stride, padding, dilation))
+    count = covering_window_count(*X_SHAPE[2:], kernel_size, stride, padding, dilation)
     assert x.dtype == dtype
     np.testing.assert_array_equal(x, np.broadcast_to(count, X_SHAPE))
 
 
-@pytest.mark.parametrize("kernel_size, stride, padding", GEOMETRIES)
-def test_col2im_is_adjoint_of_im2col(kernels, kernel_size, stride, padding):
+@pytest.mark.parametrize("kernel_size, stride, padding, dilation", GEOMETRIES)
+def test_col2im_is_adjoint_of_im2col(kernels, kernel_size, stride, padding, dilation):
     rng = np.random.default_rng(1)
     K = kernels.module
     x = rng.standard_normal(X_SHAPE)
-    cols = kernels.to_numpy(K.im2col(kernels.to_device(x), kernel_size, stride, padding))
+    cols = kernels.to_numpy(K.im2col(kernels.to_device(x), kernel_size, stride, padding, dilation))
     c = rng.standard_normal(cols.shape)
-    x_back = K.col2im(kernels.to_device(c), X_SHAPE, kernel_size, stride, padding)
+    x_back = K.col2im(kernels.to_device(c), X_SHAPE, kernel_size, stride, padding, dilation)
     x_back = kernels.to_numpy(x_back)
     np.testing.assert_allclose(np.vdot(cols, c), np.vdot(x, x_back), rtol=1e-12)
 
 
 # --- conv2d ---------------------------------------------------------------------------
 
-# x_shape, weight_shape (OC, C/groups, kh, kw), stride, padding, groups, has_bias
+# x_shape, weight_shape (OC, C/groups, kh, kw), stride, padding, groups, has_bias, dilation
 CONV_CASES = [
-    ((2, 4, 7, 6), (6, 2, 3, 3), (2, 1), (1, 1), 2, True),
-    ((3, 3, 9, 8), (4, 3, 5, 3), (2, 2), (2, 1), 1, False),
-    ((2, 4, 5, 7), (4, 2, 2, 3), (1, 1), (0, 1), 2, True),
+    ((2, 4, 7, 6), (6, 2, 3, 3), (2, 1), (1, 1), 2, True, (1, 1)),
+    ((3, 3, 9, 8), (4, 3, 5, 3), (2, 2), (2, 1), 1, False, (1, 1)),
+    ((2, 4, 5, 7), (4, 2, 2, 3), (1, 1), (0, 1), 2, True, (1, 1)),
+    ((2, 4, 11, 9), (6, 2, 3, 2), (2, 1), (2, 1), 2, True, (2, 3)),    # dilation, stride, padding, groups
+    ((3, 2, 8, 10), (4, 2, 2, 3), (1, 2), (0, 2), 1, False, (3, 2)),   # even kernel, odd dilation
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("x_shape, w_shape, stride, padding, groups, has_bias", CONV_CASES)
-def test_conv2d_matches_torch(kernels, x_shape, w_shape, stride, padding, groups, has_bias, dtype):
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, groups, has_bias, dilation", CONV_CASES)
+def test_conv2d_matches_torch(kernels, x_shape, w_shape, stride, padding, groups, has_bias,
+                              dilation, dtype):
     rng = np.random.default_rng(2)
     K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
     arrays = [rng.standard_normal(x_shape), rng.standard_normal(w_shape)]
@@ -166,12 +173,12 @@ def test_conv2d_matches_torch(kernels, x_shape, w_shape, stride, padding, groups
     bias = arrays[2] if has_bias else None
 
     y, cache = K.conv2d_forward(dev(x), dev(weight), None if bias is None else dev(bias),
-                                stride, padding, groups)
+                                stride, padding, groups, dilation)
     gy = rng.standard_normal(host(y).shape).astype(dtype)
     gx, gW, gb = K.conv2d_backward(dev(gy), cache)
 
     def conv(x, weight, bias=None):
-        return F.conv2d(x, weight, bias, stride, padding, groups=groups)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     y_t, grads_t = torch_vjp(conv, arrays, gy)
     assert_close(host(y), y_t, dtype)

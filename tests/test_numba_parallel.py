@@ -46,6 +46,14 @@ def random_window(rng, H, W):
     return kernel, stride, padding
 
 
+def random_dilation(rng, H, W, kernel, padding):
+    """(dh, dw) in 1..3 such that the dilated kernel still fits the padded input."""
+    def one(size, k, p):
+        most = (size + 2 * p - 1) // (k - 1) if k > 1 else 3
+        return int(rng.integers(1, min(3, most) + 1))
+    return one(H, kernel[0], padding[0]), one(W, kernel[1], padding[1])
+
+
 def random_image(rng, channels_multiple=1):
     """(N, C, H, W) with N >= 2, C >= 2 a multiple of channels_multiple, and H != W."""
     N = int(rng.integers(2, 4))
@@ -63,6 +71,7 @@ def test_im2col_and_col2im_match_reference(seed, dtype):
     rng = np.random.default_rng(seed)
     shape = random_image(rng)
     window = random_window(rng, *shape[2:])
+    window += (random_dilation(rng, *shape[2:], window[0], window[2]),)
     x = rng.standard_normal(shape).astype(dtype)
 
     cols = cpu.im2col(x, *window)
@@ -82,17 +91,19 @@ def conv_case(rng, dtype):
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     weight = rng.standard_normal((out_channels, C // groups, *kernel)).astype(dtype)
     bias = rng.standard_normal(out_channels).astype(dtype) if rng.random() < 0.7 else None
-    return x, weight, bias, stride, padding, groups
+    dilation = random_dilation(rng, H, W, kernel, padding)
+    return x, weight, bias, stride, padding, groups, dilation
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv2d_matches_reference(seed, dtype):
     rng = np.random.default_rng(100 + seed)
-    x, weight, bias, stride, padding, groups = conv_case(rng, dtype)
+    x, weight, bias, stride, padding, groups, dilation = conv_case(rng, dtype)
 
-    y, cache = cpu.conv2d_forward(x, weight, bias, stride, padding, groups)
-    y_ref, cache_ref = reference.conv2d_forward(f64(x), f64(weight), f64(bias), stride, padding, groups)
+    y, cache = cpu.conv2d_forward(x, weight, bias, stride, padding, groups, dilation)
+    y_ref, cache_ref = reference.conv2d_forward(f64(x), f64(weight), f64(bias), stride, padding,
+                                                groups, dilation)
     assert_matches(y, y_ref, dtype)
 
     gy = rng.standard_normal(y.shape).astype(dtype)

@@ -28,10 +28,16 @@ def conv_cases(draw):
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = (draw(st.integers(0, 2)), draw(st.integers(0, 1)))
-    h = draw(st.integers(max(kh, 3), 7))
-    w = draw(st.integers(max(kw, 3), 7).filter(lambda w: w != h))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    h = draw(st.integers(max(span[0], 3), 8))
+    w = draw(st.integers(max(span[1], 3), 8).filter(lambda w: w != h))
+    if draw(st.booleans()):                                       # torch's string paddings
+        padding = draw(st.sampled_from(["same", "valid"]))
+        stride = (1, 1) if padding == "same" else stride
     return dict(n=draw(st.integers(2, 3)), c=c, oc=oc, h=h, w=w, kh=kh, kw=kw, stride=stride,
-                padding=padding, groups=groups, bias=draw(st.booleans()), seed=draw(st.integers(0, 99)))
+                padding=padding, dilation=dilation, groups=groups, bias=draw(st.booleans()),
+                seed=draw(st.integers(0, 99)))
 
 
 @fd_settings
@@ -43,7 +49,7 @@ def test_conv2d_finite_differences(kernels, case):
     if case["bias"]:
         arrays.append(rng.standard_normal(case["oc"]))
     gradcheck(kernels, lambda x, w, b=None: F.conv2d(x, w, b, case["stride"], case["padding"],
-                                                      groups=case["groups"]), arrays)
+                                                      case["dilation"], case["groups"]), arrays)
 
 
 @fd_settings
@@ -123,21 +129,44 @@ def test_tensor_arithmetic_finite_differences(kernels):
 
 
 # --- float32 parity with PyTorch -----------------------------------------------------------
-CONV_CASES = [  # (x shape, weight shape, stride, padding, groups, bias)
-    ((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, True),
-    ((2, 4, 10, 8), (6, 2, 3, 2), (2, 1), (1, 0), 2, True),
-    ((3, 2, 23, 19), (5, 2, 11, 11), 4, 2, 1, False),        # conv1-like: 11x11 stride 4
-    ((2, 6, 8, 11), (4, 3, 5, 5), 1, 2, 2, True),            # conv2-like: 5x5, groups=2
+CONV_CASES = [  # (x shape, weight shape, stride, padding, groups, bias, dilation)
+    ((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, True, 1),
+    ((2, 4, 10, 8), (6, 2, 3, 2), (2, 1), (1, 0), 2, True, 1),
+    ((3, 2, 23, 19), (5, 2, 11, 11), 4, 2, 1, False, 1),        # conv1-like: 11x11 stride 4
+    ((2, 6, 8, 11), (4, 3, 5, 5), 1, 2, 2, True, 1),            # conv2-like: 5x5, groups=2
+    ((2, 4, 13, 10), (6, 2, 3, 2), (2, 1), (2, 1), 2, True, (2, 3)),  # dilation, stride, pad, groups
+    ((2, 3, 9, 7), (4, 3, 3, 3), 1, "same", 1, True, 2),        # 'same', symmetric
+    ((2, 3, 9, 8), (4, 3, 2, 4), 1, "same", 1, True, 1),        # even kernels: one extra row/column
+    ((2, 4, 9, 8), (4, 2, 2, 3), 1, "same", 2, False, (3, 1)),  # even kernel, odd dilation, groups
+    ((2, 4, 10, 9), (4, 2, 4, 2), 1, "same", 2, True, (2, 3)),  # even kernel, even dilation: symmetric
+    ((2, 3, 9, 8), (4, 3, 2, 3), (2, 1), "valid", 1, True, 2),  # 'valid' is padding 0
 ]
 
 
-@pytest.mark.parametrize("xs, ws, stride, padding, groups, bias", CONV_CASES)
-def test_conv2d_matches_torch(kernels, xs, ws, stride, padding, groups, bias):
+@pytest.mark.parametrize("xs, ws, stride, padding, groups, bias, dilation", CONV_CASES)
+def test_conv2d_matches_torch(kernels, xs, ws, stride, padding, groups, bias, dilation):
     rng = np.random.default_rng(1)
     arrays = [rng.standard_normal(xs), rng.standard_normal(ws)]
     arrays += [rng.standard_normal(ws[0])] if bias else []
-    check_parity(kernels, lambda x, w, b=None: F.conv2d(x, w, b, stride, padding, 1, groups),
-                 lambda x, w, b=None: TF.conv2d(x, w, b, stride, padding, 1, groups), arrays)
+    check_parity(kernels, lambda x, w, b=None: F.conv2d(x, w, b, stride, padding, dilation, groups),
+                 lambda x, w, b=None: TF.conv2d(x, w, b, stride, padding, dilation, groups), arrays)
+
+
+@pytest.mark.parametrize("kernel_size, dilation", [(3, 1), (2, 1), ((4, 3), (1, 2)), ((2, 2), 3)])
+def test_conv2d_layer_same_padding_keeps_the_size_like_torch(kernels, kernel_size, dilation):
+    rng = np.random.default_rng(16)
+    ours = ta.nn.Conv2d(3, 4, kernel_size, padding="same", dilation=dilation).double()
+    theirs = torch.nn.Conv2d(3, 4, kernel_size, padding="same", dilation=dilation).double()
+    theirs.load_state_dict({k: torch.tensor(v.array) for k, v in ours.state_dict().items()})
+    ours.to(kernels.device)
+    x = rng.standard_normal((2, 3, 7, 6))
+    y = ours(ta.tensor(kernels.to_device(x)))
+    y_t = theirs(torch.tensor(x))
+    assert y.shape == (2, 4, 7, 6) == tuple(y_t.shape)
+    np.testing.assert_allclose(kernels.to_numpy(y.array), y_t.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert "padding=same" in repr(ours)
+    with pytest.raises(ValueError, match="strided"):
+        ta.nn.Conv2d(3, 4, 3, stride=2, padding="same")
 
 
 @pytest.mark.parametrize("ceil_mode", [False, True])

@@ -21,13 +21,16 @@ from .device import device_of
 
 #: name -> signature and contract of every kernel each set must provide.
 KERNEL_API = {
-    "im2col": "im2col(x, kernel_size, stride, padding) -> cols. x (N,C,H,W); pairs (kh,kw),"
-              " (sh,sw), (ph,pw); cols (N, C*kh*kw, OH*OW), row c*kh*kw + i*kw + j,"
-              " column oh*OW + ow; zero padding.",
-    "col2im": "col2im(cols, x_shape, kernel_size, stride, padding) -> x. The adjoint of im2col:"
-              " overlapping windows add.",
-    "conv2d_forward": "conv2d_forward(x, weight, bias, stride, padding, groups) -> (y, cache)."
-                      " weight (OC, C/groups, kh, kw), bias (OC,) or None; y (N,OC,OH,OW).",
+    "im2col": "im2col(x, kernel_size, stride, padding, dilation=(1, 1)) -> cols. x (N,C,H,W);"
+              " pairs (kh,kw), (sh,sw), (ph,pw), (dh,dw); cols (N, C*kh*kw, OH*OW), row"
+              " c*kh*kw + i*kw + j, column oh*OW + ow, holding x_pad[n, c, oh*sh + i*dh,"
+              " ow*sw + j*dw]; zero padding; OH = (H + 2*ph - dh*(kh-1) - 1) // sh + 1.",
+    "col2im": "col2im(cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)) -> x. The"
+              " adjoint of im2col: overlapping windows add.",
+    "conv2d_forward": "conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1))"
+                      " -> (y, cache). weight (OC, C/groups, kh, kw), bias (OC,) or None;"
+                      " y (N,OC,OH,OW); symmetric padding (the functional layer pads 'same'"
+                      " asymmetrically in front).",
     "conv2d_backward": "conv2d_backward(gy, cache, need_gx=True) -> (gx or None, gW, gb or None).",
     "max_pool2d_forward": "max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False)"
                           " -> (y, cache). -inf padding (at most half the kernel); OH floor"

@@ -17,6 +17,7 @@ from .ops.cross_entropy import CrossEntropy
 from .ops.dropout import Dropout
 from .ops.linear import Linear
 from .ops.lrn import LocalResponseNorm
+from .ops.pad import ZeroPad2d
 from .ops.pool import MaxPool2d
 from .ops.relu import ReLU
 
@@ -88,16 +89,39 @@ def _batched(x, batch_ndim):
 # --- ops ---------------------------------------------------------------------------------
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution (cross-correlation) of input (N, C, H, W) with weight
-    (OC, C/groups, kh, kw), computed as im2col + GEMM. Same signature as torch."""
+    (OC, C/groups, kh, kw), computed as im2col + GEMM. Same signature as torch.
+
+    dilation (dh, dw): tap (i, j) reads input pixel (oh*sh - ph + i*dh, ow*sw - pw + j*dw),
+    so OH = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1.
+    padding: an int, a pair, 'valid' (no padding) or 'same' (OH = H; stride 1 only, as in
+    torch). 'same' pads dh*(kh - 1) rows in total, total // 2 above and the rest below
+    (likewise columns): when the total is odd (an even kernel with an odd dilation) the
+    extra row and column go at the bottom and right, exactly as torch does, through an
+    explicit zero pad in front of the convolution.
+    """
     op = "conv2d"
     _check_tensor(op, "input", input, (3, 4))
     _check_tensor(op, "weight", weight, (4,))
     _check_float_tensors(op, input=input, weight=weight, bias=bias)
     stride = _pair(op, "stride", stride, 1)
-    padding = _pair(op, "padding", padding, 0)
-    _only_default(op, "dilation", dilation, 1)
+    dilation = _pair(op, "dilation", dilation, 1)
     if not isinstance(groups, numbers.Integral) or groups < 1:
         raise ValueError(f"{op}: groups: expected an int >= 1, got {groups!r}")
+    kernel = weight.shape[2:]
+    extra = (0, 0)                                                 # 'same': rows/columns past the symmetric part
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{op}: padding: expected an int, a pair of ints, 'same' or 'valid',"
+                             f" got {padding!r}")
+        if padding == "same" and stride != (1, 1):
+            raise ValueError(f"{op}: padding='same' is not supported for strided convolutions"
+                             f" (expected stride 1), got stride {stride}")
+        totals = ((d * (k - 1) if padding == "same" else 0) for d, k in zip(dilation, kernel))
+        totals = tuple(totals)
+        padding = (totals[0] // 2, totals[1] // 2)
+        extra = (totals[0] - 2 * padding[0], totals[1] - 2 * padding[1])
+    else:
+        padding = _pair(op, "padding", padding, 0)
     x, unbatched = _batched(input, 4)
     channels, (out_channels, channels_per_group) = x.shape[1], weight.shape[:2]
     if channels != channels_per_group * groups:
@@ -109,9 +133,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                          f"got {out_channels}")
     if bias is not None and bias.shape != (out_channels,):
         raise ValueError(f"{op}: bias: expected shape ({out_channels},), got {bias.shape}")
-    _output_size(op, x.shape, weight.shape[2:], stride, padding)
+    if extra != (0, 0):
+        x = ZeroPad2d.apply(x, pads=(0, extra[0], 0, extra[1]))
+    span = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))
+    _output_size(op, x.shape, span, stride, padding)
     inputs = (x, weight) if bias is None else (x, weight, bias)
-    y = Conv2d.apply(*inputs, stride=stride, padding=padding, groups=int(groups))
+    y = Conv2d.apply(*inputs, stride=stride, padding=padding, groups=int(groups),
+                     dilation=dilation)
     return reshape(y, *y.shape[1:]) if unbatched else y
 
 

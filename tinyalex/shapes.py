@@ -5,12 +5,15 @@ words that name the argument, whatever array module holds the data.
 """
 
 
-def conv_output_size(size, kernel, stride, padding):
-    """Output length along one axis, floor mode: (size + 2*padding - kernel) // stride + 1."""
-    out = (size + 2 * padding - kernel) // stride + 1
+def conv_output_size(size, kernel, stride, padding, dilation=1):
+    """Output length along one axis, floor mode: (size + 2*padding - span) // stride + 1,
+    where span = dilation*(kernel - 1) + 1 is the extent of a dilated kernel."""
+    span = dilation * (kernel - 1) + 1
+    out = (size + 2 * padding - span) // stride + 1
     if out < 1:
-        raise ValueError(f"kernel_size: a kernel of {kernel} with padding {padding} does not fit"
-                         f" an input of size {size}")
+        dilated = f" (dilation {dilation}: a span of {span})" if dilation != 1 else ""
+        raise ValueError(f"kernel_size: a kernel of {kernel}{dilated} with padding {padding} does"
+                         f" not fit an input of size {size}")
     return out
 
 
