@@ -419,3 +419,137 @@ def test_dropout_p0_is_identity_and_p1_is_zeros(kernels):
     y, cache = K.dropout_forward(dev(x), 1.0, 1)
     np.testing.assert_array_equal(host(y), np.zeros_like(x))
     np.testing.assert_array_equal(host(K.dropout_backward(dev(gy), cache)), np.zeros_like(gy))
+
+
+# --- cross-entropy options --------------------------------------------------------------
+
+# weight, ignore_index (None: no row ignored), label_smoothing, probability targets
+CE_OPTIONS = {
+    "weight": dict(weight=True),
+    "ignore_index": dict(ignore_index=2),
+    "ignore_index valid class -100": dict(ignore_index=-100, ignore_rows=True),
+    "label_smoothing": dict(label_smoothing=0.3),
+    "weight, ignore_index and smoothing": dict(weight=True, ignore_index=1, label_smoothing=0.2),
+    "probabilities": dict(probabilities=True),
+    "probabilities, weight and smoothing": dict(probabilities=True, weight=True, label_smoothing=0.25),
+}
+
+
+def ce_case(rng, N, C, dtype, options, scale=1.0):
+    """logits, target, weight and the kernel keywords of one option set."""
+    logits = (scale * rng.standard_normal((N, C))).astype(dtype)
+    weight = rng.uniform(0.2, 2.0, C).astype(dtype) if options.get("weight") else None
+    ignore_index = options.get("ignore_index", -100)
+    if options.get("probabilities"):
+        target = rng.uniform(0.0, 1.0, (N, C))
+        target = (target / target.sum(axis=1, keepdims=True)).astype(dtype)
+    else:
+        target = rng.integers(0, C, size=N)
+        if "ignore_index" in options:
+            target[::3] = ignore_index                                 # some rows ignored
+    keywords = dict(weight=weight, ignore_index=ignore_index,
+                    label_smoothing=options.get("label_smoothing", 0.0))
+    return logits, target, keywords
+
+
+def torch_cross_entropy(target, reduction, weight, ignore_index, label_smoothing):
+    t = torch.from_numpy(target.astype(np.float64) if target.dtype.kind == "f" else target)
+    w = None if weight is None else torch.from_numpy(weight.astype(np.float64))
+    return lambda z: F.cross_entropy(z, t, w, ignore_index=ignore_index, reduction=reduction,
+                                     label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", list(CE_OPTIONS))
+def test_cross_entropy_options_match_torch(kernels, options, reduction, scale, dtype):
+    rng = np.random.default_rng(17)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    logits, target, keywords = ce_case(rng, 7, 5, dtype, CE_OPTIONS[options], scale)
+    gloss = rng.standard_normal(7 if reduction == "none" else ()).astype(dtype)
+    weight = keywords["weight"]
+    loss, cache = K.cross_entropy_forward(dev(logits), dev(target), reduction,
+                                          None if weight is None else dev(weight),
+                                          keywords["ignore_index"], keywords["label_smoothing"])
+    glogits = K.cross_entropy_backward(dev(gloss), cache)
+    loss_t, (glogits_t,) = torch_vjp(torch_cross_entropy(target, reduction, **keywords), [logits], gloss)
+    loss, glogits = host(loss), host(glogits)
+    assert loss.shape == loss_t.shape
+    assert np.isfinite(loss).all() and np.isfinite(glogits).all()
+    assert_close(loss, loss_t, dtype)
+    assert_close(glogits, glogits_t, dtype)
+    np.testing.assert_array_equal(host(K.cross_entropy_backward(dev(gloss), cache)), glogits)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.4])
+def test_cross_entropy_all_rows_ignored_is_nan_like_torch(kernels, reduction, label_smoothing):
+    """'mean' over no counted row is 0/0 = NaN in torch; the gradient is still exactly 0."""
+    rng = np.random.default_rng(18)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    logits, target = rng.standard_normal((4, 3)), np.full(4, 1)
+    weight = rng.uniform(0.5, 1.5, 3)
+    gloss = rng.standard_normal(4 if reduction == "none" else ())
+    loss, cache = K.cross_entropy_forward(dev(logits), dev(target), reduction, dev(weight), 1,
+                                          label_smoothing)
+    glogits = host(K.cross_entropy_backward(dev(gloss), cache))
+    loss_t, (glogits_t,) = torch_vjp(torch_cross_entropy(target, reduction, weight, 1,
+                                                         label_smoothing), [logits], gloss)
+    np.testing.assert_array_equal(host(loss), loss_t)                 # NaN for 'mean'; 0 otherwise
+    assert (np.isnan(host(loss)).all() if reduction == "mean" else not host(loss).any())
+    np.testing.assert_array_equal(glogits, glogits_t)
+    assert not glogits.any()
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_of_an_empty_batch_is_torchs(kernels, reduction, probabilities):
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    logits = np.zeros((0, 4))
+    target = np.zeros((0, 4)) if probabilities else np.zeros(0, dtype=np.int64)
+    loss, cache = K.cross_entropy_forward(dev(logits), dev(target), reduction)
+    gloss = np.zeros(0) if reduction == "none" else np.array(0.7)
+    glogits = host(K.cross_entropy_backward(dev(gloss), cache))
+    loss_t, (glogits_t,) = torch_vjp(torch_cross_entropy(target, reduction, None, -100, 0.0),
+                                     [logits], gloss)
+    assert host(loss).shape == loss_t.shape and glogits.shape == (0, 4)
+    np.testing.assert_array_equal(host(loss), loss_t)                 # nan, 0 and (0,)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2)])
+def test_elementwise_kernels_keep_0d_and_empty_shapes(kernels, shape):
+    """relu and dropout on a 0-d or empty array return that shape (not (1,)), forward and back."""
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x, gy = np.full(shape, 1.5), np.full(shape, -0.5)
+    for forward, backward, args in ((K.relu_forward, K.relu_backward, ()),
+                                    (K.dropout_forward, K.dropout_backward, (0.5, 7))):
+        y, cache = forward(dev(x), *args)
+        gx = backward(dev(gy), cache)
+        assert host(y).shape == shape and host(gx).shape == shape
+        assert host(y).dtype == np.float64 and host(gx).dtype == np.float64
+
+
+@pytest.mark.parametrize("op", ["conv2d", "max_pool2d", "lrn"])
+def test_spatial_kernels_accept_an_empty_batch(kernels, op):
+    """N = 0: outputs and gradients of torch's shapes, zero weight gradients."""
+    rng = np.random.default_rng(19)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = np.zeros((0, 4, 7, 6))
+    if op == "conv2d":
+        weight, bias = rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
+        y, cache = K.conv2d_forward(dev(x), dev(weight), dev(bias), (2, 1), (1, 1), 2, (2, 1))
+        gx, gW, gb = K.conv2d_backward(dev(np.zeros(host(y).shape)), cache)
+        y_t = F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), None, (2, 1), 1, (2, 1), 2)
+        np.testing.assert_array_equal(host(gW), np.zeros_like(weight))
+        np.testing.assert_array_equal(host(gb), np.zeros(6))
+    elif op == "max_pool2d":
+        y, cache = K.max_pool2d_forward(dev(x), (3, 3), (2, 2), (1, 1), True)
+        gx = K.max_pool2d_backward(dev(np.zeros(host(y).shape)), cache)
+        assert host(K.max_pool2d_indices(cache)).shape == host(y).shape
+        y_t = F.max_pool2d(torch.from_numpy(x), 3, 2, 1, ceil_mode=True)
+    else:
+        y, cache = K.lrn_forward(dev(x), 3, 0.5, 0.75, 1.0)
+        gx = K.lrn_backward(dev(np.zeros(x.shape)), cache)
+        y_t = F.local_response_norm(torch.from_numpy(x), 3, 0.5, 0.75, 1.0)
+    assert host(y).shape == tuple(y_t.shape) and host(gx).shape == x.shape

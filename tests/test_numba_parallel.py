@@ -238,21 +238,37 @@ def test_dropout_mask_is_bit_identical_to_reference(seed, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("parallel", [True, False])
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(6))
 def test_cross_entropy_matches_reference(monkeypatch, seed, parallel, reduction, dtype):
+    """Plain, and with torch's options drawn per seed: weight, ignore_index (also every row
+    ignored), label smoothing, class-probability targets."""
     monkeypatch.setattr(cpu_cross_entropy, "PARALLEL_MIN_ELEMENTS", 0 if parallel else 10**9)
     rng = np.random.default_rng(500 + seed)
     N, C = int(rng.integers(2, 20)), int(rng.integers(2, 12))
     logits = (rng.choice([1.0, 1e3]) * rng.standard_normal((N, C))).astype(dtype)  # +-1e3 must not overflow
     target = rng.integers(0, C, size=N)
+    options = {} if seed == 0 else dict(
+        weight=rng.uniform(0.2, 2.0, C).astype(dtype) if rng.random() < 0.6 else None,
+        ignore_index=int(target[0]), label_smoothing=float(rng.choice([0.0, 0.15, 0.5])))
+    if seed == 5:
+        target[:] = options["ignore_index"]                            # every row ignored: NaN mean
+    if seed == 4:
+        target = rng.uniform(0.0, 1.0, (N, C)).astype(dtype)           # class probabilities
+        options["ignore_index"] = -100
 
-    loss, cache = cpu.cross_entropy_forward(logits, target, reduction)
-    loss_ref, cache_ref = reference.cross_entropy_forward(f64(logits), target, reduction)
-    assert_matches(np.asarray(loss), np.asarray(loss_ref), dtype)
+    loss, cache = cpu.cross_entropy_forward(logits, target, reduction, **options)
+    options_ref = dict(options, weight=f64(options.get("weight")))
+    target_ref = f64(target) if target.dtype.kind == "f" else target
+    loss_ref, cache_ref = reference.cross_entropy_forward(f64(logits), target_ref, reduction, **options_ref)
+    if seed == 5 and reduction == "mean":
+        assert np.isnan(loss) and np.isnan(loss_ref)
+    else:
+        assert_matches(np.asarray(loss), np.asarray(loss_ref), dtype)
 
     gloss = rng.standard_normal(N if reduction == "none" else ())
     glogits = cpu.cross_entropy_backward(gloss.astype(dtype), cache)
     assert_matches(glogits, reference.cross_entropy_backward(gloss, cache_ref), dtype)
+    np.testing.assert_array_equal(cpu.cross_entropy_backward(gloss.astype(dtype), cache), glogits)
 
 
 # --- race-freedom -----------------------------------------------------------------------

@@ -52,9 +52,14 @@ KERNEL_API = {
                        " with uniform from tinyalex.dispatch.counter_uniform (the same bits on"
                        " every set); y = x * keep / (1 - p).",
     "dropout_backward": "dropout_backward(gy, cache) -> gx.",
-    "cross_entropy_forward": "cross_entropy_forward(logits, target, reduction) -> (loss, cache)."
-                             " logits (N,C) float, target (N,) int64 in [0,C);"
-                             " reduction 'mean'|'sum' gives shape (), 'none' gives (N,).",
+    "cross_entropy_forward": "cross_entropy_forward(logits, target, reduction, weight=None,"
+                             " ignore_index=-100, label_smoothing=0.0) -> (loss, cache)."
+                             " logits (N,C) float; target (N,) int64 in [0,C) or == ignore_index"
+                             " (a row that counts for nothing), or (N,C) class probabilities of"
+                             " the logits' dtype; weight (C,) or None. loss_n = sum_c q_nc"
+                             " (lse_n - logits_nc) with torch's target distribution q; 'mean'"
+                             " divides by the kept targets' weights (N for probabilities),"
+                             " 0/0 = nan; reduction 'mean'|'sum' gives shape (), 'none' (N,).",
     "cross_entropy_backward": "cross_entropy_backward(gloss, cache) -> glogits (N,C).",
 }
 

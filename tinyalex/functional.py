@@ -242,29 +242,86 @@ def linear(input, weight, bias=None):
     return y if input.ndim == 2 else reshape(y, *input.shape[:-1], out_features)
 
 
-def cross_entropy(input, target, reduction="mean"):
-    """Softmax cross-entropy of logits (N, C) against class indices (N,), fused and stable
-    for large logits. reduction: 'mean' (default), 'sum' or 'none'."""
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy of logits (N, C) (or unbatched (C,)), fused and stable for large
+    logits. Same signature as torch (size_average and reduce, deprecated there, must be None).
+
+    target: class indices (N,) (or () unbatched), integers in [0, C) or == ignore_index; or
+    class probabilities (N, C) (or (C,)) of the input's dtype.
+    weight (C,): a rescaling weight per class. label_smoothing eps in [0, 1]: the target
+    becomes (1 - eps) * target + eps / C. ignore_index: rows with that target count for
+    nothing (class indices only). reduction: 'mean' (default), 'sum' or 'none'.
+
+    'mean' is torch's: for class indices, the sum of the losses divided by the sum of
+    w[t_n] over the rows not ignored (N without weights; NaN when every row is ignored);
+    for probabilities, divided by N. See tinyalex.reference.cross_entropy for the formulas.
+    The target and the weight get no gradient (torch differentiates probability targets;
+    tinyalex refuses a target that requires grad rather than drop its gradient).
+    """
     op = "cross_entropy"
-    _check_tensor(op, "input", input, (2,))
-    _check_float_tensors(op, input=input)
+    _check_tensor(op, "input", input, (1, 2))
+    _check_float_tensors(op, input=input, weight=weight)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{op}: reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+    for name, value in (("size_average", size_average), ("reduce", reduce)):
+        if value is not None:
+            raise ValueError(f"{op}: {name}: deprecated in torch and not supported, expected None"
+                             f" (use reduction=), got {value!r}")
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+        raise TypeError(f"{op}: ignore_index: expected an int, got {ignore_index!r}")
+    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+    if isinstance(target, Tensor):
+        if target.device != input.device:
+            raise ValueError(f"{op}: target: expected device '{input.device}' (the device of input), "
+                             f"got '{target.device}'")
+        if target.requires_grad:
+            raise ValueError(f"{op}: target: expected a target that does not require grad"
+                             f" (gradients with respect to class probabilities are not implemented)")
     target_array = target.array if isinstance(target, Tensor) else target
-    if isinstance(target, Tensor) and target.device != input.device:
-        raise ValueError(f"{op}: target: expected device '{input.device}' (the device of input), "
-                         f"got '{target.device}'")
-    if not hasattr(target_array, "dtype") or target_array.dtype.kind not in "iu":
-        kind = getattr(target_array, "dtype", type(target_array).__name__)
-        raise TypeError(f"{op}: target: expected integer class indices (int64), got {kind}")
-    n, classes = input.shape
-    if target_array.shape != (n,):
-        raise ValueError(f"{op}: target: expected shape ({n},) to match input {input.shape}, "
-                         f"got {tuple(target_array.shape)}")
-    if n:
-        low, high = int(target_array.min()), int(target_array.max())
-        if low < 0 or high >= classes:
-            bad = low if low < 0 else high
-            raise ValueError(f"{op}: target: expected class indices in [0, {classes}), got {bad}")
-    target_array = _device.to_device(target_array.astype(np.int64, copy=False), input.device)
-    return CrossEntropy.apply(input, target=target_array, reduction=reduction)
+    unbatched = input.ndim == 1
+    classes = input.shape[-1]
+    n = 1 if unbatched else input.shape[0]
+    kind = getattr(target_array, "dtype", None)
+    kind = kind.kind if kind is not None else None
+    got = f"{getattr(target_array, 'dtype', type(target_array).__name__)} of shape" \
+          f" {tuple(getattr(target_array, 'shape', ()))}"
+    index_shape, probability_shape = ((), (classes,)) if unbatched else ((n,), (n, classes))
+    if kind == "f" and tuple(target_array.shape) == probability_shape:
+        if target_array.dtype != input.dtype:
+            raise TypeError(f"{op}: target: expected class probabilities of dtype {input.dtype}"
+                            f" (the dtype of input), got {target_array.dtype}")
+        if ignore_index != -100:
+            raise ValueError(f"{op}: ignore_index: not supported for class-probability targets,"
+                             f" expected -100, got {ignore_index}")
+        target_array = target_array.reshape(n, classes)
+    elif kind in ("i", "u") and tuple(target_array.shape) == index_shape:
+        target_array = target_array.reshape(n)
+        counted = target_array[target_array != ignore_index]
+        if counted.size:
+            low, high = int(counted.min()), int(counted.max())
+            if low < 0 or high >= classes:
+                bad = low if low < 0 else high
+                raise ValueError(f"{op}: target: expected class indices in [0, {classes}) or"
+                                 f" ignore_index={ignore_index}, got {bad}")
+        target_array = target_array.astype(np.int64, copy=False)
+    elif kind in ("i", "u") and len(target_array.shape) == len(index_shape):
+        raise ValueError(f"{op}: target: expected shape {index_shape} to match input"
+                         f" {input.shape}, got {tuple(target_array.shape)}")
+    else:
+        raise TypeError(f"{op}: target: expected integer class indices (int64) of shape"
+                        f" {index_shape} or float class probabilities of shape"
+                        f" {probability_shape}, got {got}")
+    if weight is not None:
+        if weight.shape != (classes,):
+            raise ValueError(f"{op}: weight: expected shape ({classes},), one per class, got {weight.shape}")
+        if weight.requires_grad:
+            raise ValueError(f"{op}: weight: expected a weight that does not require grad"
+                             f" (its gradient is not implemented)")
+    target_array = _device.to_device(target_array, input.device)
+    logits = reshape(input, 1, classes) if unbatched else input
+    loss = CrossEntropy.apply(logits, target=target_array, reduction=reduction,
+                              weight=None if weight is None else weight.array,
+                              ignore_index=int(ignore_index), label_smoothing=float(label_smoothing))
+    return reshape(loss, ()) if unbatched and reduction == "none" else loss

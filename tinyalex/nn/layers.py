@@ -174,9 +174,21 @@ class Sequential(Module):
 
 
 class CrossEntropyLoss(Module):
-    def __init__(self, reduction="mean"):
+    """torch.nn.CrossEntropyLoss: weight (a buffer, as in torch), ignore_index, reduction and
+    label_smoothing; see tinyalex.functional.cross_entropy. size_average and reduce
+    (deprecated in torch) must be None."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean", label_smoothing=0.0):
         super().__init__()
-        self.reduction = reduction
+        for name, value in (("size_average", size_average), ("reduce", reduce)):
+            if value is not None:
+                raise ValueError(f"CrossEntropyLoss: {name}: deprecated in torch and not"
+                                 f" supported, expected None (use reduction=), got {value!r}")
+        self.register_buffer("weight", weight)
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing = label_smoothing
 
     def forward(self, input, target):
-        return F.cross_entropy(input, target, reduction=self.reduction)
+        return F.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
