@@ -273,8 +273,9 @@ def test_cross_entropy_matches_reference(monkeypatch, seed, parallel, reduction,
 
 # --- race-freedom -----------------------------------------------------------------------
 
-def test_results_do_not_depend_on_thread_count():
+def test_results_do_not_depend_on_thread_count(monkeypatch):
     """Disjoint prange outputs give bitwise the same result on 1 thread as on all of them."""
+    monkeypatch.setattr(cpu_cross_entropy, "PARALLEL_MIN_ELEMENTS", 0)  # its prange rows too
     rng = np.random.default_rng(9)
     x = rng.standard_normal((4, 6, 13, 11))
     weight = rng.standard_normal((8, 3, 3, 3))
@@ -286,7 +287,16 @@ def test_results_do_not_depend_on_thread_count():
         gp = cpu.max_pool2d_backward(np.cos(p), pool_cache)
         z, lrn_cache = cpu.lrn_forward(x, 4, 0.5, 0.75, 1.0)
         gz = cpu.lrn_backward(np.cos(z), lrn_cache)
-        return y, gx, gW, p, gp, z, gz
+        yd, dilated_cache = cpu.conv2d_forward(x, weight, None, (1, 2), (2, 1), 2, (2, 3))
+        gxd, gWd, _ = cpu.conv2d_backward(np.sin(yd), dilated_cache)
+        pc, ceil_cache = cpu.max_pool2d_forward(np.round(x), (2, 3), (2, 2), (1, 1), True)
+        gpc = cpu.max_pool2d_backward(np.cos(pc), ceil_cache)
+        logits = x.reshape(-1, 11)
+        target = np.arange(logits.shape[0]) % 11
+        loss, ce_cache = cpu.cross_entropy_forward(logits, target, "none", np.linspace(0.5, 2, 11),
+                                                   3, 0.2)
+        gl = cpu.cross_entropy_backward(np.cos(loss), ce_cache)
+        return y, gx, gW, p, gp, z, gz, yd, gxd, gWd, pc, gpc, loss, gl
 
     everyone = run_all()
     threads = numba.get_num_threads()
