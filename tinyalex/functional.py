@@ -116,8 +116,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         if padding == "same" and stride != (1, 1):
             raise ValueError(f"{op}: padding='same' is not supported for strided convolutions"
                              f" (expected stride 1), got stride {stride}")
-        totals = ((d * (k - 1) if padding == "same" else 0) for d, k in zip(dilation, kernel))
-        totals = tuple(totals)
+        same = padding == "same"
+        totals = tuple(d * (k - 1) if same else 0 for d, k in zip(dilation, kernel))
         padding = (totals[0] // 2, totals[1] // 2)
         extra = (totals[0] - 2 * padding[0], totals[1] - 2 * padding[1])
     else:
