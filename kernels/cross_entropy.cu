@@ -1,24 +1,39 @@
 // cross_entropy.cu: fused softmax cross-entropy, forward and backward
-// (tinyalex/cuda/cross_entropy.py).
+// (tinyalex/cuda/cross_entropy.py), with torch's options: class weights w, label
+// smoothing eps, ignore_index, and class-probability targets.
 //
 //   lse_n  = m_n + log sum_c exp(z_nc - m_n),   m_n = max_c z_nc   (no overflow: every exponent <= 0)
-//   loss_n = lse_n - z_n,target_n
-//   glogits_nc = (exp(z_nc - lse_n) - [c == target_n]) * g_n
+//   nlp_nc = lse_n - z_nc                        (= -log softmax)
+//   loss_n = sum_c q_nc * nlp_nc
+//   glogits_nc = (Q_n * exp(z_nc - lse_n) - q_nc) * g_n,   Q_n = sum_c q_nc
+//
+// with the target distribution q (never stored):
+//   class indices t_n:   q_nc = kept_n ((1 - eps) w[t_n] [c == t_n] + eps/C w_c),
+//                        Q_n  = kept_n ((1 - eps) w[t_n] + eps/C W),  W = sum_c w_c,
+//                        kept_n = (t_n != ignore_index); an ignored row has loss 0, gradient 0
+//   probabilities T_nc:  q_nc = w_c ((1 - eps) T_nc + eps/C),  Q_n summed in the forward
 //
 // Kernels, each templated on T = float or double; logits (N, C) C-contiguous, target (N,)
-// int64 (the launcher has checked 0 <= target < C):
-//   cross_entropy_forward<T>   logits, target -> loss (N,) and lse (N,), saved for the
-//                              backward. One block per row; the block strides over the row
-//                              twice, reducing the max, then the sum of exponentials, with
-//                              warp shuffles and one shared value per warp: a fixed tree,
-//                              deterministic.
-//   cross_entropy_backward<T>  logits, target, lse, g -> glogits (N, C). One thread per
-//                              element, a grid-stride loop over N*C. g_n = g[n * g_stride]:
-//                              g_stride 0 broadcasts one scalar ('mean': gloss/N, 'sum':
-//                              gloss), g_stride 1 reads gloss per row ('none').
-// Launch: forward, grid = N blocks of min(256, C rounded up to a multiple of 32) threads
-// (any multiple of 32 up to 1024 works); backward, 1-D, 256 threads per block,
-// grid = min(ceil(N*C / 256), 2^20) blocks.
+// int64 (the launcher has checked 0 <= target < C or target == ignore_index) or (N, C) T,
+// weight (C,) T (ones when the caller gave none):
+//   cross_entropy_forward<T>        logits, target, weight -> loss (N,) and lse (N,), saved
+//                                   for the backward. One block per row; the block strides
+//                                   over the row for the max, then the sum of exponentials,
+//                                   then (eps != 0 only) the weighted sum of nlp, each reduced
+//                                   with warp shuffles and one shared value per warp: a fixed
+//                                   tree, deterministic.
+//   cross_entropy_backward<T>       -> glogits (N, C). One thread per element, a grid-stride
+//                                   loop over N*C. g_n = g[n * g_stride]: g_stride 0
+//                                   broadcasts one scalar ('mean': gloss/D, 'sum': gloss),
+//                                   g_stride 1 reads gloss per row ('none'). W is read from a
+//                                   one-element device array.
+//   soft_cross_entropy_forward<T>   logits, probabilities T, weight -> loss (N,), lse (N,)
+//                                   and q_sum (N,) = Q_n. One block per row, as above, with
+//                                   two more reductions (sum q*(m - z) and sum q).
+//   soft_cross_entropy_backward<T>  -> glogits (N, C). One thread per element, as above.
+// Launch: the forwards, grid = N blocks of min(256, C rounded up to a multiple of 32)
+// threads (any multiple of 32 up to 1024 works); the backwards, 1-D, 256 threads per
+// block, grid = min(ceil(N*C / 256), 2^20) blocks.
 
 struct MaxOp {
     template <typename T>
@@ -59,35 +74,62 @@ __device__ T block_reduce(T v, Op op, T identity, T* partials)
     return result;
 }
 
+// The row's maximum m and lse = m + log sum_c exp(z_c - m), on every thread of the block.
 template <typename T>
-__global__ void cross_entropy_forward(const T* __restrict__ logits,
-                                      const long long* __restrict__ target,
-                                      T* __restrict__ loss, T* __restrict__ lse, int C)
+__device__ void row_lse(const T* z, int C, T* partials, T& m, T& lse)
 {
-    __shared__ T partials[32];
-    const long long row = blockIdx.x;
-    const T* z = logits + row * C;
     // z[0] is a neutral start for the max: the row's max is at least z[0].
-    T m = z[0];
+    T v = z[0];
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        m = MaxOp()(m, z[c]);
+        v = MaxOp()(v, z[c]);
     }
-    m = block_reduce(m, MaxOp(), z[0], partials);
+    m = block_reduce(v, MaxOp(), z[0], partials);
     T sum = T(0);
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         sum += exp(z[c] - m);
     }
     sum = block_reduce(sum, SumOp(), T(0), partials);
+    lse = m + log(sum);
+}
+
+template <typename T>
+__global__ void cross_entropy_forward(const T* __restrict__ logits,
+                                      const long long* __restrict__ target,
+                                      const T* __restrict__ weight, long long ignore_index,
+                                      T smoothing, T* __restrict__ loss, T* __restrict__ lse,
+                                      int C)
+{
+    __shared__ T partials[32];
+    const long long row = blockIdx.x;
+    const T* z = logits + row * C;
+    T m, row_lse_value;
+    row_lse(z, C, partials, m, row_lse_value);
+    // sum_c w_c * nlp_c, the label-smoothing term; smoothing is the same for the whole
+    // block, so every thread takes this branch or none does (block_reduce syncs).
+    T smooth = T(0);
+    if (smoothing != T(0)) {
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            smooth += weight[c] * (row_lse_value - z[c]);
+        }
+        smooth = block_reduce(smooth, SumOp(), T(0), partials);
+    }
     if (threadIdx.x == 0) {
-        const T row_lse = m + log(sum);
-        lse[row] = row_lse;
-        loss[row] = row_lse - z[target[row]];
+        const long long t = target[row];
+        lse[row] = row_lse_value;
+        if (t == ignore_index) {
+            loss[row] = T(0);
+        } else {
+            loss[row] = (T(1) - smoothing) * weight[t] * (row_lse_value - z[t])
+                        + smoothing / T(C) * smooth;
+        }
     }
 }
 
 template <typename T>
 __global__ void cross_entropy_backward(const T* __restrict__ logits,
                                        const long long* __restrict__ target,
+                                       const T* __restrict__ weight, long long ignore_index,
+                                       T smoothing, const T* __restrict__ weight_sum,
                                        const T* __restrict__ lse, const T* __restrict__ g,
                                        long long g_stride, T* __restrict__ glogits,
                                        int N, int C)
@@ -97,7 +139,63 @@ __global__ void cross_entropy_backward(const T* __restrict__ logits,
          i += (long long)gridDim.x * blockDim.x) {
         const long long row = i / C;
         const int c = (int)(i - row * C);
-        const T one_hot = c == target[row] ? T(1) : T(0);
-        glogits[i] = (exp(logits[i] - lse[row]) - one_hot) * g[row * g_stride];
+        const long long t = target[row];
+        if (t == ignore_index) {
+            glogits[i] = T(0);                            // not 0 * (gloss / 0): torch gives 0
+            continue;
+        }
+        const T picked = (T(1) - smoothing) * weight[t];  // q[n, t] without the smoothing
+        const T spread = smoothing / T(C);
+        const T total_q = picked + spread * weight_sum[0];
+        const T q = (c == t ? picked : T(0)) + spread * weight[c];
+        glogits[i] = (total_q * exp(logits[i] - lse[row]) - q) * g[row * g_stride];
+    }
+}
+
+template <typename T>
+__global__ void soft_cross_entropy_forward(const T* __restrict__ logits,
+                                           const T* __restrict__ target,
+                                           const T* __restrict__ weight, T smoothing,
+                                           T* __restrict__ loss, T* __restrict__ lse,
+                                           T* __restrict__ q_sum, int C)
+{
+    __shared__ T partials[32];
+    const long long row = blockIdx.x;
+    const T* z = logits + row * C;
+    const T* probs = target + row * C;
+    T m, row_lse_value;
+    row_lse(z, C, partials, m, row_lse_value);
+    T weighted = T(0);
+    T total_q = T(0);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const T q = weight[c] * ((T(1) - smoothing) * probs[c] + smoothing / T(C));
+        weighted += q * (row_lse_value - z[c]);
+        total_q += q;
+    }
+    weighted = block_reduce(weighted, SumOp(), T(0), partials);
+    total_q = block_reduce(total_q, SumOp(), T(0), partials);
+    if (threadIdx.x == 0) {
+        lse[row] = row_lse_value;
+        loss[row] = weighted;
+        q_sum[row] = total_q;
+    }
+}
+
+template <typename T>
+__global__ void soft_cross_entropy_backward(const T* __restrict__ logits,
+                                            const T* __restrict__ target,
+                                            const T* __restrict__ weight, T smoothing,
+                                            const T* __restrict__ lse,
+                                            const T* __restrict__ q_sum,
+                                            const T* __restrict__ g, long long g_stride,
+                                            T* __restrict__ glogits, int N, int C)
+{
+    const long long total = (long long)N * C;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / C;
+        const int c = (int)(i - row * C);
+        const T q = weight[c] * ((T(1) - smoothing) * target[i] + smoothing / T(C));
+        glogits[i] = (q_sum[row] * exp(logits[i] - lse[row]) - q) * g[row * g_stride];
     }
 }

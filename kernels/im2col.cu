@@ -3,10 +3,12 @@
 // Kernels, each templated on T = float or double; x is NCHW and C-contiguous:
 //   im2col<T>  x (N, C, H, W) -> cols. One thread per (n, c, oh, ow), a grid-stride loop
 //              over N*C*OH*OW; each thread copies its kh*kw window (zero padding) into
-//              the kh*kw rows c*kh*kw + i*kw + j of its column.
+//              the kh*kw rows c*kh*kw + i*kw + j of its column. Tap (i, j) of window
+//              (oh, ow) reads padded pixel (oh*sh + i*dh, ow*sw + j*dw): (dh, dw) is the
+//              dilation, 1 for an ordinary convolution.
 //   col2im<T>  cols -> x (N, C, H, W), the adjoint. One thread per input pixel, a
 //              grid-stride loop over N*C*H*W; each thread SUMS the column entries of the
-//              windows that cover its pixel, in a fixed order: deterministic, no atomics.
+//              taps (i, j) that read its pixel, in a fixed order: deterministic, no atomics.
 // Launch: 1-D, 256 threads per block, grid = min(ceil(total / 256), 2^20) blocks.
 //
 // Column layout. Entry (n, row, l), with row = c*kh*kw + i*kw + j and l = oh*OW + ow,
@@ -19,7 +21,7 @@
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,
                        int N, int C, int H, int W, int kh, int kw, int sh, int sw,
-                       int ph, int pw, int OH, int OW,
+                       int ph, int pw, int dh, int dw, int OH, int OW,
                        long long sample_stride, long long row_stride)
 {
     const long long L = (long long)OH * OW;
@@ -37,10 +39,10 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,
         const int h0 = oh * sh - ph;                      // top-left corner of the window
         const int w0 = ow * sw - pw;
         for (int i = 0; i < kh; ++i) {
-            const int h = h0 + i;
+            const int h = h0 + i * dh;
             const bool row_inside = h >= 0 && h < H;
             for (int j = 0; j < kw; ++j) {
-                const int w = w0 + j;
+                const int w = w0 + j * dw;
                 *out = (row_inside && w >= 0 && w < W) ? xc[h * W + w] : T(0);
                 out += row_stride;                        // next row: (i, j + 1)
             }
@@ -51,7 +53,7 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,
 template <typename T>
 __global__ void col2im(const T* __restrict__ cols, T* __restrict__ x,
                        int N, int C, int H, int W, int kh, int kw, int sh, int sw,
-                       int ph, int pw, int OH, int OW,
+                       int ph, int pw, int dh, int dw, int OH, int OW,
                        long long sample_stride, long long row_stride)
 {
     const long long HW = (long long)H * W;
@@ -64,18 +66,28 @@ __global__ void col2im(const T* __restrict__ cols, T* __restrict__ x,
         const int c = (int)(plane - (long long)n * C);
         const int hp = hw / W + ph;                       // the pixel in padded coordinates
         const int wp = hw % W + pw;
-        // Window oh covers padded rows [oh*sh, oh*sh + kh): those with
-        // hp - kh < oh*sh <= hp, i.e. oh in [oh_lo, oh_hi). Likewise for columns.
-        const int oh_lo = hp < kh ? 0 : (hp - kh) / sh + 1;
-        const int oh_hi = min(hp / sh + 1, OH);
-        const int ow_lo = wp < kw ? 0 : (wp - kw) / sw + 1;
-        const int ow_hi = min(wp / sw + 1, OW);
         const T* col_c = cols + n * sample_stride + (long long)c * kh * kw * row_stride;
+        // Tap i of window oh reads padded row oh*sh + i*dh, so the taps that read row hp
+        // are those i with hp - i*dh = oh*sh for an oh in [0, OH). Likewise for columns.
         T sum = T(0);
-        for (int oh = oh_lo; oh < oh_hi; ++oh) {
-            const int i = hp - oh * sh;                   // the pixel's row inside window oh
-            for (int ow = ow_lo; ow < ow_hi; ++ow) {
-                const int j = wp - ow * sw;
+        for (int i = 0; i < kh; ++i) {
+            const int row_start = hp - i * dh;            // oh*sh, if some window has it
+            if (row_start < 0) {
+                break;                                    // larger i only go further up
+            }
+            const int oh = row_start / sh;
+            if (oh * sh != row_start || oh >= OH) {
+                continue;
+            }
+            for (int j = 0; j < kw; ++j) {
+                const int col_start = wp - j * dw;
+                if (col_start < 0) {
+                    break;
+                }
+                const int ow = col_start / sw;
+                if (ow * sw != col_start || ow >= OW) {
+                    continue;
+                }
                 sum += col_c[(long long)(i * kw + j) * row_stride + oh * OW + ow];
             }
         }

@@ -11,11 +11,15 @@
 //                           < kernel) therefore add in a fixed order: deterministic, no atomics.
 // Launch: 1-D, 256 threads per block, grid = min(ceil(total / 256), 2^20) blocks.
 //
-// Semantics (PyTorch's): floor mode, OH = (H + 2*ph - kh) / sh + 1; padding is -inf, so it
-// never wins, and the launcher requires padding <= kernel / 2 (PyTorch's rule), so every
+// Semantics (PyTorch's): the launcher computes OH and OW, floor mode
+// OH = (H + 2*ph - kh) / sh + 1 or torch's ceil mode (where the last window may run past
+// the bottom padding but starts inside the image or the top padding). Padding is -inf, so
+// it never wins, and the launcher requires padding <= kernel / 2 (PyTorch's rule), so every
 // window holds at least one real pixel. argmax is the flat index h*W + w into the
 // unpadded input plane of the FIRST maximum in row-major window order (a later tie does
-// not replace it). A NaN always takes over, as in PyTorch, so a window with a NaN gives NaN.
+// not replace it); the scan starts at the first real pixel, so it is never padding, even
+// in a window of -inf. A NaN always takes over, as in PyTorch, so a window with a NaN
+// gives NaN.
 
 template <typename T>
 __global__ void max_pool2d_forward(const T* __restrict__ x, T* __restrict__ y,

@@ -20,11 +20,14 @@ from tinyalex.dispatch import KERNEL_API, KERNEL_SETS, counter_uniform, load_ker
 
 DTYPES = (np.float64, np.float32)
 
-# (kernel_size, stride, padding): overlapping windows, padding, non-square, H != W below.
+# (kernel_size, stride, padding, dilation): overlapping windows, padding, non-square,
+# dilation with stride and padding; H != W below.
 GEOMETRIES = [
-    ((3, 3), (2, 2), (1, 1)),
-    ((3, 2), (1, 2), (1, 0)),
-    ((2, 3), (1, 1), (1, 1)),
+    ((3, 3), (2, 2), (1, 1), (1, 1)),
+    ((3, 2), (1, 2), (1, 0), (1, 1)),
+    ((2, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 2), (2, 1), (2, 1), (2, 3)),
+    ((2, 2), (1, 2), (0, 1), (3, 2)),
 ]
 X_SHAPE = (2, 3, 7, 6)  # N, C, H, W
 
@@ -53,15 +56,15 @@ def assert_close(actual, expected, dtype):
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale)
 
 
-def output_size(size, kernel, stride, padding):
-    return (size + 2 * padding - kernel) // stride + 1
+def output_size(size, kernel, stride, padding, dilation=1):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def im2col_by_loops(x, kernel_size, stride, padding):
+def im2col_by_loops(x, kernel_size, stride, padding, dilation):
     """The definition of im2col, one element at a time."""
     N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    OH, OW = output_size(H, kh, sh, ph), output_size(W, kw, sw, pw)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    OH, OW = output_size(H, kh, sh, ph, dh), output_size(W, kw, sw, pw, dw)
     cols = np.zeros((N, C * kh * kw, OH * OW), dtype=x.dtype)
     for n in range(N):
         for c in range(C):
@@ -69,21 +72,21 @@ def im2col_by_loops(x, kernel_size, stride, padding):
                 for j in range(kw):
                     for oh in range(OH):
                         for ow in range(OW):
-                            h, w = oh * sh - ph + i, ow * sw - pw + j
+                            h, w = oh * sh - ph + i * dh, ow * sw - pw + j * dw
                             if 0 <= h < H and 0 <= w < W:
                                 cols[n, c * kh * kw + i * kw + j, oh * OW + ow] = x[n, c, h, w]
     return cols
 
 
-def covering_window_count(H, W, kernel_size, stride, padding):
-    """count[h, w] = the number of windows that cover pixel (h, w), by brute force."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+def covering_window_count(H, W, kernel_size, stride, padding, dilation):
+    """count[h, w] = the number of window taps that read pixel (h, w), by brute force."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     count = np.zeros((H, W))
-    for oh in range(output_size(H, kh, sh, ph)):
-        for ow in range(output_size(W, kw, sw, pw)):
+    for oh in range(output_size(H, kh, sh, ph, dh)):
+        for ow in range(output_size(W, kw, sw, pw, dw)):
             for i in range(kh):
                 for j in range(kw):
-                    h, w = oh * sh - ph + i, ow * sw - pw + j
+                    h, w = oh * sh - ph + i * dh, ow * sw - pw + j * dw
                     if 0 <= h < H and 0 <= w < W:
                         count[h, w] += 1
     return count
@@ -91,8 +94,8 @@ def covering_window_count(H, W, kernel_size, stride, padding):
 
 def contract_parameters(name):
     """The parameters of `name` as KERNEL_API writes them: ['gy', 'cache', 'need_gx=True']."""
-    match = re.match(rf"{name}\(([^)]*)\)", KERNEL_API[name])
-    return [p.strip() for p in match.group(1).split(",")]
+    match = re.match(rf"{name}\(((?:[^()]|\([^()]*\))*)\)", KERNEL_API[name])  # (1, 1) defaults
+    return [p.strip() for p in re.split(r",(?![^()]*\))", match.group(1))]
 
 
 # --- the API contract -----------------------------------------------------------------
@@ -110,52 +113,56 @@ def test_kernel_set_exposes_kernel_api(set_name):
 # --- im2col / col2im ------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel_size, stride, padding", GEOMETRIES)
-def test_im2col_matches_loop_definition(kernels, kernel_size, stride, padding, dtype):
+@pytest.mark.parametrize("kernel_size, stride, padding, dilation", GEOMETRIES)
+def test_im2col_matches_loop_definition(kernels, kernel_size, stride, padding, dilation, dtype):
     x = np.random.default_rng(0).standard_normal(X_SHAPE).astype(dtype)
-    cols = kernels.module.im2col(kernels.to_device(x), kernel_size, stride, padding)
+    cols = kernels.module.im2col(kernels.to_device(x), kernel_size, stride, padding, dilation)
     cols = kernels.to_numpy(cols)
     assert cols.dtype == dtype
-    np.testing.assert_array_equal(cols, im2col_by_loops(x, kernel_size, stride, padding))
+    np.testing.assert_array_equal(cols, im2col_by_loops(x, kernel_size, stride, padding, dilation))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel_size, stride, padding", GEOMETRIES)
-def test_col2im_of_ones_counts_covering_windows(kernels, kernel_size, stride, padding, dtype):
+@pytest.mark.parametrize("kernel_size, stride, padding, dilation", GEOMETRIES)
+def test_col2im_of_ones_counts_covering_windows(kernels, kernel_size, stride, padding, dilation,
+                                                dtype):
     K = kernels.module
     ones = kernels.to_device(np.ones(X_SHAPE, dtype=dtype))
-    x = kernels.to_numpy(K.col2im(K.im2col(ones, kernel_size, stride, padding),
-                                  X_SHAPE, kernel_size, stride, padding))
-    count = covering_window_count(*X_SHAPE[2:], kernel_size, stride, padding)
+    x = kernels.to_numpy(K.col2im(K.im2col(ones, kernel_size, stride, padding, dilation),
+                                  X_SHAPE, kernel_size, stride, padding, dilation))
+    count = covering_window_count(*X_SHAPE[2:], kernel_size, stride, padding, dilation)
     assert x.dtype == dtype
     np.testing.assert_array_equal(x, np.broadcast_to(count, X_SHAPE))
 
 
-@pytest.mark.parametrize("kernel_size, stride, padding", GEOMETRIES)
-def test_col2im_is_adjoint_of_im2col(kernels, kernel_size, stride, padding):
+@pytest.mark.parametrize("kernel_size, stride, padding, dilation", GEOMETRIES)
+def test_col2im_is_adjoint_of_im2col(kernels, kernel_size, stride, padding, dilation):
     rng = np.random.default_rng(1)
     K = kernels.module
     x = rng.standard_normal(X_SHAPE)
-    cols = kernels.to_numpy(K.im2col(kernels.to_device(x), kernel_size, stride, padding))
+    cols = kernels.to_numpy(K.im2col(kernels.to_device(x), kernel_size, stride, padding, dilation))
     c = rng.standard_normal(cols.shape)
-    x_back = K.col2im(kernels.to_device(c), X_SHAPE, kernel_size, stride, padding)
+    x_back = K.col2im(kernels.to_device(c), X_SHAPE, kernel_size, stride, padding, dilation)
     x_back = kernels.to_numpy(x_back)
     np.testing.assert_allclose(np.vdot(cols, c), np.vdot(x, x_back), rtol=1e-12)
 
 
 # --- conv2d ---------------------------------------------------------------------------
 
-# x_shape, weight_shape (OC, C/groups, kh, kw), stride, padding, groups, has_bias
+# x_shape, weight_shape (OC, C/groups, kh, kw), stride, padding, groups, has_bias, dilation
 CONV_CASES = [
-    ((2, 4, 7, 6), (6, 2, 3, 3), (2, 1), (1, 1), 2, True),
-    ((3, 3, 9, 8), (4, 3, 5, 3), (2, 2), (2, 1), 1, False),
-    ((2, 4, 5, 7), (4, 2, 2, 3), (1, 1), (0, 1), 2, True),
+    ((2, 4, 7, 6), (6, 2, 3, 3), (2, 1), (1, 1), 2, True, (1, 1)),
+    ((3, 3, 9, 8), (4, 3, 5, 3), (2, 2), (2, 1), 1, False, (1, 1)),
+    ((2, 4, 5, 7), (4, 2, 2, 3), (1, 1), (0, 1), 2, True, (1, 1)),
+    ((2, 4, 11, 9), (6, 2, 3, 2), (2, 1), (2, 1), 2, True, (2, 3)),    # dilation, stride, padding, groups
+    ((3, 2, 8, 10), (4, 2, 2, 3), (1, 2), (0, 2), 1, False, (3, 2)),   # even kernel, odd dilation
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("x_shape, w_shape, stride, padding, groups, has_bias", CONV_CASES)
-def test_conv2d_matches_torch(kernels, x_shape, w_shape, stride, padding, groups, has_bias, dtype):
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, groups, has_bias, dilation", CONV_CASES)
+def test_conv2d_matches_torch(kernels, x_shape, w_shape, stride, padding, groups, has_bias,
+                              dilation, dtype):
     rng = np.random.default_rng(2)
     K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
     arrays = [rng.standard_normal(x_shape), rng.standard_normal(w_shape)]
@@ -166,12 +173,12 @@ def test_conv2d_matches_torch(kernels, x_shape, w_shape, stride, padding, groups
     bias = arrays[2] if has_bias else None
 
     y, cache = K.conv2d_forward(dev(x), dev(weight), None if bias is None else dev(bias),
-                                stride, padding, groups)
+                                stride, padding, groups, dilation)
     gy = rng.standard_normal(host(y).shape).astype(dtype)
     gx, gW, gb = K.conv2d_backward(dev(gy), cache)
 
     def conv(x, weight, bias=None):
-        return F.conv2d(x, weight, bias, stride, padding, groups=groups)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     y_t, grads_t = torch_vjp(conv, arrays, gy)
     assert_close(host(y), y_t, dtype)
@@ -200,22 +207,79 @@ POOL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("value_range, kernel_size, stride, padding", POOL_CASES)
 def test_max_pool2d_matches_torch_with_ties(kernels, value_range, kernel_size, stride, padding,
-                                            dtype):
+                                            dtype, ceil_mode):
     rng = np.random.default_rng(3)
     K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
     x = rng.integers(*value_range, size=(2, 3, 8, 5)).astype(dtype)
 
-    y, cache = K.max_pool2d_forward(dev(x), kernel_size, stride, padding)
+    y, cache = K.max_pool2d_forward(dev(x), kernel_size, stride, padding, ceil_mode)
     gy = rng.standard_normal(host(y).shape).astype(dtype)
     gx = K.max_pool2d_backward(dev(gy), cache)
+    indices = host(K.max_pool2d_indices(cache))
 
-    y_t, (gx_t,) = torch_vjp(lambda x: F.max_pool2d(x, kernel_size, stride, padding), [x], gy)
+    def pool(x):
+        return F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+
+    y_t, (gx_t,) = torch_vjp(pool, [x], gy)
     assert_close(host(y), y_t, dtype)
     assert_close(host(gx), gx_t, dtype)
     np.testing.assert_array_equal(host(K.max_pool2d_backward(dev(gy), cache)), host(gx))
+    _, indices_t = F.max_pool2d(torch.from_numpy(x), kernel_size, stride, padding,
+                                ceil_mode=ceil_mode, return_indices=True)
+    assert indices.dtype == np.int64
+    np.testing.assert_array_equal(indices, indices_t.numpy())
+
+
+# (H, W, kernel_size, stride, padding): ceil mode adds a last window that runs past the
+# bottom/right padding (torch's rule drops one that would start inside the padding).
+CEIL_CASES = [
+    (7, 6, (2, 2), (2, 2), (0, 0)),          # 7 rows: a last window of one real row
+    (8, 5, (3, 3), (2, 2), (1, 1)),          # 8+2-3 = 7, odd: ceil adds a window
+    (6, 9, (3, 2), (3, 2), (1, 1)),          # the rule: (OH-1)*sh >= H + ph drops a window
+    (5, 7, (4, 3), (3, 2), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("H, W, kernel_size, stride, padding", CEIL_CASES)
+def test_max_pool2d_ceil_mode_sizes_and_indices_match_torch(kernels, H, W, kernel_size, stride,
+                                                            padding):
+    rng = np.random.default_rng(13)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = rng.integers(-2, 2, size=(2, 3, H, W)).astype(np.float64)      # ties
+    y, cache = K.max_pool2d_forward(dev(x), kernel_size, stride, padding, True)
+    gy = rng.standard_normal(host(y).shape)
+    y_t, (gx_t,) = torch_vjp(lambda x: F.max_pool2d(x, kernel_size, stride, padding,
+                                                    ceil_mode=True), [x], gy)
+    assert host(y).shape == y_t.shape
+    assert_close(host(y), y_t, np.float64)
+    assert_close(host(K.max_pool2d_backward(dev(gy), cache)), gx_t, np.float64)
+    _, indices_t = F.max_pool2d(torch.from_numpy(x), kernel_size, stride, padding,
+                                ceil_mode=True, return_indices=True)
+    np.testing.assert_array_equal(host(K.max_pool2d_indices(cache)), indices_t.numpy())
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_max_pool2d_never_routes_to_padding_in_windows_of_minus_inf(kernels, ceil_mode):
+    """A window whose real pixels are all -inf ties with the -inf padding: torch's index (and
+    gradient) goes to the first real pixel, on every set."""
+    rng = np.random.default_rng(14)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = rng.standard_normal((2, 2, 7, 6))
+    x[:, :, :3, :] = -np.inf                                           # whole top windows
+    x[1, 1] = -np.inf                                                  # a whole plane
+    x[0, 1, :, :2] = -np.inf                                           # left windows
+    y, cache = K.max_pool2d_forward(dev(x), (3, 3), (2, 2), (1, 1), ceil_mode)
+    gy = rng.standard_normal(host(y).shape)
+    y_t, (gx_t,) = torch_vjp(lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=ceil_mode), [x], gy)
+    np.testing.assert_array_equal(host(y), y_t)
+    np.testing.assert_allclose(host(K.max_pool2d_backward(dev(gy), cache)), gx_t, rtol=1e-12)
+    _, indices_t = F.max_pool2d(torch.from_numpy(x), 3, 2, 1, ceil_mode=ceil_mode,
+                                return_indices=True)
+    np.testing.assert_array_equal(host(K.max_pool2d_indices(cache)), indices_t.numpy())
 
 
 # --- LRN ------------------------------------------------------------------------------
@@ -358,3 +422,137 @@ def test_dropout_p0_is_identity_and_p1_is_zeros(kernels):
     y, cache = K.dropout_forward(dev(x), 1.0, 1)
     np.testing.assert_array_equal(host(y), np.zeros_like(x))
     np.testing.assert_array_equal(host(K.dropout_backward(dev(gy), cache)), np.zeros_like(gy))
+
+
+# --- cross-entropy options --------------------------------------------------------------
+
+# weight, ignore_index (None: no row ignored), label_smoothing, probability targets
+CE_OPTIONS = {
+    "weight": dict(weight=True),
+    "ignore_index": dict(ignore_index=2),
+    "ignore_index valid class -100": dict(ignore_index=-100, ignore_rows=True),
+    "label_smoothing": dict(label_smoothing=0.3),
+    "weight, ignore_index and smoothing": dict(weight=True, ignore_index=1, label_smoothing=0.2),
+    "probabilities": dict(probabilities=True),
+    "probabilities, weight and smoothing": dict(probabilities=True, weight=True, label_smoothing=0.25),
+}
+
+
+def ce_case(rng, N, C, dtype, options, scale=1.0):
+    """logits, target, weight and the kernel keywords of one option set."""
+    logits = (scale * rng.standard_normal((N, C))).astype(dtype)
+    weight = rng.uniform(0.2, 2.0, C).astype(dtype) if options.get("weight") else None
+    ignore_index = options.get("ignore_index", -100)
+    if options.get("probabilities"):
+        target = rng.uniform(0.0, 1.0, (N, C))
+        target = (target / target.sum(axis=1, keepdims=True)).astype(dtype)
+    else:
+        target = rng.integers(0, C, size=N)
+        if "ignore_index" in options:
+            target[::3] = ignore_index                                 # some rows ignored
+    keywords = dict(weight=weight, ignore_index=ignore_index,
+                    label_smoothing=options.get("label_smoothing", 0.0))
+    return logits, target, keywords
+
+
+def torch_cross_entropy(target, reduction, weight, ignore_index, label_smoothing):
+    t = torch.from_numpy(target.astype(np.float64) if target.dtype.kind == "f" else target)
+    w = None if weight is None else torch.from_numpy(weight.astype(np.float64))
+    return lambda z: F.cross_entropy(z, t, w, ignore_index=ignore_index, reduction=reduction,
+                                     label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", list(CE_OPTIONS))
+def test_cross_entropy_options_match_torch(kernels, options, reduction, scale, dtype):
+    rng = np.random.default_rng(17)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    logits, target, keywords = ce_case(rng, 7, 5, dtype, CE_OPTIONS[options], scale)
+    gloss = rng.standard_normal(7 if reduction == "none" else ()).astype(dtype)
+    weight = keywords["weight"]
+    loss, cache = K.cross_entropy_forward(dev(logits), dev(target), reduction,
+                                          None if weight is None else dev(weight),
+                                          keywords["ignore_index"], keywords["label_smoothing"])
+    glogits = K.cross_entropy_backward(dev(gloss), cache)
+    loss_t, (glogits_t,) = torch_vjp(torch_cross_entropy(target, reduction, **keywords), [logits], gloss)
+    loss, glogits = host(loss), host(glogits)
+    assert loss.shape == loss_t.shape
+    assert np.isfinite(loss).all() and np.isfinite(glogits).all()
+    assert_close(loss, loss_t, dtype)
+    assert_close(glogits, glogits_t, dtype)
+    np.testing.assert_array_equal(host(K.cross_entropy_backward(dev(gloss), cache)), glogits)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.4])
+def test_cross_entropy_all_rows_ignored_is_nan_like_torch(kernels, reduction, label_smoothing):
+    """'mean' over no counted row is 0/0 = NaN in torch; the gradient is still exactly 0."""
+    rng = np.random.default_rng(18)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    logits, target = rng.standard_normal((4, 3)), np.full(4, 1)
+    weight = rng.uniform(0.5, 1.5, 3)
+    gloss = rng.standard_normal(4 if reduction == "none" else ())
+    loss, cache = K.cross_entropy_forward(dev(logits), dev(target), reduction, dev(weight), 1,
+                                          label_smoothing)
+    glogits = host(K.cross_entropy_backward(dev(gloss), cache))
+    loss_t, (glogits_t,) = torch_vjp(torch_cross_entropy(target, reduction, weight, 1,
+                                                         label_smoothing), [logits], gloss)
+    np.testing.assert_array_equal(host(loss), loss_t)                 # NaN for 'mean'; 0 otherwise
+    assert (np.isnan(host(loss)).all() if reduction == "mean" else not host(loss).any())
+    np.testing.assert_array_equal(glogits, glogits_t)
+    assert not glogits.any()
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_of_an_empty_batch_is_torchs(kernels, reduction, probabilities):
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    logits = np.zeros((0, 4))
+    target = np.zeros((0, 4)) if probabilities else np.zeros(0, dtype=np.int64)
+    loss, cache = K.cross_entropy_forward(dev(logits), dev(target), reduction)
+    gloss = np.zeros(0) if reduction == "none" else np.array(0.7)
+    glogits = host(K.cross_entropy_backward(dev(gloss), cache))
+    loss_t, (glogits_t,) = torch_vjp(torch_cross_entropy(target, reduction, None, -100, 0.0),
+                                     [logits], gloss)
+    assert host(loss).shape == loss_t.shape and glogits.shape == (0, 4)
+    np.testing.assert_array_equal(host(loss), loss_t)                 # nan, 0 and (0,)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2)])
+def test_elementwise_kernels_keep_0d_and_empty_shapes(kernels, shape):
+    """relu and dropout on a 0-d or empty array return that shape (not (1,)), forward and back."""
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x, gy = np.full(shape, 1.5), np.full(shape, -0.5)
+    for forward, backward, args in ((K.relu_forward, K.relu_backward, ()),
+                                    (K.dropout_forward, K.dropout_backward, (0.5, 7))):
+        y, cache = forward(dev(x), *args)
+        gx = backward(dev(gy), cache)
+        assert host(y).shape == shape and host(gx).shape == shape
+        assert host(y).dtype == np.float64 and host(gx).dtype == np.float64
+
+
+@pytest.mark.parametrize("op", ["conv2d", "max_pool2d", "lrn"])
+def test_spatial_kernels_accept_an_empty_batch(kernels, op):
+    """N = 0: outputs and gradients of torch's shapes, zero weight gradients."""
+    rng = np.random.default_rng(19)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = np.zeros((0, 4, 7, 6))
+    if op == "conv2d":
+        weight, bias = rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
+        y, cache = K.conv2d_forward(dev(x), dev(weight), dev(bias), (2, 1), (1, 1), 2, (2, 1))
+        gx, gW, gb = K.conv2d_backward(dev(np.zeros(host(y).shape)), cache)
+        y_t = F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), None, (2, 1), 1, (2, 1), 2)
+        np.testing.assert_array_equal(host(gW), np.zeros_like(weight))
+        np.testing.assert_array_equal(host(gb), np.zeros(6))
+    elif op == "max_pool2d":
+        y, cache = K.max_pool2d_forward(dev(x), (3, 3), (2, 2), (1, 1), True)
+        gx = K.max_pool2d_backward(dev(np.zeros(host(y).shape)), cache)
+        assert host(K.max_pool2d_indices(cache)).shape == host(y).shape
+        y_t = F.max_pool2d(torch.from_numpy(x), 3, 2, 1, ceil_mode=True)
+    else:
+        y, cache = K.lrn_forward(dev(x), 3, 0.5, 0.75, 1.0)
+        gx = K.lrn_backward(dev(np.zeros(x.shape)), cache)
+        y_t = F.local_response_norm(torch.from_numpy(x), 3, 0.5, 0.75, 1.0)
+    assert host(y).shape == tuple(y_t.shape) and host(gx).shape == x.shape

@@ -36,10 +36,34 @@ def test_load_state_dict_round_trips_and_refuses_mismatches():
     b.load_state_dict(small(tnn).state_dict())          # torch tensors load too
     state = a.state_dict()
     state["0.weight"] = np.zeros((4, 3, 2, 2), np.float32)
-    with pytest.raises(ValueError, match="0.weight: expected shape"):
+    with pytest.raises(ValueError, match="0.weight: expected shape") as info:
         b.load_state_dict(state)
-    with pytest.raises(KeyError, match="missing keys"):
+    assert isinstance(info.value, RuntimeError)                     # torch raises RuntimeError
+    with pytest.raises(KeyError, match="Missing key") as info:
         b.load_state_dict({"0.weight": a.state_dict()["0.weight"]})
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_load_state_dict_names_missing_and_unexpected_keys_like_torch():
+    a, b = small(nn), small(nn)
+    state = a.state_dict()
+    del state["0.bias"]
+    state["extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(RuntimeError) as info:
+        b.load_state_dict(state)
+    assert isinstance(info.value, KeyError)
+    message = str(info.value)
+    assert 'Missing key(s) in state_dict: "0.bias".' in message
+    assert 'Unexpected key(s) in state_dict: "extra.weight".' in message
+    torch_model = small(tnn)
+    torch_state = torch_model.state_dict()
+    del torch_state["0.bias"]
+    torch_state["extra.weight"] = torch.zeros(3)
+    with pytest.raises(RuntimeError) as theirs:                     # torch's words, for comparison
+        torch_model.load_state_dict(torch_state)
+    assert "Missing key(s)" in str(theirs.value) and "Unexpected key(s)" in str(theirs.value)
+    result = b.load_state_dict(state, strict=False)                 # not strict: loads the rest
+    assert result.missing_keys == ["0.bias"] and result.unexpected_keys == ["extra.weight"]
 
 
 def test_train_eval_and_dropout_mode():

@@ -46,6 +46,14 @@ def random_window(rng, H, W):
     return kernel, stride, padding
 
 
+def random_dilation(rng, H, W, kernel, padding):
+    """(dh, dw) in 1..3 such that the dilated kernel still fits the padded input."""
+    def one(size, k, p):
+        most = (size + 2 * p - 1) // (k - 1) if k > 1 else 3
+        return int(rng.integers(1, min(3, most) + 1))
+    return one(H, kernel[0], padding[0]), one(W, kernel[1], padding[1])
+
+
 def random_image(rng, channels_multiple=1):
     """(N, C, H, W) with N >= 2, C >= 2 a multiple of channels_multiple, and H != W."""
     N = int(rng.integers(2, 4))
@@ -63,6 +71,7 @@ def test_im2col_and_col2im_match_reference(seed, dtype):
     rng = np.random.default_rng(seed)
     shape = random_image(rng)
     window = random_window(rng, *shape[2:])
+    window += (random_dilation(rng, *shape[2:], window[0], window[2]),)
     x = rng.standard_normal(shape).astype(dtype)
 
     cols = cpu.im2col(x, *window)
@@ -82,17 +91,19 @@ def conv_case(rng, dtype):
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     weight = rng.standard_normal((out_channels, C // groups, *kernel)).astype(dtype)
     bias = rng.standard_normal(out_channels).astype(dtype) if rng.random() < 0.7 else None
-    return x, weight, bias, stride, padding, groups
+    dilation = random_dilation(rng, H, W, kernel, padding)
+    return x, weight, bias, stride, padding, groups, dilation
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv2d_matches_reference(seed, dtype):
     rng = np.random.default_rng(100 + seed)
-    x, weight, bias, stride, padding, groups = conv_case(rng, dtype)
+    x, weight, bias, stride, padding, groups, dilation = conv_case(rng, dtype)
 
-    y, cache = cpu.conv2d_forward(x, weight, bias, stride, padding, groups)
-    y_ref, cache_ref = reference.conv2d_forward(f64(x), f64(weight), f64(bias), stride, padding, groups)
+    y, cache = cpu.conv2d_forward(x, weight, bias, stride, padding, groups, dilation)
+    y_ref, cache_ref = reference.conv2d_forward(f64(x), f64(weight), f64(bias), stride, padding,
+                                                groups, dilation)
     assert_matches(y, y_ref, dtype)
 
     gy = rng.standard_normal(y.shape).astype(dtype)
@@ -147,10 +158,13 @@ def test_max_pool2d_matches_reference_with_ties(seed, dtype):
     shape = random_image(rng)
     window = random_window(rng, *shape[2:])
     x = rng.integers(-3, 2, size=shape).astype(dtype)                   # many ties, all-negative windows
+    x[x == -3] = -np.inf                                               # ties with the padding
+    ceil_mode = bool(seed % 2)
 
-    y, cache = cpu.max_pool2d_forward(x, *window)
-    y_ref, cache_ref = reference.max_pool2d_forward(x, *window)
+    y, cache = cpu.max_pool2d_forward(x, *window, ceil_mode)
+    y_ref, cache_ref = reference.max_pool2d_forward(x, *window, ceil_mode)
     np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(cpu.max_pool2d_indices(cache), reference.max_pool2d_indices(cache_ref))
 
     gy = rng.standard_normal(y.shape).astype(dtype)
     gx = cpu.max_pool2d_backward(gy, cache)
@@ -224,27 +238,44 @@ def test_dropout_mask_is_bit_identical_to_reference(seed, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("parallel", [True, False])
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(6))
 def test_cross_entropy_matches_reference(monkeypatch, seed, parallel, reduction, dtype):
+    """Plain, and with torch's options drawn per seed: weight, ignore_index (also every row
+    ignored), label smoothing, class-probability targets."""
     monkeypatch.setattr(cpu_cross_entropy, "PARALLEL_MIN_ELEMENTS", 0 if parallel else 10**9)
     rng = np.random.default_rng(500 + seed)
     N, C = int(rng.integers(2, 20)), int(rng.integers(2, 12))
     logits = (rng.choice([1.0, 1e3]) * rng.standard_normal((N, C))).astype(dtype)  # +-1e3 must not overflow
     target = rng.integers(0, C, size=N)
+    options = {} if seed == 0 else dict(
+        weight=rng.uniform(0.2, 2.0, C).astype(dtype) if rng.random() < 0.6 else None,
+        ignore_index=int(target[0]), label_smoothing=float(rng.choice([0.0, 0.15, 0.5])))
+    if seed == 5:
+        target[:] = options["ignore_index"]                            # every row ignored: NaN mean
+    if seed == 4:
+        target = rng.uniform(0.0, 1.0, (N, C)).astype(dtype)           # class probabilities
+        options["ignore_index"] = -100
 
-    loss, cache = cpu.cross_entropy_forward(logits, target, reduction)
-    loss_ref, cache_ref = reference.cross_entropy_forward(f64(logits), target, reduction)
-    assert_matches(np.asarray(loss), np.asarray(loss_ref), dtype)
+    loss, cache = cpu.cross_entropy_forward(logits, target, reduction, **options)
+    options_ref = dict(options, weight=f64(options.get("weight")))
+    target_ref = f64(target) if target.dtype.kind == "f" else target
+    loss_ref, cache_ref = reference.cross_entropy_forward(f64(logits), target_ref, reduction, **options_ref)
+    if seed == 5 and reduction == "mean":
+        assert np.isnan(loss) and np.isnan(loss_ref)
+    else:
+        assert_matches(np.asarray(loss), np.asarray(loss_ref), dtype)
 
     gloss = rng.standard_normal(N if reduction == "none" else ())
     glogits = cpu.cross_entropy_backward(gloss.astype(dtype), cache)
     assert_matches(glogits, reference.cross_entropy_backward(gloss, cache_ref), dtype)
+    np.testing.assert_array_equal(cpu.cross_entropy_backward(gloss.astype(dtype), cache), glogits)
 
 
 # --- race-freedom -----------------------------------------------------------------------
 
-def test_results_do_not_depend_on_thread_count():
+def test_results_do_not_depend_on_thread_count(monkeypatch):
     """Disjoint prange outputs give bitwise the same result on 1 thread as on all of them."""
+    monkeypatch.setattr(cpu_cross_entropy, "PARALLEL_MIN_ELEMENTS", 0)  # its prange rows too
     rng = np.random.default_rng(9)
     x = rng.standard_normal((4, 6, 13, 11))
     weight = rng.standard_normal((8, 3, 3, 3))
@@ -256,7 +287,16 @@ def test_results_do_not_depend_on_thread_count():
         gp = cpu.max_pool2d_backward(np.cos(p), pool_cache)
         z, lrn_cache = cpu.lrn_forward(x, 4, 0.5, 0.75, 1.0)
         gz = cpu.lrn_backward(np.cos(z), lrn_cache)
-        return y, gx, gW, p, gp, z, gz
+        yd, dilated_cache = cpu.conv2d_forward(x, weight, None, (1, 2), (2, 1), 2, (2, 3))
+        gxd, gWd, _ = cpu.conv2d_backward(np.sin(yd), dilated_cache)
+        pc, ceil_cache = cpu.max_pool2d_forward(np.round(x), (2, 3), (2, 2), (1, 1), True)
+        gpc = cpu.max_pool2d_backward(np.cos(pc), ceil_cache)
+        logits = x.reshape(-1, 11)
+        target = np.arange(logits.shape[0]) % 11
+        loss, ce_cache = cpu.cross_entropy_forward(logits, target, "none", np.linspace(0.5, 2, 11),
+                                                   3, 0.2)
+        gl = cpu.cross_entropy_backward(np.cos(loss), ce_cache)
+        return y, gx, gW, p, gp, z, gz, yd, gxd, gWd, pc, gpc, loss, gl
 
     everyone = run_all()
     threads = numba.get_num_threads()

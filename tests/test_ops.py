@@ -28,10 +28,16 @@ def conv_cases(draw):
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = (draw(st.integers(0, 2)), draw(st.integers(0, 1)))
-    h = draw(st.integers(max(kh, 3), 7))
-    w = draw(st.integers(max(kw, 3), 7).filter(lambda w: w != h))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    h = draw(st.integers(max(span[0], 3), 8))
+    w = draw(st.integers(max(span[1], 3), 8).filter(lambda w: w != h))
+    if draw(st.booleans()):                                       # torch's string paddings
+        padding = draw(st.sampled_from(["same", "valid"]))
+        stride = (1, 1) if padding == "same" else stride
     return dict(n=draw(st.integers(2, 3)), c=c, oc=oc, h=h, w=w, kh=kh, kw=kw, stride=stride,
-                padding=padding, groups=groups, bias=draw(st.booleans()), seed=draw(st.integers(0, 99)))
+                padding=padding, dilation=dilation, groups=groups, bias=draw(st.booleans()),
+                seed=draw(st.integers(0, 99)))
 
 
 @fd_settings
@@ -43,20 +49,22 @@ def test_conv2d_finite_differences(kernels, case):
     if case["bias"]:
         arrays.append(rng.standard_normal(case["oc"]))
     gradcheck(kernels, lambda x, w, b=None: F.conv2d(x, w, b, case["stride"], case["padding"],
-                                                      groups=case["groups"]), arrays)
+                                                      case["dilation"], case["groups"]), arrays)
 
 
 @fd_settings
 @given(n=st.integers(2, 3), c=st.integers(2, 3), h=st.integers(4, 8), w=st.integers(4, 8),
        kernel=st.integers(2, 3), stride=st.integers(1, 3), padding=st.integers(0, 1),
-       seed=st.integers(0, 99))
-def test_max_pool2d_finite_differences(kernels, n, c, h, w, kernel, stride, padding, seed):
+       ceil_mode=st.booleans(), seed=st.integers(0, 99))
+def test_max_pool2d_finite_differences(kernels, n, c, h, w, kernel, stride, padding, ceil_mode,
+                                       seed):
     if h == w:
         w += 1
     rng = np.random.default_rng(seed)
     # distinct values 0.1 apart: no ties within the finite-difference step
     x = rng.permutation(n * c * h * w).reshape(n, c, h, w) * 0.1
-    gradcheck(kernels, lambda x: F.max_pool2d(x, kernel, stride, min(padding, kernel // 2)), [x])
+    gradcheck(kernels, lambda x: F.max_pool2d(x, kernel, stride, min(padding, kernel // 2),
+                                              ceil_mode=ceil_mode), [x])
 
 
 @fd_settings
@@ -109,6 +117,29 @@ def test_cross_entropy_finite_differences(kernels, n, c, scale, reduction, seed)
               atol=1e-6)
 
 
+@fd_settings
+@given(n=st.integers(2, 6), c=st.integers(2, 7), reduction=st.sampled_from(["mean", "sum", "none"]),
+       weighted=st.booleans(), smoothing=st.sampled_from([0.0, 0.1, 0.6]),
+       form=st.sampled_from(["indices", "ignore", "probabilities"]), seed=st.integers(0, 99))
+def test_cross_entropy_options_finite_differences(kernels, n, c, reduction, weighted, smoothing,
+                                                  form, seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((n, c)) * 3
+    weight = ta.tensor(kernels.to_device(rng.uniform(0.2, 2.0, c))) if weighted else None
+    ignore_index = -100
+    if form == "probabilities":
+        target = rng.uniform(0.0, 1.0, (n, c))
+        target /= target.sum(axis=1, keepdims=True)
+    else:
+        target = rng.integers(0, c, n)
+        if form == "ignore":
+            ignore_index = int(target[0])                              # a real class, ignored
+    target = ta.tensor(kernels.to_device(target))
+    gradcheck(kernels, lambda z: F.cross_entropy(z, target, weight, ignore_index=ignore_index,
+                                                 reduction=reduction, label_smoothing=smoothing),
+              [logits], atol=1e-6)
+
+
 def test_tensor_arithmetic_finite_differences(kernels):
     rng = np.random.default_rng(0)
     a, b, c = rng.uniform(0.5, 2.0, (3, 4)), rng.uniform(0.5, 2.0, (4,)), rng.standard_normal((4, 2))
@@ -121,33 +152,76 @@ def test_tensor_arithmetic_finite_differences(kernels):
 
 
 # --- float32 parity with PyTorch -----------------------------------------------------------
-CONV_CASES = [  # (x shape, weight shape, stride, padding, groups, bias)
-    ((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, True),
-    ((2, 4, 10, 8), (6, 2, 3, 2), (2, 1), (1, 0), 2, True),
-    ((3, 2, 23, 19), (5, 2, 11, 11), 4, 2, 1, False),        # conv1-like: 11x11 stride 4
-    ((2, 6, 8, 11), (4, 3, 5, 5), 1, 2, 2, True),            # conv2-like: 5x5, groups=2
+CONV_CASES = [  # (x shape, weight shape, stride, padding, groups, bias, dilation)
+    ((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, True, 1),
+    ((2, 4, 10, 8), (6, 2, 3, 2), (2, 1), (1, 0), 2, True, 1),
+    ((3, 2, 23, 19), (5, 2, 11, 11), 4, 2, 1, False, 1),        # conv1-like: 11x11 stride 4
+    ((2, 6, 8, 11), (4, 3, 5, 5), 1, 2, 2, True, 1),            # conv2-like: 5x5, groups=2
+    ((2, 4, 13, 10), (6, 2, 3, 2), (2, 1), (2, 1), 2, True, (2, 3)),  # dilation, stride, pad, groups
+    ((2, 3, 9, 7), (4, 3, 3, 3), 1, "same", 1, True, 2),        # 'same', symmetric
+    ((2, 3, 9, 8), (4, 3, 2, 4), 1, "same", 1, True, 1),        # even kernels: one extra row/column
+    ((2, 4, 9, 8), (4, 2, 2, 3), 1, "same", 2, False, (3, 1)),  # even kernel, odd dilation, groups
+    ((2, 4, 10, 9), (4, 2, 4, 2), 1, "same", 2, True, (2, 3)),  # even kernel, even dilation: symmetric
+    ((2, 3, 9, 8), (4, 3, 2, 3), (2, 1), "valid", 1, True, 2),  # 'valid' is padding 0
 ]
 
 
-@pytest.mark.parametrize("xs, ws, stride, padding, groups, bias", CONV_CASES)
-def test_conv2d_matches_torch(kernels, xs, ws, stride, padding, groups, bias):
+@pytest.mark.parametrize("xs, ws, stride, padding, groups, bias, dilation", CONV_CASES)
+def test_conv2d_matches_torch(kernels, xs, ws, stride, padding, groups, bias, dilation):
     rng = np.random.default_rng(1)
     arrays = [rng.standard_normal(xs), rng.standard_normal(ws)]
     arrays += [rng.standard_normal(ws[0])] if bias else []
-    check_parity(kernels, lambda x, w, b=None: F.conv2d(x, w, b, stride, padding, 1, groups),
-                 lambda x, w, b=None: TF.conv2d(x, w, b, stride, padding, 1, groups), arrays)
+    check_parity(kernels, lambda x, w, b=None: F.conv2d(x, w, b, stride, padding, dilation, groups),
+                 lambda x, w, b=None: TF.conv2d(x, w, b, stride, padding, dilation, groups), arrays)
 
 
+@pytest.mark.parametrize("kernel_size, dilation", [(3, 1), (2, 1), ((4, 3), (1, 2)), ((2, 2), 3)])
+def test_conv2d_layer_same_padding_keeps_the_size_like_torch(kernels, kernel_size, dilation):
+    rng = np.random.default_rng(16)
+    ours = ta.nn.Conv2d(3, 4, kernel_size, padding="same", dilation=dilation).double()
+    theirs = torch.nn.Conv2d(3, 4, kernel_size, padding="same", dilation=dilation).double()
+    theirs.load_state_dict({k: torch.tensor(v.array) for k, v in ours.state_dict().items()})
+    ours.to(kernels.device)
+    x = rng.standard_normal((2, 3, 7, 6))
+    y = ours(ta.tensor(kernels.to_device(x)))
+    y_t = theirs(torch.tensor(x))
+    assert y.shape == (2, 4, 7, 6) == tuple(y_t.shape)
+    np.testing.assert_allclose(kernels.to_numpy(y.array), y_t.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert "padding=same" in repr(ours)
+    with pytest.raises(ValueError, match="strided"):
+        ta.nn.Conv2d(3, 4, 3, stride=2, padding="same")
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("shape, kernel, stride, padding", [
     ((2, 3, 9, 7), 3, 2, 1),          # overlapping 3/2 pooling with padding
-    ((2, 2, 8, 10), 2, 2, 0),
+    ((2, 2, 8, 11), 2, 2, 0),         # ceil mode: a last column window of one real pixel
     ((2, 3, 13, 11), 3, 1, 0),        # stride 1: every pixel in up to 9 windows
+    ((2, 2, 10, 7), (3, 2), (3, 2), (1, 1)),   # ceil mode's rule drops a window in the padding
 ])
-def test_max_pool2d_matches_torch_with_ties(kernels, shape, kernel, stride, padding):
+def test_max_pool2d_matches_torch_with_ties(kernels, shape, kernel, stride, padding, ceil_mode):
     # small integers: many ties; the first maximum in row-major order takes the gradient
     x = np.random.default_rng(2).integers(-2, 3, shape).astype(np.float64)
-    check_parity(kernels, lambda x: F.max_pool2d(x, kernel, stride, padding),
-                 lambda x: TF.max_pool2d(x, kernel, stride, padding), [x])
+    check_parity(kernels, lambda x: F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode),
+                 lambda x: TF.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode), [x])
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_max_pool2d_return_indices_match_torch(kernels, ceil_mode, unbatched):
+    shape = (3, 9, 8) if unbatched else (2, 3, 9, 8)
+    x = np.random.default_rng(15).integers(-2, 3, shape).astype(np.float64)
+    x[..., :2, :] = -np.inf                                            # windows of -inf and padding
+    (ours,) = ta_tensors(kernels, [x])
+    y, indices = F.max_pool2d(ours, 3, 2, 1, ceil_mode=ceil_mode, return_indices=True)
+    y_t, indices_t = TF.max_pool2d(torch.tensor(x), 3, 2, 1, ceil_mode=ceil_mode,
+                                   return_indices=True)
+    assert indices.dtype == np.int64 and not indices.requires_grad
+    assert indices.shape == tuple(indices_t.shape) and y.shape == tuple(y_t.shape)
+    np.testing.assert_array_equal(kernels.to_numpy(indices.array), indices_t.numpy())
+    np.testing.assert_array_equal(kernels.to_numpy(y.array), y_t.numpy())
+    layer = ta.nn.MaxPool2d(3, 2, 1, return_indices=True, ceil_mode=ceil_mode)
+    np.testing.assert_array_equal(kernels.to_numpy(layer(ours)[1].array), indices_t.numpy())
 
 
 @pytest.mark.parametrize("size, alpha, beta, k", [
@@ -185,6 +259,60 @@ def test_cross_entropy_matches_torch_for_huge_logits(kernels, reduction, scale):
     logits, target = rng.standard_normal((6, 10)) * scale, rng.integers(0, 10, 6)
     check_parity(kernels, lambda z: F.cross_entropy(z, ta.tensor(kernels.to_device(target)), reduction=reduction),
                  lambda z: TF.cross_entropy(z, torch.tensor(target), reduction=reduction), [logits])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", [
+    dict(weight=True),
+    dict(ignore_index=3),
+    dict(label_smoothing=0.1),
+    dict(weight=True, ignore_index=0, label_smoothing=0.3),
+    dict(probabilities=True),
+    dict(probabilities=True, weight=True, label_smoothing=0.2),
+], ids=["weight", "ignore_index", "label_smoothing", "all three", "probabilities",
+        "probabilities+weight+smoothing"])
+def test_cross_entropy_options_match_torch(kernels, options, reduction):
+    rng = np.random.default_rng(20)
+    N, C = 9, 6
+    logits = rng.standard_normal((N, C)) * 4
+    weight = rng.uniform(0.2, 2.0, C) if options.get("weight") else None
+    ignore_index = options.get("ignore_index", -100)
+    if options.get("probabilities"):
+        target = rng.uniform(0.0, 1.0, (N, C))
+        target /= target.sum(axis=1, keepdims=True)
+    else:
+        target = rng.integers(0, C, N)
+        target[::4] = ignore_index if "ignore_index" in options else target[::4]
+    smoothing = options.get("label_smoothing", 0.0)
+
+    def ours(z):
+        t = ta.tensor(kernels.to_device(target.astype(z.dtype) if target.dtype.kind == "f" else target))
+        w = None if weight is None else ta.tensor(kernels.to_device(weight.astype(z.dtype)))
+        return F.cross_entropy(z, t, w, ignore_index=ignore_index, reduction=reduction,
+                               label_smoothing=smoothing)
+
+    def theirs(z):
+        w = None if weight is None else torch.tensor(weight)
+        return TF.cross_entropy(z, torch.tensor(target), w, ignore_index=ignore_index,
+                                reduction=reduction, label_smoothing=smoothing)
+
+    check_parity(kernels, ours, theirs, [logits])
+    check_parity(kernels, ours, theirs, [logits], dtype=np.float64)
+
+
+def test_cross_entropy_loss_layer_takes_torchs_arguments(kernels):
+    rng = np.random.default_rng(21)
+    logits, target, weight = rng.standard_normal((5, 4)), rng.integers(0, 4, 5), rng.uniform(0.5, 2, 4)
+    target[1] = 2
+    ours = ta.nn.CrossEntropyLoss(weight=ta.tensor(kernels.to_device(weight)), ignore_index=2,
+                                  label_smoothing=0.2)
+    theirs = torch.nn.CrossEntropyLoss(weight=torch.tensor(weight), ignore_index=2, label_smoothing=0.2)
+    loss = ours(ta.tensor(kernels.to_device(logits)), ta.tensor(kernels.to_device(target)))
+    np.testing.assert_allclose(loss.item(), theirs(torch.tensor(logits), torch.tensor(target)).item(),
+                               rtol=1e-12)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["weight"]
+    with pytest.raises(ValueError, match="size_average"):
+        ta.nn.CrossEntropyLoss(size_average=True)
 
 
 def test_unbatched_conv_and_pool_match_torch(kernels):
@@ -235,3 +363,100 @@ def test_max_pool2d_routes_nan_windows_like_torch(kernels):
     y_ref.backward(torch.tensor(gy))
     np.testing.assert_array_equal(np.isnan(kernels.to_numpy(y.array)), np.isnan(y_ref.detach().numpy()))
     np.testing.assert_allclose(kernels.to_numpy(ours.grad.array), ref.grad.numpy(), rtol=1e-12)
+
+
+# --- N = 0 and shape (): torch's shapes and values on every set -----------------------------
+class _Lib:
+    """The same names on both libraries: lib.F (functional), lib.nn (layers)."""
+
+    def __init__(self, functional, nn):
+        self.F, self.nn = functional, nn
+
+
+TINYALEX, TORCH = _Lib(F, ta.nn), _Lib(TF, torch.nn)
+
+
+def _empty_target(n):
+    return np.zeros(n, dtype=np.int64)
+
+
+# name -> (call(lib, *tensors), input arrays); every input float array gets a gradient.
+EDGE_CASES = {
+    "conv2d N=0": (lambda lib, x, w, b: lib.F.conv2d(x, w, b, 1, 1),
+                   [np.zeros((0, 3, 5, 6)), np.ones((4, 3, 3, 3)), np.ones(4)]),
+    "conv2d N=0 dilated same": (lambda lib, x, w: lib.F.conv2d(x, w, padding="same", dilation=2),
+                                [np.zeros((0, 2, 5, 6)), np.ones((4, 2, 2, 3))]),
+    "max_pool2d N=0": (lambda lib, x: lib.F.max_pool2d(x, 3, 2, 1), [np.zeros((0, 3, 7, 6))]),
+    "max_pool2d N=0 ceil": (lambda lib, x: lib.F.max_pool2d(x, 2, 2, ceil_mode=True),
+                            [np.zeros((0, 3, 7, 6))]),
+    "local_response_norm N=0": (lambda lib, x: lib.F.local_response_norm(x, 3, 0.5),
+                                [np.zeros((0, 4, 3, 5))]),
+    "relu N=0": (lambda lib, x: lib.F.relu(x), [np.zeros((0, 3))]),
+    "relu ()": (lambda lib, x: lib.F.relu(x), [np.array(1.5)]),
+    "relu () negative": (lambda lib, x: lib.F.relu(x), [np.array(-0.5)]),
+    "dropout eval ()": (lambda lib, x: lib.F.dropout(x, 0.5, training=False), [np.array(1.5)]),
+    "linear N=0": (lambda lib, x, w, b: lib.F.linear(x, w, b),
+                   [np.zeros((0, 7)), np.ones((5, 7)), np.ones(5)]),
+    "linear (0,) @ (8, 0)": (lambda lib, x, w: lib.F.linear(x, w), [np.zeros(0), np.ones((8, 0))]),
+    "linear 3-D N=0": (lambda lib, x, w: lib.F.linear(x, w), [np.zeros((2, 0, 7)), np.ones((5, 7))]),
+    "cross_entropy N=0 mean": (lambda lib, z, t: lib.F.cross_entropy(z, t),
+                               [np.zeros((0, 4)), _empty_target(0)]),
+    "cross_entropy N=0 sum": (lambda lib, z, t: lib.F.cross_entropy(z, t, reduction="sum"),
+                              [np.zeros((0, 4)), _empty_target(0)]),
+    "cross_entropy N=0 none": (lambda lib, z, t: lib.F.cross_entropy(z, t, reduction="none"),
+                               [np.zeros((0, 4)), _empty_target(0)]),
+    "cross_entropy unbatched ()": (lambda lib, z, t: lib.F.cross_entropy(z, t),
+                                   [np.array([0.5, -1.0, 2.0]), np.array(2)]),
+    "cross_entropy unbatched () none": (lambda lib, z, t: lib.F.cross_entropy(z, t, reduction="none"),
+                                        [np.array([0.5, -1.0, 2.0]), np.array(0)]),
+    "cross_entropy N=0 probabilities": (lambda lib, z: lib.F.cross_entropy(z, z.detach() * 0.0),
+                                        [np.zeros((0, 4))]),
+    "Flatten N=0": (lambda lib, x: lib.nn.Flatten()(x), [np.zeros((0, 3, 2))]),
+    "sum then relu": (lambda lib, x: x.relu().sum().relu(), [np.array([1.0, -2.0, 3.0])]),
+    "mean then relu": (lambda lib, x: x.relu().mean().relu(), [np.array([[1.0, -2.0], [3.0, 0.5]])]),
+    "mean of N=0": (lambda lib, x: x.mean(), [np.zeros((0, 3))]),
+    "sum of N=0": (lambda lib, x: x.sum(), [np.zeros((0, 3))]),
+    "sum of ()": (lambda lib, x: (x * 2.0).sum().relu(), [np.array(-1.5)]),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_empty_batch_and_0d_match_torch(kernels, name, dtype):
+    """Output shape, dtype and values (NaN where torch gives NaN), and every input gradient
+    (shape and values) for a random upstream gradient, against torch."""
+    call, arrays = EDGE_CASES[name]
+    ours = ta_tensors(kernels, arrays, dtype=dtype)
+    torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
+    theirs = [torch.tensor(a, dtype=torch_dtype if a.dtype.kind == "f" else None,
+                           requires_grad=a.dtype.kind == "f") for a in arrays]
+    y, y_t = call(TINYALEX, *ours), call(TORCH, *theirs)
+    assert y.shape == tuple(y_t.shape), f"shape {y.shape}, torch {tuple(y_t.shape)}"
+    assert y.dtype == np.dtype(dtype)
+    y_np = kernels.to_numpy(y.array)
+    assert isinstance(y.array, type(kernels.to_device(np.zeros(1)))), "a scalar, not an array"
+    np.testing.assert_allclose(y_np, y_t.detach().numpy(), rtol=1e-6, atol=1e-7, equal_nan=True)
+
+    gy = np.random.default_rng(0).uniform(0.5, 1.5, y.shape)         # never all ones
+    y.backward(kernels.to_device(gy.astype(dtype)))
+    y_t.backward(torch.tensor(gy, dtype=torch_dtype))
+    for i, (a, t) in enumerate(zip(ours, theirs)):
+        if t.requires_grad:
+            assert a.grad is not None and a.grad.shape == tuple(t.grad.shape), f"grad {i} shape"
+            np.testing.assert_allclose(kernels.to_numpy(a.grad.array), t.grad.numpy(), rtol=1e-6,
+                                       atol=1e-7, equal_nan=True, err_msg=f"grad of input {i}")
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (0, 3), (2, 0, 4)])
+def test_dropout_in_training_keeps_shape_and_mask_at_0d_and_empty(kernels, shape):
+    x = np.full(shape, 1.5)
+    (xt,) = ta_tensors(kernels, [x])
+    ta.manual_seed(3)
+    y = F.dropout(xt, 0.5, training=True)
+    assert y.shape == shape
+    y_np = kernels.to_numpy(y.array)
+    assert np.all((y_np == 0) | (y_np == 3.0))                         # dropped, or scaled by 2
+    gy = np.random.default_rng(1).uniform(0.5, 1.5, shape)
+    y.backward(kernels.to_device(gy))
+    assert xt.grad.shape == shape
+    np.testing.assert_array_equal(kernels.to_numpy(xt.grad.array), np.where(y_np != 0, 2 * gy, 0))

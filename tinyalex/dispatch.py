@@ -21,18 +21,27 @@ from .device import device_of
 
 #: name -> signature and contract of every kernel each set must provide.
 KERNEL_API = {
-    "im2col": "im2col(x, kernel_size, stride, padding) -> cols. x (N,C,H,W); pairs (kh,kw),"
-              " (sh,sw), (ph,pw); cols (N, C*kh*kw, OH*OW), row c*kh*kw + i*kw + j,"
-              " column oh*OW + ow; zero padding.",
-    "col2im": "col2im(cols, x_shape, kernel_size, stride, padding) -> x. The adjoint of im2col:"
-              " overlapping windows add.",
-    "conv2d_forward": "conv2d_forward(x, weight, bias, stride, padding, groups) -> (y, cache)."
-                      " weight (OC, C/groups, kh, kw), bias (OC,) or None; y (N,OC,OH,OW).",
+    "im2col": "im2col(x, kernel_size, stride, padding, dilation=(1, 1)) -> cols. x (N,C,H,W);"
+              " pairs (kh,kw), (sh,sw), (ph,pw), (dh,dw); cols (N, C*kh*kw, OH*OW), row"
+              " c*kh*kw + i*kw + j, column oh*OW + ow, holding x_pad[n, c, oh*sh + i*dh,"
+              " ow*sw + j*dw]; zero padding; OH = (H + 2*ph - dh*(kh-1) - 1) // sh + 1.",
+    "col2im": "col2im(cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)) -> x. The"
+              " adjoint of im2col: overlapping windows add.",
+    "conv2d_forward": "conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1))"
+                      " -> (y, cache). weight (OC, C/groups, kh, kw), bias (OC,) or None;"
+                      " y (N,OC,OH,OW); symmetric padding (the functional layer pads 'same'"
+                      " asymmetrically in front).",
     "conv2d_backward": "conv2d_backward(gy, cache, need_gx=True) -> (gx or None, gW, gb or None).",
-    "max_pool2d_forward": "max_pool2d_forward(x, kernel_size, stride, padding) -> (y, cache)."
-                          " Floor mode, -inf padding; the argmax is the first maximum in"
-                          " row-major window order.",
+    "max_pool2d_forward": "max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False)"
+                          " -> (y, cache). -inf padding (at most half the kernel); OH floor"
+                          " (H + 2*ph - kh) // sh + 1, or with ceil_mode torch's ceil size"
+                          " (tinyalex.shapes.pool_output_size). The argmax is the first maximum"
+                          " among the window's real pixels in row-major order (never padding),"
+                          " the last NaN in a window holding NaN.",
     "max_pool2d_backward": "max_pool2d_backward(gy, cache) -> gx.",
+    "max_pool2d_indices": "max_pool2d_indices(cache) -> indices (N, C, OH, OW) int64: each"
+                          " window's argmax as h*W + w in its input plane (torch's"
+                          " return_indices).",
     "lrn_forward": "lrn_forward(x, size, alpha, beta, k) -> (y, cache). PyTorch convention:"
                    " y = x / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]}"
                    " x_{c'}^2)^beta.",
@@ -43,9 +52,14 @@ KERNEL_API = {
                        " with uniform from tinyalex.dispatch.counter_uniform (the same bits on"
                        " every set); y = x * keep / (1 - p).",
     "dropout_backward": "dropout_backward(gy, cache) -> gx.",
-    "cross_entropy_forward": "cross_entropy_forward(logits, target, reduction) -> (loss, cache)."
-                             " logits (N,C) float, target (N,) int64 in [0,C);"
-                             " reduction 'mean'|'sum' gives shape (), 'none' gives (N,).",
+    "cross_entropy_forward": "cross_entropy_forward(logits, target, reduction, weight=None,"
+                             " ignore_index=-100, label_smoothing=0.0) -> (loss, cache)."
+                             " logits (N,C) float; target (N,) int64 in [0,C) or == ignore_index"
+                             " (a row that counts for nothing), or (N,C) class probabilities of"
+                             " the logits' dtype; weight (C,) or None. loss_n = sum_c q_nc"
+                             " (lse_n - logits_nc) with torch's target distribution q; 'mean'"
+                             " divides by the kept targets' weights (N for probabilities),"
+                             " 0/0 = nan; reduction 'mean'|'sum' gives shape (), 'none' (N,).",
     "cross_entropy_backward": "cross_entropy_backward(gloss, cache) -> glogits (N,C).",
 }
 

@@ -17,6 +17,7 @@ from .ops.cross_entropy import CrossEntropy
 from .ops.dropout import Dropout
 from .ops.linear import Linear
 from .ops.lrn import LocalResponseNorm
+from .ops.pad import ZeroPad2d
 from .ops.pool import MaxPool2d
 from .ops.relu import ReLU
 
@@ -66,6 +67,11 @@ def _only_default(op, name, value, default):
         raise ValueError(f"{op}: {name}: only {default!r} is supported, got {value!r}")
 
 
+def _check_bool(op, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name}: expected True or False, got {value!r}")
+
+
 def _output_size(op, x_shape, kernel, stride, padding):
     """Floor-mode output size; refuses a kernel larger than the padded input."""
     padded = (x_shape[-2] + 2 * padding[0], x_shape[-1] + 2 * padding[1])
@@ -83,16 +89,39 @@ def _batched(x, batch_ndim):
 # --- ops ---------------------------------------------------------------------------------
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution (cross-correlation) of input (N, C, H, W) with weight
-    (OC, C/groups, kh, kw), computed as im2col + GEMM. Same signature as torch."""
+    (OC, C/groups, kh, kw), computed as im2col + GEMM. Same signature as torch.
+
+    dilation (dh, dw): tap (i, j) reads input pixel (oh*sh - ph + i*dh, ow*sw - pw + j*dw),
+    so OH = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1.
+    padding: an int, a pair, 'valid' (no padding) or 'same' (OH = H; stride 1 only, as in
+    torch). 'same' pads dh*(kh - 1) rows in total, total // 2 above and the rest below
+    (likewise columns): when the total is odd (an even kernel with an odd dilation) the
+    extra row and column go at the bottom and right, exactly as torch does, through an
+    explicit zero pad in front of the convolution.
+    """
     op = "conv2d"
     _check_tensor(op, "input", input, (3, 4))
     _check_tensor(op, "weight", weight, (4,))
     _check_float_tensors(op, input=input, weight=weight, bias=bias)
     stride = _pair(op, "stride", stride, 1)
-    padding = _pair(op, "padding", padding, 0)
-    _only_default(op, "dilation", dilation, 1)
+    dilation = _pair(op, "dilation", dilation, 1)
     if not isinstance(groups, numbers.Integral) or groups < 1:
         raise ValueError(f"{op}: groups: expected an int >= 1, got {groups!r}")
+    kernel = weight.shape[2:]
+    extra = (0, 0)                                                 # 'same': rows/columns past the symmetric part
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{op}: padding: expected an int, a pair of ints, 'same' or 'valid',"
+                             f" got {padding!r}")
+        if padding == "same" and stride != (1, 1):
+            raise ValueError(f"{op}: padding='same' is not supported for strided convolutions"
+                             f" (expected stride 1), got stride {stride}")
+        same = padding == "same"
+        totals = tuple(d * (k - 1) if same else 0 for d, k in zip(dilation, kernel))
+        padding = (totals[0] // 2, totals[1] // 2)
+        extra = (totals[0] - 2 * padding[0], totals[1] - 2 * padding[1])
+    else:
+        padding = _pair(op, "padding", padding, 0)
     x, unbatched = _batched(input, 4)
     channels, (out_channels, channels_per_group) = x.shape[1], weight.shape[:2]
     if channels != channels_per_group * groups:
@@ -104,16 +133,26 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                          f"got {out_channels}")
     if bias is not None and bias.shape != (out_channels,):
         raise ValueError(f"{op}: bias: expected shape ({out_channels},), got {bias.shape}")
-    _output_size(op, x.shape, weight.shape[2:], stride, padding)
+    if extra != (0, 0):
+        x = ZeroPad2d.apply(x, pads=(0, extra[0], 0, extra[1]))
+    span = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))
+    _output_size(op, x.shape, span, stride, padding)
     inputs = (x, weight) if bias is None else (x, weight, bias)
-    y = Conv2d.apply(*inputs, stride=stride, padding=padding, groups=int(groups))
+    y = Conv2d.apply(*inputs, stride=stride, padding=padding, groups=int(groups),
+                     dilation=dilation)
     return reshape(y, *y.shape[1:]) if unbatched else y
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    """Max pooling over (kh, kw) windows, floor mode; the gradient of each window goes to
-    its first maximum in row-major order, as in torch. Same signature as torch."""
+    """Max pooling over (kh, kw) windows; the gradient of each window goes to its first
+    maximum in row-major order, as in torch. Same signature as torch.
+
+    ceil_mode: OH = ceil((H + 2*ph - kh) / sh) + 1 instead of floor, less one if the last
+    window would start in the bottom padding (torch's rule; likewise OW).
+    return_indices: also return the argmax of each window as int64 h*W + w in its input
+    plane (torch's indices, never a padding cell), a tensor without gradient.
+    """
     op = "max_pool2d"
     _check_tensor(op, "input", input, (3, 4))
     _check_float_tensors(op, input=input)
@@ -121,15 +160,21 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     stride = kernel if stride is None or stride == [] else _pair(op, "stride", stride, 1)
     padding = _pair(op, "padding", padding, 0)
     _only_default(op, "dilation", dilation, 1)
-    _only_default(op, "ceil_mode", ceil_mode, False)
-    _only_default(op, "return_indices", return_indices, False)
+    _check_bool(op, "ceil_mode", ceil_mode)
+    _check_bool(op, "return_indices", return_indices)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{op}: padding: expected at most half the kernel size {kernel}, "
                          f"got {padding}")
     x, unbatched = _batched(input, 4)
     _output_size(op, x.shape, kernel, stride, padding)
-    y = MaxPool2d.apply(x, kernel_size=kernel, stride=stride, padding=padding)
-    return reshape(y, *y.shape[1:]) if unbatched else y
+    indices = [] if return_indices else None
+    y = MaxPool2d.apply(x, kernel_size=kernel, stride=stride, padding=padding,
+                        ceil_mode=bool(ceil_mode), indices=indices)
+    y = reshape(y, *y.shape[1:]) if unbatched else y
+    if not return_indices:
+        return y
+    index = indices[0]
+    return y, Tensor(index.reshape(index.shape[1:]) if unbatched else index)
 
 
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
@@ -191,34 +236,92 @@ def linear(input, weight, bias=None):
                          f"{weight.shape}), got shape {input.shape}")
     if bias is not None and bias.shape != (out_features,):
         raise ValueError(f"{op}: bias: expected shape ({out_features},), got {bias.shape}")
-    x = input if input.ndim == 2 else reshape(input, -1, in_features)
+    rows = int(np.prod(input.shape[:-1]))                          # not -1: (0,) @ (8, 0)^T is (8,) zeros
+    x = input if input.ndim == 2 else reshape(input, rows, in_features)
     y = Linear.apply(*((x, weight) if bias is None else (x, weight, bias)))
     return y if input.ndim == 2 else reshape(y, *input.shape[:-1], out_features)
 
 
-def cross_entropy(input, target, reduction="mean"):
-    """Softmax cross-entropy of logits (N, C) against class indices (N,), fused and stable
-    for large logits. reduction: 'mean' (default), 'sum' or 'none'."""
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy of logits (N, C) (or unbatched (C,)), fused and stable for large
+    logits. Same signature as torch (size_average and reduce, deprecated there, must be None).
+
+    target: class indices (N,) (or () unbatched), integers in [0, C) or == ignore_index; or
+    class probabilities (N, C) (or (C,)) of the input's dtype.
+    weight (C,): a rescaling weight per class. label_smoothing eps in [0, 1]: the target
+    becomes (1 - eps) * target + eps / C. ignore_index: rows with that target count for
+    nothing (class indices only). reduction: 'mean' (default), 'sum' or 'none'.
+
+    'mean' is torch's: for class indices, the sum of the losses divided by the sum of
+    w[t_n] over the rows not ignored (N without weights; NaN when every row is ignored);
+    for probabilities, divided by N. See tinyalex.reference.cross_entropy for the formulas.
+    The target and the weight get no gradient (torch differentiates probability targets;
+    tinyalex refuses a target that requires grad rather than drop its gradient).
+    """
     op = "cross_entropy"
-    _check_tensor(op, "input", input, (2,))
-    _check_float_tensors(op, input=input)
+    _check_tensor(op, "input", input, (1, 2))
+    _check_float_tensors(op, input=input, weight=weight)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{op}: reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+    for name, value in (("size_average", size_average), ("reduce", reduce)):
+        if value is not None:
+            raise ValueError(f"{op}: {name}: deprecated in torch and not supported, expected None"
+                             f" (use reduction=), got {value!r}")
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+        raise TypeError(f"{op}: ignore_index: expected an int, got {ignore_index!r}")
+    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+    if isinstance(target, Tensor):
+        if target.device != input.device:
+            raise ValueError(f"{op}: target: expected device '{input.device}' (the device of input), "
+                             f"got '{target.device}'")
+        if target.requires_grad:
+            raise ValueError(f"{op}: target: expected a target that does not require grad"
+                             f" (gradients with respect to class probabilities are not implemented)")
     target_array = target.array if isinstance(target, Tensor) else target
-    if isinstance(target, Tensor) and target.device != input.device:
-        raise ValueError(f"{op}: target: expected device '{input.device}' (the device of input), "
-                         f"got '{target.device}'")
-    if not hasattr(target_array, "dtype") or target_array.dtype.kind not in "iu":
-        kind = getattr(target_array, "dtype", type(target_array).__name__)
-        raise TypeError(f"{op}: target: expected integer class indices (int64), got {kind}")
-    n, classes = input.shape
-    if target_array.shape != (n,):
-        raise ValueError(f"{op}: target: expected shape ({n},) to match input {input.shape}, "
-                         f"got {tuple(target_array.shape)}")
-    if n:
-        low, high = int(target_array.min()), int(target_array.max())
-        if low < 0 or high >= classes:
-            bad = low if low < 0 else high
-            raise ValueError(f"{op}: target: expected class indices in [0, {classes}), got {bad}")
-    target_array = _device.to_device(target_array.astype(np.int64, copy=False), input.device)
-    return CrossEntropy.apply(input, target=target_array, reduction=reduction)
+    unbatched = input.ndim == 1
+    classes = input.shape[-1]
+    n = 1 if unbatched else input.shape[0]
+    kind = getattr(target_array, "dtype", None)
+    kind = kind.kind if kind is not None else None
+    got = f"{getattr(target_array, 'dtype', type(target_array).__name__)} of shape" \
+          f" {tuple(getattr(target_array, 'shape', ()))}"
+    index_shape, probability_shape = ((), (classes,)) if unbatched else ((n,), (n, classes))
+    if kind == "f" and tuple(target_array.shape) == probability_shape:
+        if target_array.dtype != input.dtype:
+            raise TypeError(f"{op}: target: expected class probabilities of dtype {input.dtype}"
+                            f" (the dtype of input), got {target_array.dtype}")
+        if ignore_index != -100:
+            raise ValueError(f"{op}: ignore_index: not supported for class-probability targets,"
+                             f" expected -100, got {ignore_index}")
+        target_array = target_array.reshape(n, classes)
+    elif kind in ("i", "u") and tuple(target_array.shape) == index_shape:
+        target_array = target_array.reshape(n)
+        counted = target_array[target_array != ignore_index]
+        if counted.size:
+            low, high = int(counted.min()), int(counted.max())
+            if low < 0 or high >= classes:
+                bad = low if low < 0 else high
+                raise ValueError(f"{op}: target: expected class indices in [0, {classes}) or"
+                                 f" ignore_index={ignore_index}, got {bad}")
+        target_array = target_array.astype(np.int64, copy=False)
+    elif kind in ("i", "u") and len(target_array.shape) == len(index_shape):
+        raise ValueError(f"{op}: target: expected shape {index_shape} to match input"
+                         f" {input.shape}, got {tuple(target_array.shape)}")
+    else:
+        raise TypeError(f"{op}: target: expected integer class indices (int64) of shape"
+                        f" {index_shape} or float class probabilities of shape"
+                        f" {probability_shape}, got {got}")
+    if weight is not None:
+        if weight.shape != (classes,):
+            raise ValueError(f"{op}: weight: expected shape ({classes},), one per class, got {weight.shape}")
+        if weight.requires_grad:
+            raise ValueError(f"{op}: weight: expected a weight that does not require grad"
+                             f" (its gradient is not implemented)")
+    target_array = _device.to_device(target_array, input.device)
+    logits = reshape(input, 1, classes) if unbatched else input
+    loss = CrossEntropy.apply(logits, target=target_array, reduction=reduction,
+                              weight=None if weight is None else weight.array,
+                              ignore_index=int(ignore_index), label_smoothing=float(label_smoothing))
+    return reshape(loss, ()) if unbatched and reduction == "none" else loss

@@ -5,23 +5,41 @@ words that name the argument, whatever array module holds the data.
 """
 
 
-def conv_output_size(size, kernel, stride, padding):
-    """Output length along one axis, floor mode: (size + 2*padding - kernel) // stride + 1."""
-    out = (size + 2 * padding - kernel) // stride + 1
+def conv_output_size(size, kernel, stride, padding, dilation=1):
+    """Output length along one axis, floor mode: (size + 2*padding - span) // stride + 1,
+    where span = dilation*(kernel - 1) + 1 is the extent of a dilated kernel."""
+    span = dilation * (kernel - 1) + 1
+    out = (size + 2 * padding - span) // stride + 1
     if out < 1:
-        raise ValueError(f"kernel_size: a kernel of {kernel} with padding {padding} does not fit"
-                         f" an input of size {size}")
+        dilated = f" (dilation {dilation}: a span of {span})" if dilation != 1 else ""
+        raise ValueError(f"kernel_size: a kernel of {kernel}{dilated} with padding {padding} does"
+                         f" not fit an input of size {size}")
     return out
 
 
-def pool_output_size(x_shape, kernel_size, stride, padding):
-    """(OH, OW) of max-pooling x (N, C, H, W). Padding may be at most half the kernel
-    (PyTorch's rule), so that no window lies entirely in the -inf padding."""
+def pool_output_size(x_shape, kernel_size, stride, padding, ceil_mode=False):
+    """(OH, OW) of max-pooling x (N, C, H, W), torch's rule. Padding may be at most half the
+    kernel, so that no window lies entirely in the -inf padding.
+
+    Floor mode: (H + 2*ph - kh) // sh + 1. ceil_mode: ceil((H + 2*ph - kh) / sh) + 1, less
+    one if that last window would start at or past H + ph (inside the bottom padding): each
+    window then still holds a real pixel.
+    """
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     if 2 * ph > kh or 2 * pw > kw:
         raise ValueError(f"padding: expected at most half the kernel {tuple(kernel_size)},"
                          f" got {tuple(padding)}")
-    return conv_output_size(x_shape[2], kh, sh, ph), conv_output_size(x_shape[3], kw, sw, pw)
+    return tuple(_pool_length(size, k, s, p, ceil_mode)
+                 for size, k, s, p in ((x_shape[2], kh, sh, ph), (x_shape[3], kw, sw, pw)))
+
+
+def _pool_length(size, kernel, stride, padding, ceil_mode):
+    out = conv_output_size(size, kernel, stride, padding)          # floor mode; checks the fit
+    if ceil_mode:
+        out = (size + 2 * padding - kernel + stride - 1) // stride + 1
+        if (out - 1) * stride >= size + padding:                   # the last window would start in the padding
+            out -= 1
+    return out
 
 
 def same_dtype(a, a_name, b, b_name):

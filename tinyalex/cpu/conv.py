@@ -2,7 +2,9 @@
 
 The math is that of tinyalex.reference.conv (read its docstrings for the derivation).
 im2col and col2im here produce and consume the same public layout, cols (N, C*kh*kw, L),
-row c*kh*kw + i*kw + j, column oh*OW + ow (K = Cg*kh*kw per group, L = OH*OW).
+row c*kh*kw + i*kw + j, column oh*OW + ow (K = Cg*kh*kw per group, L = OH*OW). With a
+dilation (dh, dw), tap (i, j) reads the input at offset (i*dh, j*dw) from the window's
+corner: only the im2col/col2im index arithmetic changes.
 
 Inside conv2d_forward/backward the columns of a chunk of B samples are laid out
 BATCH-INNER instead, cols_t (C*kh*kw, B, L), so that every product is ONE GEMM per group
@@ -90,8 +92,8 @@ def _valid_outputs(n_out, size, stride, pad, offset):
 
 
 @njit(parallel=True, cache=True)
-def _im2col_into(x, kh, kw, sh, sw, ph, pw, cols, batch_inner):
-    """cols[n, r, oh*OW + ow] = x_pad[n, c, oh*sh + i, ow*sw + j],  r = c*kh*kw + i*kw + j,
+def _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, batch_inner):
+    """cols[n, r, oh*OW + ow] = x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw],  r = c*kh*kw + i*kw + j,
     or cols[r, n, oh*OW + ow] with batch_inner (the (rows, N, L) layout conv uses).
 
     Parallel over the N*C*kh*kw rows of cols: each iteration writes its own row, so the
@@ -100,8 +102,8 @@ def _im2col_into(x, kh, kw, sh, sw, ph, pw, cols, batch_inner):
     layout the other order is 15-20% slower: every row would land on a different page).
     """
     N, C, H, W = x.shape
-    OH = (H + 2 * ph - kh) // sh + 1
-    OW = (W + 2 * pw - kw) // sw + 1
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     rows = C * kh * kw
     for it in prange(N * rows):
         if batch_inner:
@@ -111,13 +113,13 @@ def _im2col_into(x, kh, kw, sh, sw, ph, pw, cols, batch_inner):
         c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
         row = cols[r, n] if batch_inner else cols[n, r]
         plane = x[n, c]
-        oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i)
-        ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j)
-        shift = j - pw                                             # input column of ow is ow*sw + shift
+        oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
+        ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
+        shift = j * dw - pw                                        # input column of ow is ow*sw + shift
         row[:oh_lo * OW] = 0                                       # window rows in the padding
         row[oh_hi * OW:] = 0
         for oh in range(oh_lo, oh_hi):
-            x_row = plane[oh * sh - ph + i]
+            x_row = plane[oh * sh - ph + i * dh]
             out = row[oh * OW:(oh + 1) * OW]
             out[:ow_lo] = 0
             if sw == 1:                                            # a contiguous copy
@@ -129,7 +131,7 @@ def _im2col_into(x, kh, kw, sh, sw, ph, pw, cols, batch_inner):
 
 
 @njit(parallel=True, cache=True)
-def _col2im_into(cols, kh, kw, sh, sw, ph, pw, x, batch_inner):
+def _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, batch_inner):
     """x[n, c] = sum of cols[n, c*kh*kw + i*kw + j, oh*OW + ow] over the windows covering it
     (cols[c*kh*kw + i*kw + j, n] with batch_inner).
 
@@ -140,8 +142,8 @@ def _col2im_into(cols, kh, kw, sh, sw, ph, pw, x, batch_inner):
     run in the order the rows of cols lie in memory (batch-inner: 1.4-1.7x faster).
     """
     N, C, H, W = x.shape
-    OH = (H + 2 * ph - kh) // sh + 1
-    OW = (W + 2 * pw - kw) // sw + 1
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     for it in prange(N * C):
         if batch_inner:                                            # read cols in memory order
             c, n = it // N, it % N
@@ -150,16 +152,16 @@ def _col2im_into(cols, kh, kw, sh, sw, ph, pw, x, batch_inner):
         plane = x[n, c]
         plane[:] = 0
         for i in range(kh):
-            oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i)
+            oh_lo, oh_hi = _valid_outputs(OH, H, sh, ph, i * dh)
             for j in range(kw):
-                ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j)
+                ow_lo, ow_hi = _valid_outputs(OW, W, sw, pw, j * dw)
                 r = (c * kh + i) * kw + j
                 row = cols[r, n] if batch_inner else cols[n, r]
                 for oh in range(oh_lo, oh_hi):
-                    x_row = plane[oh * sh - ph + i]
+                    x_row = plane[oh * sh - ph + i * dh]
                     part = row[oh * OW:(oh + 1) * OW]
                     for ow in range(ow_lo, ow_hi):
-                        x_row[ow * sw - pw + j] += part[ow]
+                        x_row[ow * sw - pw + j * dw] += part[ow]
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
@@ -199,33 +201,33 @@ def _from_batch_inner(y_t, bias, y):
 
 # --- the kernel API -------------------------------------------------------------------
 
-def _geometry(shape, kernel_size, stride, padding):
+def _geometry(shape, kernel_size, stride, padding, dilation):
     N, C, H, W = shape
-    OH = conv_output_size(H, kernel_size[0], stride[0], padding[0])
-    OW = conv_output_size(W, kernel_size[1], stride[1], padding[1])
+    OH = conv_output_size(H, kernel_size[0], stride[0], padding[0], dilation[0])
+    OW = conv_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1])
     return OH, OW
 
 
-def im2col(x, kernel_size, stride, padding):
+def im2col(x, kernel_size, stride, padding, dilation=(1, 1)):
     """Every kh x kw window of the zero-padded x as a column: x (N, C, H, W) -> cols (N, C*kh*kw, OH*OW)."""
     x = float_array(x, "x", 4)
     N, C = x.shape[:2]
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    OH, OW = _geometry(x.shape, kernel_size, stride, padding)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    OH, OW = _geometry(x.shape, kernel_size, stride, padding, dilation)
     cols = np.empty((N, C * kh * kw, OH * OW), dtype=x.dtype)
-    _im2col_into(x, kh, kw, sh, sw, ph, pw, cols, False)
+    _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, False)
     return cols
 
 
-def col2im(cols, x_shape, kernel_size, stride, padding):
+def col2im(cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
     """The adjoint of im2col: cols (N, C*kh*kw, OH*OW) -> x (N, C, H, W), overlaps added."""
     cols = float_array(cols, "cols", 3)
     N, C, H, W = x_shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    OH, OW = _geometry(x_shape, kernel_size, stride, padding)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    OH, OW = _geometry(x_shape, kernel_size, stride, padding, dilation)
     same_shape(cols, "cols", (N, C * kh * kw, OH * OW), f"for x_shape {tuple(x_shape)}")
     x = np.empty((N, C, H, W), dtype=cols.dtype)
-    _col2im_into(cols, kh, kw, sh, sw, ph, pw, x, False)
+    _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, False)
     return x
 
 
@@ -236,7 +238,7 @@ def _check_conv(x, weight, bias, groups):
     return x, weight, bias
 
 
-def conv2d_forward(x, weight, bias, stride, padding, groups):
+def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
     """y = conv2d(x, W) + b as im2col (numba), one GEMM per group (BLAS), then a transpose.
 
     Shapes: x (N, C, H, W), weight (OC, C/groups, kh, kw), bias (OC,) or None
@@ -245,13 +247,13 @@ def conv2d_forward(x, weight, bias, stride, padding, groups):
                 y_t (G, OCg, B*L)    = W_g (G, OCg, K) @ cols_t       (BLAS)
                 y[chunk] (B, OC, L)  = y_t viewed (OC, B, L), transposed, + b   (numba)
     Why batch-inner: see the module docstring. Saved for backward: x, weight, whether
-    there is a bias, stride, padding, groups (the columns are rebuilt in backward).
+    there is a bias, stride, padding, groups, dilation (the columns are rebuilt in backward).
     """
     x, weight, bias = _check_conv(x, weight, bias, groups)
     N, C = x.shape[:2]
     OC, Cg, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = stride, padding
-    OH, OW = _geometry(x.shape, (kh, kw), stride, padding)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    OH, OW = _geometry(x.shape, (kh, kw), stride, padding, dilation)
     G, OCg, K, L = groups, OC // groups, Cg * kh * kw, OH * OW
     weight_g = weight.reshape(G, OCg, K)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
@@ -266,11 +268,11 @@ def conv2d_forward(x, weight, bias, stride, padding, groups):
         B = n1 - n0
         cols_t = cols_space[:C * kh * kw * B * L].reshape(C * kh * kw, B, L)
         y_t = y_space[:OC * B * L].reshape(OC, B, L)
-        _im2col_into(x[n0:n1], kh, kw, sh, sw, ph, pw, cols_t, True)
+        _im2col_into(x[n0:n1], kh, kw, sh, sw, ph, pw, dh, dw, cols_t, True)
         # BLAS runs here, after the numba kernel has returned: never both at once.
         np.matmul(weight_g, cols_t.reshape(G, K, B * L), out=y_t.reshape(G, OCg, B * L))
         _from_batch_inner(y_t, bias_or_zeros, y3[n0:n1])
-    cache = (x, weight, bias is not None, stride, padding, groups)
+    cache = (x, weight, bias is not None, stride, padding, groups, dilation)
     return y, cache
 
 
@@ -289,13 +291,13 @@ def conv2d_backward(gy, cache, need_gx=True):
     gW is a sum over chunks done by BLAS GEMMs and one `+=` per chunk: no parallel loop
     writes it; gb's sums are owned per output channel.
     """
-    x, weight, has_bias, stride, padding, groups = cache
+    x, weight, has_bias, stride, padding, groups, dilation = cache
     gy = float_array(gy, "gy", 4)
     same_dtype(x, "x", gy, "gy")
     N, C = x.shape[:2]
     OC, Cg, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = stride, padding
-    OH, OW = _geometry(x.shape, (kh, kw), stride, padding)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    OH, OW = _geometry(x.shape, (kh, kw), stride, padding, dilation)
     same_shape(gy, "gy", (N, OC, OH, OW), "the shape of y")
     G, OCg, K, L = groups, OC // groups, Cg * kh * kw, OH * OW
     gy3 = gy.reshape(N, OC, L)
@@ -314,7 +316,7 @@ def conv2d_backward(gy, cache, need_gx=True):
         B = n1 - n0
         cols_t = cols_space[:C * kh * kw * B * L].reshape(C * kh * kw, B, L)
         gy_t = gy_space[:OC * B * L].reshape(OC, B, L)
-        _im2col_into(x[n0:n1], kh, kw, sh, sw, ph, pw, cols_t, True)
+        _im2col_into(x[n0:n1], kh, kw, sh, sw, ph, pw, dh, dw, cols_t, True)
         _transpose_and_sum(gy3[n0:n1], gy_t, gb_sums)
         cols_g = cols_t.reshape(G, K, B * L)
         gy_g = gy_t.reshape(G, OCg, B * L)
@@ -325,6 +327,6 @@ def conv2d_backward(gy, cache, need_gx=True):
             gW_g += gW_chunk
         if need_gx:
             np.matmul(weight_g_t, gy_g, out=cols_g)                # the columns are spent: reuse
-            _col2im_into(cols_t, kh, kw, sh, sw, ph, pw, gx[n0:n1], True)
+            _col2im_into(cols_t, kh, kw, sh, sw, ph, pw, dh, dw, gx[n0:n1], True)
     gb = gb_sums.astype(x.dtype) if has_bias else None
     return gx, gW, gb

@@ -1,8 +1,9 @@
 """2-D max pooling on the CPU: parallel Numba kernels over (n, c) planes.
 
-Semantics as in tinyalex.reference.pool (floor mode, -inf padding, the argmax is the first
-maximum in row-major window order, like PyTorch). Both kernels run one (n, c) plane per
-`prange` iteration: pooling never mixes planes, so iterations share nothing.
+Semantics as in tinyalex.reference.pool (floor or ceil mode, -inf padding, the argmax is
+the first maximum among the window's real pixels in row-major order, like PyTorch). Both
+kernels run one (n, c) plane per `prange` iteration: pooling never mixes planes, so
+iterations share nothing.
 """
 import numpy as np
 from numba import njit, prange
@@ -34,7 +35,10 @@ def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
 
     x (P, H*W), y and argmax (P, OH*OW): the N*C planes flattened. Parallel over the
     planes (disjoint outputs). The window is clipped to the image, which is what -inf
-    padding amounts to (padding <= kernel/2 leaves every window a real pixel).
+    padding amounts to (padding <= kernel/2, and ceil mode's rule that the last window
+    starts inside the image or the top/left padding, leave every window a real pixel), and
+    the scan starts from the first real pixel, so padding is never the argmax, even in a
+    window of -inf. OH and OW come from the caller, so ceil mode needs nothing more here.
     The scan uses a plain strict `>` (the first of tied maxima wins) and only flags NaNs;
     the rare window holding one is redone by _window_max_nan_aware. Testing for NaN in
     the scan's branch instead makes the whole kernel 2.4x slower.
@@ -75,8 +79,8 @@ def _max_pool_backward(gy, argmax, gx):
             gx_plane[arg_plane[o]] += gy_plane[o]
 
 
-def max_pool2d_forward(x, kernel_size, stride, padding):
-    """y = max over each (kh, kw) window; x (N, C, H, W) -> y (N, C, OH, OW), floor mode.
+def max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False):
+    """y = max over each (kh, kw) window; x (N, C, H, W) -> y (N, C, OH, OW), floor or ceil mode.
 
     Saved for backward: the argmax of every window as an int32 index h*W + w into its
     (n, c) plane (a plane-local index needs half the bytes of PyTorch's int64), and x's shape.
@@ -84,7 +88,7 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     x = float_array(x, "x", 4)
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    OH, OW = pool_output_size(x.shape, kernel_size, stride, padding)
+    OH, OW = pool_output_size(x.shape, kernel_size, stride, padding, ceil_mode)
     if H * W >= 2**31:
         raise ValueError(f"x: a plane of {H}x{W} pixels overflows the int32 argmax")
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
@@ -103,5 +107,11 @@ def max_pool2d_backward(gy, cache):
         raise TypeError(f"gy: expected dtype {np.dtype(dtype)} (the dtype of x), got {gy.dtype}")
     N, C, H, W = x_shape
     gx = np.empty(x_shape, dtype=gy.dtype)
-    _max_pool_backward(gy.reshape(N * C, -1), argmax.reshape(N * C, -1), gx.reshape(N * C, H * W))
+    L = argmax.shape[2] * argmax.shape[3]                          # explicit: -1 fails when N*C == 0
+    _max_pool_backward(gy.reshape(N * C, L), argmax.reshape(N * C, L), gx.reshape(N * C, H * W))
     return gx
+
+
+def max_pool2d_indices(cache):
+    """torch's return_indices: the saved argmax (h*W + w in the input plane) as int64 (N, C, OH, OW)."""
+    return cache[0].astype(np.int64)

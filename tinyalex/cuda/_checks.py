@@ -12,11 +12,14 @@ from .loader import C_TYPES, cupy
 
 
 def float_array(a, name, ndim=None):
-    """`a` as a C-contiguous float32/float64 CuPy array (no copy if it already is one)."""
+    """`a` as a C-contiguous float32/float64 CuPy array (no copy if it already is one).
+
+    A 0-d array stays 0-d (ascontiguousarray may return shape (1,), as NumPy's does).
+    """
     a = _float_cupy_array(a, name)
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
-    return cupy().ascontiguousarray(a)
+    return a if a.flags.c_contiguous else cupy().ascontiguousarray(a)
 
 
 def in_place_array(a, name):

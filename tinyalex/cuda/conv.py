@@ -1,7 +1,8 @@
 """2-D convolution on the GPU: CUDA im2col/col2im (kernels/im2col.cu), GEMMs on cuBLAS.
 
-The math, the column layout of the public im2col/col2im, the group handling and what is
-saved are those of tinyalex.reference.conv (read its docstrings for the derivation):
+The math, the column layout of the public im2col/col2im, the group handling, the
+dilation and what is saved are those of tinyalex.reference.conv (read its docstrings for
+the derivation):
 cols (N, C*kh*kw, OH*OW), row c*kh*kw + i*kw + j, column oh*OW + ow; the rows of group g
 are the contiguous block [g*Kg, (g+1)*Kg), Kg = Cg*kh*kw; the cache keeps x and the
 weight, and backward rebuilds the columns.
@@ -42,43 +43,45 @@ def batch_chunks(n, bytes_per_sample, budget):
     return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-def _output_hw(x_shape, kernel_size, stride, padding):
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    return conv_output_size(x_shape[2], kh, sh, ph), conv_output_size(x_shape[3], kw, sw, pw)
+def _output_hw(x_shape, kernel_size, stride, padding, dilation):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    return (conv_output_size(x_shape[2], kh, sh, ph, dh),
+            conv_output_size(x_shape[3], kw, sw, pw, dw))
 
 
-def _column_args(x_shape, kernel_size, stride, padding, out_hw, side_by_side):
+def _column_args(x_shape, kernel_size, stride, padding, dilation, out_hw, side_by_side):
     """The geometry arguments shared by the im2col and col2im kernels.
 
     side_by_side=False: cols (N, C*kh*kw, L), the KERNEL_API layout;
     side_by_side=True:  cols (C*kh*kw, N*L), the samples next to each other.
     """
     N, C, H, W = x_shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     OH, OW = out_hw
     L = OH * OW
     sample_stride, row_stride = (L, N * L) if side_by_side else (C * kh * kw * L, L)
     return (i32(N), i32(C), i32(H), i32(W), i32(kh), i32(kw), i32(sh), i32(sw),
-            i32(ph), i32(pw), i32(OH), i32(OW), i64(sample_stride), i64(row_stride))
+            i32(ph), i32(pw), i32(dh), i32(dw), i32(OH), i32(OW),
+            i64(sample_stride), i64(row_stride))
 
 
-def _im2col_into(x, cols, kernel_size, stride, padding, out_hw, side_by_side):
+def _im2col_into(x, cols, kernel_size, stride, padding, dilation, out_hw, side_by_side):
     """Fill `cols` (either layout, see _column_args) with the windows of x (N, C, H, W)."""
     N, C = x.shape[:2]
     kernel = get_kernel("im2col.cu", "im2col", x.dtype)
-    args = _column_args(x.shape, kernel_size, stride, padding, out_hw, side_by_side)
+    args = _column_args(x.shape, kernel_size, stride, padding, dilation, out_hw, side_by_side)
     launch_1d(kernel, N * C * out_hw[0] * out_hw[1], (x, cols) + args)
 
 
-def _col2im_into(cols, x, kernel_size, stride, padding, out_hw, side_by_side):
+def _col2im_into(cols, x, kernel_size, stride, padding, dilation, out_hw, side_by_side):
     """Overwrite x (N, C, H, W) with the sum of the column entries over each pixel."""
     kernel = get_kernel("im2col.cu", "col2im", x.dtype)
-    args = _column_args(x.shape, kernel_size, stride, padding, out_hw, side_by_side)
+    args = _column_args(x.shape, kernel_size, stride, padding, dilation, out_hw, side_by_side)
     launch_1d(kernel, x.size, (cols, x) + args)
 
 
-def im2col(x, kernel_size, stride, padding):
-    """cols[n, c*kh*kw + i*kw + j, oh*OW + ow] = x_pad[n, c, oh*sh + i, ow*sw + j]
+def im2col(x, kernel_size, stride, padding, dilation=(1, 1)):
+    """cols[n, c*kh*kw + i*kw + j, oh*OW + ow] = x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw]
 
     Shapes: x (N, C, H, W) -> cols (N, C*kh*kw, OH*OW), same dtype; zero padding.
     """
@@ -86,13 +89,13 @@ def im2col(x, kernel_size, stride, padding):
     x = float_array(x, "x", 4)
     N, C = x.shape[:2]
     (kh, kw) = kernel_size
-    out_hw = _output_hw(x.shape, kernel_size, stride, padding)
+    out_hw = _output_hw(x.shape, kernel_size, stride, padding, dilation)
     cols = cupy().empty((N, C * kh * kw, out_hw[0] * out_hw[1]), dtype=x.dtype)
-    _im2col_into(x, cols, kernel_size, stride, padding, out_hw, side_by_side=False)
+    _im2col_into(x, cols, kernel_size, stride, padding, dilation, out_hw, side_by_side=False)
     return cols
 
 
-def col2im(cols, x_shape, kernel_size, stride, padding):
+def col2im(cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
     """The adjoint of im2col: every pixel gets the sum of the column entries that copied it.
 
     Shapes: cols (N, C*kh*kw, OH*OW) -> x (N, C, H, W) = x_shape, same dtype as cols.
@@ -105,20 +108,20 @@ def col2im(cols, x_shape, kernel_size, stride, padding):
         raise ValueError(f"x_shape: expected (N, C, H, W), got {x_shape}")
     N, C = x_shape[:2]
     (kh, kw) = kernel_size
-    out_hw = _output_hw(x_shape, kernel_size, stride, padding)
+    out_hw = _output_hw(x_shape, kernel_size, stride, padding, dilation)
     same_shape(cols, "cols", (N, C * kh * kw, out_hw[0] * out_hw[1]), f"for x_shape {x_shape}")
     x = cupy().empty(x_shape, dtype=cols.dtype)
-    _col2im_into(cols, x, kernel_size, stride, padding, out_hw, side_by_side=False)
+    _col2im_into(cols, x, kernel_size, stride, padding, dilation, out_hw, side_by_side=False)
     return x
 
 
-def conv2d_forward(x, weight, bias, stride, padding, groups):
+def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
     """y = conv2d(x, W) + b: per chunk of samples, im2col then one GEMM per group.
 
     Shapes: x (N, C, H, W), weight (OC, C/groups, kh, kw), bias (OC,) or None
-            -> y (N, OC, OH, OW), OH = (H + 2*ph - kh) // sh + 1 (likewise OW).
-    Saved for backward: x, weight, whether there is a bias, stride, padding, groups
-    (as the reference: the columns are rebuilt in backward, not kept).
+            -> y (N, OC, OH, OW), OH = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1 (likewise OW).
+    Saved for backward: x, weight, whether there is a bias, stride, padding, groups,
+    dilation (as the reference: the columns are rebuilt in backward, not kept).
     """
     # x (N, C, H, W), weight (OC, Cg, kh, kw), bias (OC,) -> y (N, OC, OH, OW)
     cp = cupy()
@@ -126,7 +129,7 @@ def conv2d_forward(x, weight, bias, stride, padding, groups):
     N = x.shape[0]
     OC, Cg, kh, kw = weight.shape
     G, OCg, Kg = groups, OC // groups, Cg * kh * kw
-    OH, OW = _output_hw(x.shape, (kh, kw), stride, padding)
+    OH, OW = _output_hw(x.shape, (kh, kw), stride, padding, dilation)
     L = OH * OW
     weight_g = weight.reshape(G, OCg, Kg)
     y = cp.empty((N, OC, OH, OW), dtype=x.dtype)
@@ -137,7 +140,8 @@ def conv2d_forward(x, weight, bias, stride, padding, groups):
     for start, stop in chunks:
         B = stop - start
         cols = cols_space[:G * Kg * B * L].reshape(G, Kg, B * L)
-        _im2col_into(x[start:stop], cols, (kh, kw), stride, padding, (OH, OW), side_by_side=True)
+        _im2col_into(x[start:stop], cols, (kh, kw), stride, padding, dilation, (OH, OW),
+                     side_by_side=True)
         y_t = y_space[:OC * B * L].reshape(G, OCg, B * L)
         for g in range(G):
             matmul(weight_g[g], cols[g], out=y_t[g])
@@ -148,7 +152,7 @@ def conv2d_forward(x, weight, bias, stride, padding, groups):
             y_chunk[...] = y_t
         else:
             cp.add(y_t, bias.reshape(1, OC, 1), out=y_chunk)
-    cache = (x, weight, bias is not None, stride, padding, groups)
+    cache = (x, weight, bias is not None, stride, padding, groups, dilation)
     return y, cache
 
 
@@ -169,11 +173,11 @@ def conv2d_backward(gy, cache, need_gx=True):
     """
     # gy (N, OC, OH, OW) -> gx (N, C, H, W) or None, gW (OC, Cg, kh, kw), gb (OC,) or None
     cp = cupy()
-    x, weight, has_bias, stride, padding, groups = cache
+    x, weight, has_bias, stride, padding, groups, dilation = cache
     N = x.shape[0]
     OC, Cg, kh, kw = weight.shape
     G, OCg, Kg = groups, OC // groups, Cg * kh * kw
-    OH, OW = _output_hw(x.shape, (kh, kw), stride, padding)
+    OH, OW = _output_hw(x.shape, (kh, kw), stride, padding, dilation)
     L = OH * OW
     gy = float_array(gy, "gy", 4)
     same_dtype(x, "x", gy, "gy")
@@ -192,13 +196,14 @@ def conv2d_backward(gy, cache, need_gx=True):
         gy_t[...] = gy[start:stop].reshape(B, OC, L).transpose(1, 0, 2)
         gy_t = gy_t.reshape(G, OCg, B * L)
         cols = cols_space[:G * Kg * B * L].reshape(G, Kg, B * L)
-        _im2col_into(x[start:stop], cols, (kh, kw), stride, padding, (OH, OW), side_by_side=True)
+        _im2col_into(x[start:stop], cols, (kh, kw), stride, padding, dilation, (OH, OW),
+                     side_by_side=True)
         for g in range(G):
             gW[g] += matmul(gy_t[g], cols[g].T)
         if need_gx:
             for g in range(G):                                     # the columns become gcols
                 matmul(weight_g[g].T, gy_t[g], out=cols[g])
-            _col2im_into(cols, gx[start:stop], (kh, kw), stride, padding, (OH, OW),
+            _col2im_into(cols, gx[start:stop], (kh, kw), stride, padding, dilation, (OH, OW),
                          side_by_side=True)
     return gx, gW.reshape(weight.shape), gb
 

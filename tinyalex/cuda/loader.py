@@ -37,7 +37,8 @@ KERNEL_FILES = {
     "lrn.cu": ("lrn_forward", "lrn_backward"),
     "relu.cu": ("relu_forward", "relu_backward"),
     "dropout.cu": ("dropout",),
-    "cross_entropy.cu": ("cross_entropy_forward", "cross_entropy_backward"),
+    "cross_entropy.cu": ("cross_entropy_forward", "cross_entropy_backward",
+                         "soft_cross_entropy_forward", "soft_cross_entropy_backward"),
     "sgd.cu": ("sgd_update",),
 }
 

@@ -1,8 +1,9 @@
 """2-D max pooling on the GPU (kernels/pool.cu). AlexNet pools with kernel 3, stride 2
 (overlapping pooling, paper section 3.4), so one pixel can be the maximum of two windows.
 
-Semantics are tinyalex.reference.pool's and PyTorch's: floor mode, -inf padding, and the
-gradient goes to the FIRST maximum of each window in row-major order. The forward saves
+Semantics are tinyalex.reference.pool's and PyTorch's: floor or ceil mode, -inf padding,
+and the gradient goes to the FIRST maximum among each window's real pixels in row-major
+order. Ceil mode changes only OH and OW, which the launcher passes to both kernels. The forward saves
 that argmax; the backward is a gather (one thread per input pixel, looping over the
 windows that cover it), so overlapping windows add in a fixed order, without atomics.
 """
@@ -20,10 +21,11 @@ def _geometry_args(x_shape, kernel_size, stride, padding, OH, OW):
             i32(ph), i32(pw), i32(OH), i32(OW))
 
 
-def max_pool2d_forward(x, kernel_size, stride, padding):
+def max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False):
     """y[n, c, oh, ow] = max_{i<kh, j<kw} x_pad[n, c, oh*sh + i, ow*sw + j], x_pad padded with -inf
 
-    Shapes: x (N, C, H, W) -> y (N, C, OH, OW), same dtype; OH = (H + 2*ph - kh) // sh + 1.
+    Shapes: x (N, C, H, W) -> y (N, C, OH, OW), same dtype; OH = (H + 2*ph - kh) // sh + 1,
+    or torch's ceil-mode size (tinyalex.shapes.pool_output_size).
     Saved for backward: argmax (N, C, OH, OW) int32, the flat index h*W + w into the
     unpadded input plane of each window's first maximum, plus the geometry.
     Requires padding <= kernel_size / 2 (PyTorch's rule), so no window is all padding.
@@ -32,7 +34,7 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     cp = cupy()
     x = float_array(x, "x", 4)
     N, C, H, W = x.shape
-    OH, OW = pool_output_size(x.shape, kernel_size, stride, padding)
+    OH, OW = pool_output_size(x.shape, kernel_size, stride, padding, ceil_mode)
     y = cp.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = cp.empty((N, C, OH, OW), dtype=np.int32)
     kernel = get_kernel("pool.cu", "max_pool2d_forward", x.dtype)
@@ -58,3 +60,8 @@ def max_pool2d_backward(gy, cache):
     launch_1d(kernel, gx.size, (gy, argmax, gx) + _geometry_args(x_shape, kernel_size, stride,
                                                                  padding, OH, OW))
     return gx
+
+
+def max_pool2d_indices(cache):
+    """torch's return_indices: the saved argmax (h*W + w in the input plane) as int64 (N, C, OH, OW)."""
+    return cache[0].astype(np.int64)

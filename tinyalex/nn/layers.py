@@ -26,6 +26,9 @@ def _pair(value):
 
 
 class Conv2d(Module):
+    """torch.nn.Conv2d: padding an int, a pair, 'same' (stride 1 only) or 'valid'; dilation an
+    int or a pair. See tinyalex.functional.conv2d for the formula and torch's 'same' rule."""
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True):
         super().__init__()
@@ -34,7 +37,17 @@ class Conv2d(Module):
                              f"({out_channels}) must be divisible by groups ({groups})")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation, self.groups = _pair(padding), dilation, groups
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Conv2d: padding: expected an int, a pair, 'same' or 'valid',"
+                                 f" got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"Conv2d: padding='same' is not supported for strided"
+                                 f" convolutions (expected stride 1), got stride {self.stride}")
+            self.padding = padding
+        else:
+            self.padding = _pair(padding)
+        self.dilation, self.groups = _pair(dilation), groups
         self.weight = _empty(out_channels, in_channels // groups, *self.kernel_size)
         self.bias = _empty(out_channels) if bias else None
         self.reset_parameters()
@@ -50,6 +63,7 @@ class Conv2d(Module):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
         s += f", padding={self.padding}" if self.padding != (0, 0) else ""
+        s += f", dilation={self.dilation}" if self.dilation != (1, 1) else ""
         s += f", groups={self.groups}" if self.groups != 1 else ""
         return s + (", bias=False" if self.bias is None else "")
 
@@ -84,7 +98,8 @@ class MaxPool2d(Module):
                             self.ceil_mode, self.return_indices)
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding},"
+                f" dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
 
 class LocalResponseNorm(Module):
@@ -159,9 +174,21 @@ class Sequential(Module):
 
 
 class CrossEntropyLoss(Module):
-    def __init__(self, reduction="mean"):
+    """torch.nn.CrossEntropyLoss: weight (a buffer, as in torch), ignore_index, reduction and
+    label_smoothing; see tinyalex.functional.cross_entropy. size_average and reduce
+    (deprecated in torch) must be None."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean", label_smoothing=0.0):
         super().__init__()
-        self.reduction = reduction
+        for name, value in (("size_average", size_average), ("reduce", reduce)):
+            if value is not None:
+                raise ValueError(f"CrossEntropyLoss: {name}: deprecated in torch and not"
+                                 f" supported, expected None (use reduction=), got {value!r}")
+        self.register_buffer("weight", weight)
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing = label_smoothing
 
     def forward(self, input, target):
-        return F.cross_entropy(input, target, reduction=self.reduction)
+        return F.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)

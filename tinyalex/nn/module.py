@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import device as _device
 from ..autograd import Function, RemovableHandle, Tensor, _as_array
+from ..errors import KeyRuntimeError, ValueRuntimeError
 
 
 class Parameter(Tensor):
@@ -116,21 +117,33 @@ class Module:
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values (Tensors or arrays) into the parameters and buffers in place, casting to
-        each one's dtype and device. Raises KeyError for missing or unexpected keys when
-        strict, and ValueError for a shape mismatch, before anything is copied."""
+        each one's dtype and device. Nothing is copied unless every check passes:
+
+        - with strict, a missing or unexpected key raises KeyRuntimeError (a KeyError and,
+          as in torch, a RuntimeError), listing all of them in torch's words;
+        - a shape mismatch raises ValueRuntimeError (a ValueError and a RuntimeError),
+          naming the key and both shapes.
+        Returns (missing_keys, unexpected_keys), like torch.
+        """
         own = self.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            lines = [f"load_state_dict: Error(s) in loading state_dict for {type(self).__name__}:"]
+            for what, keys in (("Missing", missing), ("Unexpected", unexpected)):
+                if keys:
+                    lines.append(f"\t{what} key(s) in state_dict: "
+                                 + ", ".join(f'"{k}"' for k in keys) + ".")
+            raise KeyRuntimeError("\n".join(lines))
         values = {}
         for key, target in own.items():
             if key not in state_dict:
                 continue
             value = _raw_array(state_dict[key])
             if tuple(value.shape) != target.shape:
-                raise ValueError(f"load_state_dict: {key}: expected shape {target.shape}, "
-                                 f"got {tuple(value.shape)}")
+                raise ValueRuntimeError(
+                    f"load_state_dict: {key}: expected shape {target.shape} (the shape in the"
+                    f" current model), got {tuple(value.shape)} (size mismatch)")
             values[key] = value
         for key, value in values.items():
             target = own[key].array

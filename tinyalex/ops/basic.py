@@ -220,19 +220,50 @@ def _axes(dim, ndim):
     return tuple(sorted(d % max(ndim, 1) for d in dims))
 
 
+def _unreduce(gy, shape, axes, keepdim):
+    """gy of a reduction over `axes` broadcast back to the input's `shape` (a new array)."""
+    if not keepdim:
+        gy = gy.reshape([1 if i in axes else n for i, n in enumerate(shape)])
+    return _device.array_module(gy).broadcast_to(gy, shape).copy()
+
+
 class Sum(Function):
-    """y = sum of x over `axes`; gx = gy broadcast back over those axes."""
+    """y = sum of x over `axes`; gx = gy broadcast back over those axes.
+
+    A full reduction is a 0-d array, never a NumPy scalar (x.sum() returns one), so that
+    every kernel downstream gets an array: `x.relu().sum().relu()` works on every set.
+    """
 
     @staticmethod
     def forward(x, axes, keepdim):
-        return x.sum(axis=axes, keepdims=keepdim), (x.shape, axes, keepdim)
+        y = _device.array_module(x).asarray(x.sum(axis=axes, keepdims=keepdim))
+        return y, (x.shape, axes, keepdim)
 
     @staticmethod
     def backward(gy, cache, needs_input_grad):
-        shape, axes, keepdim = cache
-        if not keepdim:
-            gy = gy.reshape([1 if i in axes else n for i, n in enumerate(shape)])
-        return (_device.array_module(gy).broadcast_to(gy, shape).copy(),)
+        return (_unreduce(gy, *cache),)
+
+
+class Mean(Function):
+    """y = sum of x over `axes` / count; gx = gy / count broadcast back over those axes.
+
+    count = the number of elements reduced. The mean of nothing (count 0) is NaN, as in
+    torch, and its gradient is empty. y is a 0-d array for a full reduction, as in Sum.
+    """
+
+    @staticmethod
+    def forward(x, axes, keepdim):
+        xp = _device.array_module(x)
+        count = int(np.prod([x.shape[a] for a in axes]))
+        total = x.sum(axis=axes, keepdims=keepdim)
+        with np.errstate(invalid="ignore", divide="ignore"):     # 0/0 is NaN, quietly
+            y = xp.asarray(total / x.dtype.type(count) if count else total * x.dtype.type(np.nan))
+        return y, (x.shape, axes, keepdim, count)
+
+    @staticmethod
+    def backward(gy, cache, needs_input_grad):
+        shape, axes, keepdim, count = cache
+        return (_unreduce(gy / gy.dtype.type(max(count, 1)), shape, axes, keepdim),)
 
 
 def sum(x, dim=None, keepdim=False):
@@ -242,9 +273,7 @@ def sum(x, dim=None, keepdim=False):
 def mean(x, dim=None, keepdim=False):
     if x.dtype.kind != "f":
         raise TypeError(f"mean: expected a float tensor, got {x.dtype}")
-    axes = _axes(dim, x.ndim)
-    count = int(np.prod([x.shape[a] for a in axes]))
-    return mul(sum(x, dim, keepdim), 1.0 / count)
+    return Mean.apply(x, axes=_axes(dim, x.ndim), keepdim=keepdim)
 
 
 def argmax(x, dim=None, keepdim=False):
@@ -282,7 +311,8 @@ def flatten(x, start_dim=0, end_dim=-1):
     start, end = start_dim % x.ndim, end_dim % x.ndim
     if start > end:
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
-    return reshape(x, *x.shape[:start], -1, *x.shape[end + 1:])
+    merged = int(np.prod(x.shape[start:end + 1]))                 # not -1: ambiguous for 0 elements
+    return reshape(x, *x.shape[:start], merged, *x.shape[end + 1:])
 
 
 class Permute(Function):

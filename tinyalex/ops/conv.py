@@ -4,16 +4,18 @@ from ..dispatch import kernels_for
 
 
 class Conv2d(Function):
-    """y[n, o] = b[o] + sum_{c in group(o), i, j} W[o, c, i, j] x_pad[n, c, s*oh + i, s*ow + j].
+    """y[n, o] = b[o] + sum_{c in group(o), i, j} W[o, c, i, j] x_pad[n, c, s*oh + d*i, s*ow + d*j].
 
     Shapes: x (N, C, H, W), W (OC, C/groups, kh, kw), b (OC,), y (N, OC, OH, OW) with
-    OH = (H + 2*ph - kh) // sh + 1. The kernel set decides what to save; the reference
-    saves x and W and rebuilds the columns in backward (see tinyalex.reference.conv).
+    OH = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1; d = (dh, dw) is the dilation. The padding
+    is symmetric (torch's asymmetric 'same' padding adds a ZeroPad2d in front, see
+    tinyalex.functional.conv2d). The kernel set decides what to save; the reference saves x
+    and W and rebuilds the columns in backward (see tinyalex.reference.conv).
     """
 
     @staticmethod
-    def forward(x, weight, bias=None, *, stride, padding, groups):
-        return kernels_for(x).conv2d_forward(x, weight, bias, stride, padding, groups)
+    def forward(x, weight, bias=None, *, stride, padding, groups, dilation=(1, 1)):
+        return kernels_for(x).conv2d_forward(x, weight, bias, stride, padding, groups, dilation)
 
     @staticmethod
     def backward(gy, cache, needs_input_grad):

@@ -6,14 +6,23 @@ from ..dispatch import kernels_for
 class MaxPool2d(Function):
     """y[n, c, oh, ow] = max over the window at (oh*sh - ph, ow*sw - pw) of size (kh, kw).
 
-    Forward saves the argmax of every window (the first maximum in row-major order, as
-    PyTorch does); backward routes each gy to that one input pixel, adding where windows
-    overlap. Shapes: x (N, C, H, W), y (N, C, OH, OW), floor((H + 2*ph - kh) / sh) + 1.
+    Forward saves the argmax of every window (the first maximum among its real pixels in
+    row-major order, as PyTorch does); backward routes each gy to that one input pixel,
+    adding where windows overlap. Shapes: x (N, C, H, W), y (N, C, OH, OW),
+    OH = floor((H + 2*ph - kh) / sh) + 1, or torch's ceil-mode size with ceil_mode.
+
+    return_indices: a Function gives one output, so when `indices` is a list the forward
+    appends the argmax to it as torch's int64 indices (h*W + w in the input plane), taken
+    from the same pass (kernel API max_pool2d_indices); they carry no gradient.
     """
 
     @staticmethod
-    def forward(x, *, kernel_size, stride, padding):
-        return kernels_for(x).max_pool2d_forward(x, kernel_size, stride, padding)
+    def forward(x, *, kernel_size, stride, padding, ceil_mode=False, indices=None):
+        kernels = kernels_for(x)
+        y, cache = kernels.max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode)
+        if indices is not None:
+            indices.append(kernels.max_pool2d_indices(cache))
+        return y, cache
 
     @staticmethod
     def backward(gy, cache, needs_input_grad):

@@ -8,6 +8,8 @@ test time; the two are equivalent in expectation).
 The mask comes from tinyalex.dispatch.counter_uniform, a pure function of (seed, i), so
 every kernel set draws exactly the same mask for the same seed.
 """
+import numpy as np
+
 from ..dispatch import counter_uniform
 
 
@@ -21,7 +23,8 @@ def dropout_forward(x, p, seed):
     # x (...) -> y (...)
     keep = (counter_uniform(seed, x.size) >= p).reshape(x.shape)
     scale = 1.0 / (1.0 - p) if p < 1 else 0.0
-    y = x * keep * scale                                           # a Python float keeps x's dtype
+    y = np.asarray(x * keep * scale)                               # a Python float keeps x's dtype;
+                                                                   # asarray: a 0-d x stays an array
     cache = (keep, scale)
     return y, cache
 
@@ -33,4 +36,4 @@ def dropout_backward(gy, cache):
     """
     # gy (...) -> gx (...)
     keep, scale = cache
-    return gy * keep * scale
+    return np.asarray(gy * keep * scale)

@@ -10,7 +10,7 @@ def relu_forward(x):
     backward needs (and a quarter of a float32 copy of x).
     """
     # x (...) -> y (...)
-    y = np.maximum(x, 0)
+    y = np.asarray(np.maximum(x, 0))                               # a 0-d x gives a scalar: keep an array
     cache = x > 0
     return y, cache
 

@@ -1,0 +1,17 @@
+"""Errors that are two exception types at once.
+
+Where torch raises RuntimeError and tinyalex raised something more specific before
+(KeyError, ValueError), tinyalex raises a class that is both: code written for torch
+(`except RuntimeError`) and code written for tinyalex (`except KeyError`) catch it alike.
+"""
+
+
+class KeyRuntimeError(KeyError, RuntimeError):
+    """A KeyError that torch would raise as RuntimeError (e.g. load_state_dict's missing keys)."""
+
+    def __str__(self):                                             # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ValueRuntimeError(ValueError, RuntimeError):
+    """A ValueError that torch would raise as RuntimeError (e.g. a size mismatch)."""
