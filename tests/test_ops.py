@@ -417,6 +417,7 @@ EDGE_CASES = {
     "mean of N=0": (lambda lib, x: x.mean(), [np.zeros((0, 3))]),
     "sum of N=0": (lambda lib, x: x.sum(), [np.zeros((0, 3))]),
     "sum of ()": (lambda lib, x: (x * 2.0).sum().relu(), [np.array(-1.5)]),
+    "elementwise of () then relu": (lambda lib, x: (x.sum() * 2.0).relu(), [np.array([0.5, 1.25])]),
 }
 
 

@@ -30,7 +30,7 @@ def plant(monkeypatch, file, original, mutated, count=1, occurrence=None):
 
 
 def test_the_unplanted_kernels_pass(emulated_kernels):
-    suite.test_max_pool2d_matches_torch_with_ties(emulated_kernels, *suite.POOL_CASES[0], np.float64)
+    suite.test_max_pool2d_matches_torch_with_ties(emulated_kernels, *suite.POOL_CASES[0], np.float64, False)
     suite.test_conv2d_matches_torch(emulated_kernels, *suite.CONV_CASES[0], np.float32)
     suite.test_cross_entropy_matches_torch(emulated_kernels, 70, "mean", 1.0, np.float64)
 
@@ -38,7 +38,7 @@ def test_the_unplanted_kernels_pass(emulated_kernels):
 def test_a_tie_rule_that_keeps_the_last_maximum_fails_the_tie_test(monkeypatch, emulated_kernels):
     plant(monkeypatch, "pool.cu", "if (v > best || isnan(v))", "if (v >= best || isnan(v))")
     with pytest.raises(AssertionError, match="Mismatched elements"):
-        suite.test_max_pool2d_matches_torch_with_ties(emulated_kernels, *suite.POOL_CASES[0], np.float64)
+        suite.test_max_pool2d_matches_torch_with_ties(emulated_kernels, *suite.POOL_CASES[0], np.float64, False)
 
 
 def test_swapped_height_and_width_in_the_pool_launcher_fail(monkeypatch, emulated_kernels):
@@ -50,7 +50,7 @@ def test_swapped_height_and_width_in_the_pool_launcher_fail(monkeypatch, emulate
     monkeypatch.setattr(pool, "_geometry_args", swapped)
     with pytest.raises(EmulatedKernelError, match=r"pool.cu:\d+: max_pool2d_forward<double>, .* reads 8"
                                                   r" bytes .* outside every array it was given"):
-        suite.test_max_pool2d_matches_torch_with_ties(emulated_kernels, *suite.POOL_CASES[0], np.float64)
+        suite.test_max_pool2d_matches_torch_with_ties(emulated_kernels, *suite.POOL_CASES[0], np.float64, False)
 
 
 def test_swapped_pointers_in_the_im2col_launch_are_caught_by_the_bounds_check(monkeypatch, emulated_kernels):

@@ -146,6 +146,8 @@ class Tensor:
     __array_priority__ = 1000  # make ndarray + Tensor call Tensor.__radd__
 
     def __init__(self, data, requires_grad=False):
+        if isinstance(data, np.generic):  # NumPy ufuncs on 0-d arrays return scalars
+            data = np.asarray(data)
         self.array = data
         self.grad = None
         self.grad_fn = None
