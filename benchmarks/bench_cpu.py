@@ -13,7 +13,7 @@ Method, in one run:
 1. SGEMM: numpy.matmul on float32 2048x2048 matrices, the median of 10 after a warm-up.
    It is the ceiling for this step, whose FLOPs are nearly all GEMMs (im2col + GEMM in
    tinyalex), so each rate is also reported as a percentage of it.
-2. Check before timing (STYLE.md): with dropout off (eval mode) and the same weights
+2. Check before timing: with dropout off (eval mode) and the same weights
    and batch, every library's loss before and after one SGD step must agree with
    torch's to a relative 1e-4 (float32). This checks forward, backward and the update.
 3. Each (library, batch) is measured in a fresh subprocess, so no library's thread pools

@@ -12,7 +12,7 @@ Shapes are the 2012 AlexNet's at batch 128 (input 3x227x227):
 conv1's backward skips gx, as in training (the image needs no gradient). The fc layers
 are timed as tinyalex runs them on the GPU: cuBLAS GEMMs (tinyalex.cuda.loader.matmul).
 
-Method (PITFALLS #9-#11, llm.c's "check before you time"):
+Method (docs/pitfalls.md#fair-cudnn to #compile-cost, llm.c's "check before you time"):
 - every case is first checked against PyTorch's result (dropout against the shared
   counter RNG, since torch's random stream differs); a mismatch is flagged in the table
   and makes the script exit with status 1, but the timings are still taken;

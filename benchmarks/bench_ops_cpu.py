@@ -8,7 +8,7 @@ Shapes are the Fashion-MNIST AlexNet's at batch 16 (input 1x224x224):
     relu and dropout(0.5) on fc (16, 4096); cross-entropy on (16, 10)
 
 conv1's backward skips gx, as in training (the image needs no gradient). Every result is
-first checked against the numpy reference (STYLE.md, "check before you time"), then the
+first checked against the numpy reference (check before you time), then the
 three libraries are timed in interleaved rounds after a warm-up call each (JIT
 included). PyTorch runs with as many threads as Numba; BLAS keeps its default (one per
 core): it never runs at the same time as Numba's threads. Reported: the median over the

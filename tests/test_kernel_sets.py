@@ -3,7 +3,7 @@
 Float kernels are checked against torch.nn.functional in float64, and in float32 against
 that same float64 result, always with random upstream gradients (with gy = 1 the
 gradient of a softmax-like op is zero and the test checks nothing). The inputs are
-chosen to catch the bugs in PITFALLS.md: N >= 2, C >= 2, H != W, stride < kernel with
+chosen to catch the bugs in docs/pitfalls.md: N >= 2, C >= 2, H != W, stride < kernel with
 padding, groups=2, integer-valued pooling inputs with ties, even LRN sizes with a large
 alpha and k ~ 1, logits of +-1e3.
 """
@@ -285,7 +285,7 @@ def test_max_pool2d_never_routes_to_padding_in_windows_of_minus_inf(kernels, cei
 # --- LRN ------------------------------------------------------------------------------
 
 # size, alpha, beta, k: even and odd sizes, one wider than C; alpha large enough that
-# the cross-channel term of the backward matters (PITFALLS #2).
+# the cross-channel term of the backward matters (docs/pitfalls.md#lrn-backward-alpha).
 LRN_CASES = [
     (2, 0.5, 0.75, 1.0),
     (3, 1.0, 0.75, 1.0),

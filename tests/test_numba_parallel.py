@@ -2,7 +2,7 @@
 
 tests/test_kernel_sets.py runs every set through the API contract and torch parity on a
 few fixed cases. This file stresses what is specific to the parallel kernels: a `prange`
-race (PITFALLS #12) or an index slip shows up only for some shapes, so every test draws
+race (docs/pitfalls.md#prange-races) or an index slip shows up only for some shapes, so every test draws
 its geometry from a seeded generator (N >= 2, C >= 2, H != W, stride < kernel, padding,
 groups, odd and even LRN sizes with alpha >= 0.1, tied pooling inputs) and compares with
 tinyalex.reference: float64 to 1e-10 relative, float32 to 1e-5 of the result's scale

@@ -3,7 +3,7 @@
 The conv kernels alternate Numba parallel loops (im2col, col2im, the gy transpose) with
 BLAS GEMMs (numpy.matmul, i.e. OpenBLAS), and the other ops are Numba loops run between
 GEMMs. The pools never run at the same time, so each may use every core: no
-oversubscription (PITFALLS #13). But each runtime keeps its idle workers busy-waiting
+oversubscription (docs/pitfalls.md#oversubscription). But each runtime keeps its idle workers busy-waiting
 after a parallel region, so that the next region starts fast:
 
 - GNU libgomp (Numba's 'omp' threading layer) spins GOMP_SPINCOUNT = 300000 rounds;

@@ -20,11 +20,11 @@ than the transposing pass costs (and that pass adds the bias). Besides:
 - im2col and col2im are `prange` loops over disjoint outputs (no races, no atomics);
 - the GEMMs are numpy.matmul, i.e. multithreaded BLAS, called from Python BETWEEN the
   njit kernels. Numba's threads and BLAS's threads therefore never run at the same time,
-  and each pool can use every core without oversubscription (PITFALLS #13; threads.py
+  and each pool can use every core without oversubscription (docs/pitfalls.md#oversubscription; threads.py
   keeps either pool's idle workers from spinning on the cores the other needs);
 - the batch is processed in chunks whose columns fit in WORKSPACE_BYTES, and one
   workspace is reused for every chunk and every call: the full column matrix of AlexNet
-  at batch 128 would take GBs (PITFALLS #14);
+  at batch 128 would take GBs (docs/pitfalls.md#im2col-memory);
 - backward rebuilds the columns chunk by chunk from the saved x, like PyTorch, instead of
   keeping them from the forward (they are kh*kw/(sh*sw) times larger than x).
 """

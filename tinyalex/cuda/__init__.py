@@ -13,7 +13,7 @@ The third implementation of tinyalex.dispatch.KERNEL_API, next to the numpy refe
   optim.SGD.step uses it for parameters on CUDA.
 
 Every backward is a gather, one thread per output element looping over its inputs, so
-gradients are bitwise repeatable: no float atomics (PITFALLS #6).
+gradients are bitwise repeatable: no float atomics (docs/pitfalls.md#deterministic-backward).
 
 Importing this package needs no GPU; the first kernel call asks tinyalex.device for
 CuPy and raises its RuntimeError, which says why, where CUDA cannot be used.

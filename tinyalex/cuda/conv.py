@@ -19,7 +19,7 @@ turns y_t (OC, B, L) into y (B, OC, L), adding the bias on the way. Backward mir
 gy is transposed once to (OC, B*L), gW[g] += gy_t[g] @ cols[g]^T, and
 gcols[g] = W[g]^T @ gy_t[g] overwrites the columns, which col2im folds back into gx.
 
-Memory (PITFALLS #14): the batch is cut into chunks of whole samples whose columns fit in
+Memory (docs/pitfalls.md#im2col-memory): the batch is cut into chunks of whole samples whose columns fit in
 WORKSPACE_BYTES, and one column workspace and one transposition workspace serve every
 chunk, so the peak is one chunk's, not the batch's (about 2 GB for AlexNet at batch 128).
 """

@@ -12,7 +12,7 @@ runs NVRTC at run time for the GPU in use, instantiating ``name<float>`` and
 memory per (device id, file). CuPy also caches the compiled binary on disk, keyed by the
 source text and the options, under ``$CUPY_CACHE_DIR`` (default ``~/.cupy/kernel_cache``),
 so only the first run on a machine pays for NVRTC; warm up before timing either way
-(PITFALLS #11). CuPy compiles with ``-ftz=true``: float32 subnormals flush to zero on the
+(docs/pitfalls.md#compile-cost). CuPy compiles with ``-ftz=true``: float32 subnormals flush to zero on the
 GPU, a difference from the CPU sets only for values below 1.2e-38.
 
 Launch geometry. Every kernel but the cross-entropy forward is a 1-D grid-stride loop
@@ -20,7 +20,7 @@ Launch geometry. Every kernel but the cross-entropy forward is a 1-D grid-stride
 most :data:`MAX_BLOCKS` blocks, and the loop covers whatever the grid does not.
 
 cuBLAS. :func:`matmul` is the one place that picks the compute type of float32 GEMMs:
-strict fp32 by default, TF32 tensor cores with ``TINYALEX_TF32=1`` (PITFALLS #9).
+strict fp32 by default, TF32 tensor cores with ``TINYALEX_TF32=1`` (docs/pitfalls.md#fair-cudnn).
 """
 import os
 from pathlib import Path
