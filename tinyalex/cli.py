@@ -282,10 +282,10 @@ def _add_train(sub):
                        help=f"seeds the init, data order, augmentation and dropout (default: {DEFAULTS['seed']})")
     again = train.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", default=None,
-                       help="continue the run in --out from its checkpoint.npz (see below)")
+                       help="continue the run in --out from its checkpoint.npz (see below; default: off)")
     again.add_argument("--overwrite", action="store_true", default=None,
-                       help="delete the run in --out and start over (without --resume or "
-                            "--overwrite, an --out that holds a run is refused)")
+                       help="delete the run in --out and start over (default: off; without --resume "
+                            "or --overwrite, an --out that holds a run is refused)")
     train.add_argument("--ten-crop", action="store_true", default=None,
                        help="RGB models: average the paper's 10 test crops (default: off)")
     train.add_argument("--grad-stats", action="store_true", default=None,
