@@ -8,8 +8,6 @@ bad number, bad name, device, missing file, run directory, resume, I/O, bad data
 """
 import collections
 import fcntl
-import gzip
-import io
 import os
 import re
 import subprocess

@@ -6,14 +6,17 @@ Everything random is a function of ``--seed``: the init, the data order and augm
 of each (epoch, batch), and the dropout masks (tinyalex's global generator, saved in every
 checkpoint). So ``--resume`` continues exactly the loss curve of an uninterrupted run.
 
-Files in ``--out``: ``checkpoint.npz`` (written atomically every epoch and on Ctrl-C),
-``best.npz`` (the best test accuracy so far), ``metrics.jsonl`` (one JSON object per
-epoch), ``curves.png`` (loss and accuracy), and ``grad_stats.jsonl`` with ``--grad-stats``.
+Files in ``--out``: ``checkpoint.npz`` (after each training pass, after each evaluation,
+and on Ctrl-C), ``best.npz`` (the best test accuracy so far), ``metrics.jsonl`` (one JSON
+object per epoch), ``curves.png`` (loss and accuracy), and ``grad_stats.jsonl`` with
+``--grad-stats``. Each is written atomically, in an order that lets a run killed at any
+instant resume with nothing lost (see _Run.end_epoch and repair_best).
 """
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -389,6 +392,7 @@ def _open_checkpoint(path):
 
 
 def _parse_meta(path, raw):
+    """The JSON meta of a checkpoint, checked to be of this CHECKPOINT_FORMAT."""
     try:
         meta = json.loads(str(raw))
     except Exception as exc:
@@ -559,7 +563,10 @@ class OutLock:
 
     def __exit__(self, *exc):
         if self.file is not None:
-            os.unlink(self.path)  # still holding the lock, so no other run is between
+            try:
+                os.unlink(self.path)  # still holding the lock, so no other run is between
+            except FileNotFoundError:  # --out was deleted meanwhile
+                pass
             self.file.close()
 
 
@@ -729,7 +736,6 @@ def repair_best(paths, meta, log):
         current = None
     if current == best:
         return
-    import shutil
 
     def copy(f):
         with open(paths["checkpoint.npz"], "rb") as source:
@@ -770,10 +776,12 @@ def _write_error(paths, name, exc, last_saved):
 
 
 def _metrics_text(history):
+    """metrics.jsonl's content: one JSON object per epoch done, as bytes."""
     return "".join(json.dumps(m) + "\n" for m in history).encode()
 
 
 def _write_curves(paths, history, last_saved):
+    """curves.png, atomically (none before the first epoch)."""
     if history:
         _write_run_file(paths, "curves.png", lambda f: plot_curves(history, f), last_saved)
 
