@@ -1,10 +1,20 @@
-"""The ``tinyalex`` command: train, eval, predict, gradcheck, graph, bench."""
+"""The ``tinyalex`` command: train, eval, predict, gradcheck, graph, bench.
+
+A mistake the user can fix (a bad option, a missing file, a full disk, no GPU) ends the
+command with exit code 2 and one line on stderr, ``tinyalex COMMAND: error: ...``, saying
+what was expected and what was given. Every option is checked before any data is read. A
+bug in tinyalex itself still shows its traceback.
+"""
 import argparse
 import dataclasses
 import os
+import re
 import sys
+import textwrap
 
 import numpy as np
+
+from . import __version__
 
 
 def _train(args):
@@ -26,47 +36,77 @@ def _load_for_inference(checkpoint, device):
     return model, meta
 
 
-def _eval(args):
+def _device_for(args):
+    """The --device asked for (refused if it cannot be used), or this machine's default."""
     from . import device as _device
+    from .train import check_device
+    return check_device(args.device) if args.device else _device.default_device()
+
+
+def _eval(args):
     from . import models
+    from .data.image_folder import UnreadableImageError
     from .data.loader import DataLoader
-    from .train import TrainConfig, evaluate, load_datasets, transforms_for
-    device = args.device or _device.default_device()
+    from .train import TrainConfig, TrainingError, check_data_location, evaluate, load_datasets, transforms_for
+    device = _device_for(args)
+    check_data_location(args.dataset, args.data_dir)
     model, meta = _load_for_inference(args.checkpoint, device)
     saved = meta["config"]
     config = TrainConfig(model=saved["model"], dataset=args.dataset or saved["dataset"],
-                         data_dir=args.data_dir or saved["data_dir"], limit_test=args.limit_test)
-    _, test_set = load_datasets(config)
+                         data_dir=args.data_dir or saved["data_dir"], limit_test=args.limit_test,
+                         skip_bad_images=args.skip_bad_images)
+    _, test_set = load_datasets(config, log=lambda line: print(line, file=sys.stderr))
     size = models.MODELS[config.model][1]
     ten_crop = args.ten_crop and size[0] == 3
     loader = DataLoader(test_set, 256, transform=transforms_for(config.model, False, ten_crop=ten_crop))
-    loss, top1, top5 = evaluate(model, loader, device, size[1] if ten_crop else None)
+    try:
+        loss, top1, top5 = evaluate(model, loader, device, size[1] if ten_crop else None)
+    except UnreadableImageError as exc:  # a file that passed the up-front check
+        raise TrainingError(f"{exc}; remove the file or pass --skip-bad-images") from exc
     print(f"{args.checkpoint}: {len(test_set)} test images, loss {loss:.4f}, "
           f"top-1 accuracy {top1:.4f}, top-5 accuracy {top5:.4f}")
     return 0
 
 
-def _predict(args):
+def _open_images(paths, channels=None):
+    """Open every image (channels None: read the headers only, a fast check before the model
+    loads; else decode each to uint8 at the model's input size). One error lists the files
+    that cannot be read, naming the first with its reason."""
     from PIL import Image
 
+    from .train import TrainingError
+    arrays, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                if channels is not None:
+                    image = image.convert("L" if channels == 1 else "RGB")
+                    # Fashion-MNIST models read 28 px images (then resize as in training);
+                    # RGB models read 256 px images and center-crop, like the validation set
+                    side = 28 if channels == 1 else 256
+                    arrays.append(np.asarray(image.resize((side, side), Image.BILINEAR)))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            bad.append((path, reason))
+    if bad:
+        more = (f"; {len(bad) - 1} more cannot be read either: " + ", ".join(p for p, _ in bad[1:4])
+                + (" ..." if len(bad) > 4 else "")) if len(bad) > 1 else ""
+        raise TrainingError(f"predict: {bad[0][0]}: cannot read the image, expected an image file, "
+                            f"got {bad[0][1]}{more}")
+    return arrays
+
+
+def _predict(args):
     from . import device as _device
     from . import models
     from .autograd import no_grad, tensor
-    from .train import TrainingError, transforms_for
-    device = args.device or _device.default_device()
+    from .train import transforms_for
+    device = _device_for(args)
+    _open_images(args.images)
     model, meta = _load_for_inference(args.checkpoint, device)
-    channels, height, width = models.MODELS[meta["config"]["model"]][1]
+    channels = models.MODELS[meta["config"]["model"]][1][0]
     transform = transforms_for(meta["config"]["model"], train=False)
-    for path in args.images:
-        try:
-            with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
-                # Fashion-MNIST models read 28 px images (then resize as in training);
-                # RGB models read 256 px images and center-crop, like the validation set
-                side = 28 if channels == 1 else 256
-                array = np.asarray(image.resize((side, side), Image.BILINEAR))
-        except OSError as exc:
-            raise TrainingError(f"predict: {path}: cannot read the image ({exc})") from exc
+    for path, array in zip(args.images, _open_images(args.images, channels)):
         x = transform(array[None], np.random.default_rng(0))
         with no_grad():
             logits = _device.to_device(model(tensor(x, device=device)).array, "cpu")[0].astype(np.float64)
@@ -79,6 +119,9 @@ def _predict(args):
 
 def _gradcheck(args):
     from . import opcheck
+    if args.kernels == "cupy":
+        from .train import check_device
+        check_device("cuda", option="--kernels cupy")
     results = opcheck.run_checks(args.kernels, args.dtype, [args.op] if args.op else None)
     print(f"tinyalex gradcheck: kernels {args.kernels}, {args.dtype}")
     print(opcheck.format_table(results))
@@ -91,21 +134,25 @@ def _graph(args):
     from . import functional as F
     from . import models, viz
     from .autograd import tensor
+    from .train import TrainingError
     model = models.create_model(args.model, num_classes=10)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *models.MODELS[args.model][1]))
     loss = F.cross_entropy(model(tensor(x.astype(np.float32))), tensor(np.arange(args.batch_size) % 10))
     dot = viz.graph(loss, params=dict(model.named_parameters()))
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(dot)
+        try:
+            with open(args.out, "w") as f:
+                f.write(dot)
+        except OSError as exc:
+            raise TrainingError(f"--out {args.out}: cannot write the DOT file, expected a writable "
+                                f"path, got [Errno {exc.errno}] {exc.strerror or exc}") from exc
     else:
         print(dot, end="")
     if args.png:
         try:
             viz.render(dot, args.png)
         except RuntimeError as exc:  # no Graphviz: the DOT text is still there
-            print(f"tinyalex graph: {exc}", file=sys.stderr)
-            return 2
+            raise TrainingError(str(exc)) from exc
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
@@ -115,8 +162,9 @@ def _bench(args):
     script = os.path.join(os.path.dirname(here), "benchmarks",
                           "bench_cpu.py" if args.device == "cpu" else "bench_cuda.py")
     if not os.path.exists(script):
-        raise SystemExit(f"bench: {script} not found: run from a source checkout "
-                         "(benchmarks/ is not part of the wheel)")
+        from .train import TrainingError
+        raise TrainingError(f"{script} not found, expected a source checkout (benchmarks/ is not "
+                            "part of the wheel)")
     import runpy
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     sys.argv = [script] + rest
@@ -124,80 +172,208 @@ def _bench(args):
     return 0
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="tinyalex", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+# --- the parser ---------------------------------------------------------------------------
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps option help without splitting names at hyphens ("cpu-alexnet 3" stays whole);
+    the description and epilog keep the lines they were given."""
 
-    train = sub.add_parser("train", help="train AlexNet (defaults chosen for this machine)")
-    train.add_argument("--model", help="cpu-alexnet, fashion-alexnet, alexnet2012 or torchvision-alexnet")
-    train.add_argument("--dataset", help="fashion-mnist (default) or imagefolder:PATH")
-    train.add_argument("--data-dir", help="where the Fashion-MNIST .gz files are")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--momentum", type=float)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--lr-schedule", choices=["plateau", "step", "none"])
-    train.add_argument("--lr-step", type=int, help="epochs between /10 with --lr-schedule step")
-    train.add_argument("--device", choices=["cpu", "cuda"])
-    train.add_argument("--out", help="output directory (default runs/tinyalex)")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
-    train.add_argument("--ten-crop", action="store_true", help="RGB models: 10-crop test averaging")
-    train.add_argument("--grad-stats", action="store_true", help="log per-layer statistics")
-    train.add_argument("--limit-train", type=int, help="use only the first N training images")
-    train.add_argument("--limit-test", type=int, help="use only the first N test images")
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every error as one line: ``PROG: error: MESSAGE`` (no usage block)."""
+
+    def error(self, message):
+        message = " ".join(message.replace("argument ", "").split())
+        choice = re.fullmatch(r"(.*): invalid choice: (.*) \(choose from (.*)\)", message)
+        if choice:
+            what, got, names = choice.groups()
+            message = f"{what}: expected one of {names.replace(chr(39), '')}, got {got}"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(name):
+    """An argparse type for the numeric setting `name`, checked against train.NUMBER_RULES."""
+    from .train import NUMBER_RULES, check_number
+    kind, _, expected = NUMBER_RULES[name]
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if check_number(name, value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _one_of(names):
+    """An argparse type accepting one of `names` (says which when it does not)."""
+    names = list(names)
+
+    def parse(text):
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(names)}, got {text!r}")
+        return text
+    return parse
+
+
+def _per_model(key):
+    """'cpu-alexnet 3, fashion-alexnet 10, ...': a preset value for each model."""
+    from .train import PRESETS
+    return ", ".join(f"{model} {preset[key]}" for model, preset in PRESETS.items())
+
+
+def _resume_table(width=88):
+    """The --help epilog: what --resume does with each changed setting (train.ON_RESUME)."""
+    from .train import ON_RESUME, flag
+    column = max(len(flag(name)) for name in ON_RESUME) + 6
+    lines = textwrap.wrap("--resume continues the run in --out from its checkpoint.npz. A setting "
+                          "not given takes the checkpoint's value; a setting given a new value is:",
+                          width)
+    for rule, title in (("refuse", "refused (the run would no longer be the same run):"),
+                        ("apply", "applied from now on, and logged:")):
+        lines.append("  " + title)
+        for name, (r, why) in ON_RESUME.items():
+            if r == rule:
+                lines += textwrap.wrap(why, width, initial_indent=f"    {flag(name):<{column - 4}}",
+                                       subsequent_indent=" " * column, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def _add_train(sub):
+    from . import models
+    from .train import DEFAULTS, LR_SCHEDULES, TrainConfig
+    preset = "default: the model's preset: "
+    train = sub.add_parser(
+        "train", help="train AlexNet (defaults chosen for this machine)",
+        formatter_class=_HelpFormatter, epilog=_resume_table(),
+        description=textwrap.fill("Train AlexNet. Without --model, a GPU trains fashion-alexnet and "
+                                  "a CPU cpu-alexnet (alexnet2012 for an image folder); the model's "
+                                  "preset then fills in the settings not given.", 88,
+                                  break_on_hyphens=False))
+    train.add_argument("--model", type=_one_of(models.MODELS), metavar="{" + ",".join(models.MODELS) + "}",
+                       help="the network (default: chosen for the device and data set, see above)")
+    train.add_argument("--dataset", metavar="NAME", help="fashion-mnist or imagefolder:PATH (PATH/train/CLASS/*.jpg and "
+                                         f"PATH/val/CLASS/*.jpg; default: {DEFAULTS['dataset']})")
+    train.add_argument("--data-dir", metavar="DIR", help="where the Fashion-MNIST .gz files are "
+                                          "(default: /usr/share/datasets/fashion-mnist)")
+    train.add_argument("--epochs", metavar="N", type=_number("epochs"), help=f"epochs to train ({preset}{_per_model('epochs')})")
+    train.add_argument("--batch-size", metavar="N", type=_number("batch_size"),
+                       help=f"images per SGD step ({preset}{_per_model('batch_size')})")
+    train.add_argument("--lr", metavar="LR", type=_number("lr"), help=f"SGD learning rate ({preset}{_per_model('lr')})")
+    train.add_argument("--momentum", metavar="M", type=_number("momentum"),
+                       help=f"SGD momentum, in [0, 1) (default: {DEFAULTS['momentum']})")
+    train.add_argument("--weight-decay", metavar="WD", type=_number("weight_decay"),
+                       help=f"L2 penalty added to each gradient (default: {DEFAULTS['weight_decay']})")
+    train.add_argument("--lr-schedule", type=_one_of(LR_SCHEDULES), metavar="{" + ",".join(LR_SCHEDULES) + "}",
+                       help="plateau: lr/10 when the test accuracy stops improving (the paper's); "
+                            f"step: lr/10 every --lr-step epochs; none ({preset}{_per_model('lr_schedule')})")
+    train.add_argument("--lr-step", metavar="N", type=_number("lr_step"),
+                       help=f"epochs between /10 with --lr-schedule step ({preset}{_per_model('lr_step')})")
+    train.add_argument("--device", type=_one_of(("cpu", "cuda")), metavar="{cpu,cuda}",
+                       help="where to train (default: cuda if a CUDA GPU is usable, else cpu)")
+    train.add_argument("--out", metavar="DIR", help=f"the run directory (default: {TrainConfig.out}): checkpoint.npz, "
+                                     "best.npz, metrics.jsonl, curves.png")
+    train.add_argument("--seed", metavar="S", type=_number("seed"),
+                       help=f"seeds the init, data order, augmentation and dropout (default: {DEFAULTS['seed']})")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", default=None,
+                       help="continue the run in --out from its checkpoint.npz (see below; default: off)")
+    again.add_argument("--overwrite", action="store_true", default=None,
+                       help="delete the run in --out and start over (default: off; without --resume "
+                            "or --overwrite, an --out that holds a run is refused)")
+    train.add_argument("--ten-crop", action="store_true", default=None,
+                       help="RGB models: average the paper's 10 test crops (default: off)")
+    train.add_argument("--grad-stats", action="store_true", default=None,
+                       help="log per-layer statistics to grad_stats.jsonl (default: off)")
+    train.add_argument("--skip-bad-images", action="store_true", default=None,
+                       help="image folders: leave undecodable images out and count them, instead "
+                            "of refusing to start (default: off)")
+    train.add_argument("--limit-train", metavar="N", type=_number("limit_train"),
+                       help="use only the first N training images (default: all)")
+    train.add_argument("--limit-test", metavar="N", type=_number("limit_test"),
+                       help="use only the first N test images (default: all)")
     train.set_defaults(run=_train)
 
+
+def build_parser():
+    from . import models
+    parser = _Parser(prog="tinyalex", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"tinyalex {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
-    evaluate.add_argument("--checkpoint", default="runs/tinyalex/best.npz")
-    evaluate.add_argument("--dataset")
-    evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--device", choices=["cpu", "cuda"])
-    evaluate.add_argument("--ten-crop", action="store_true")
-    evaluate.add_argument("--limit-test", type=int)
+    evaluate.add_argument("--checkpoint", default="runs/tinyalex/best.npz",
+                          help="a checkpoint written by tinyalex train (default: %(default)s)")
+    evaluate.add_argument("--dataset", help="the data set to test on (default: the checkpoint's)")
+    evaluate.add_argument("--data-dir", help="where the Fashion-MNIST files are (default: the checkpoint's)")
+    evaluate.add_argument("--device", type=_one_of(("cpu", "cuda")), metavar="{cpu,cuda}",
+                          help="default: cuda if a CUDA GPU is usable, else cpu")
+    evaluate.add_argument("--ten-crop", action="store_true", help="RGB models: average the 10 test crops")
+    evaluate.add_argument("--skip-bad-images", action="store_true",
+                          help="leave undecodable images out instead of refusing")
+    evaluate.add_argument("--limit-test", metavar="N", type=_number("limit_test"),
+                          help="use only the first N test images (default: all)")
     evaluate.set_defaults(run=_eval)
 
     predict = sub.add_parser("predict", help="classify images with a checkpoint")
-    predict.add_argument("images", nargs="+")
-    predict.add_argument("--checkpoint", default="runs/tinyalex/best.npz")
-    predict.add_argument("--device", choices=["cpu", "cuda"])
+    predict.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    predict.add_argument("--checkpoint", default="runs/tinyalex/best.npz",
+                         help="a checkpoint written by tinyalex train (default: %(default)s)")
+    predict.add_argument("--device", type=_one_of(("cpu", "cuda")), metavar="{cpu,cuda}",
+                         help="default: cuda if a CUDA GPU is usable, else cpu")
     predict.set_defaults(run=_predict)
 
+    from .opcheck import CASES
+    ops = list(dict.fromkeys(case.op for case in CASES))
     check = sub.add_parser("gradcheck", help="check every op's backward (finite differences, torch)")
     which = check.add_mutually_exclusive_group(required=True)
-    which.add_argument("--op", help="one op: conv2d, max_pool2d, local_response_norm, relu, "
-                                    "dropout, linear, cross_entropy")
+    which.add_argument("--op", type=_one_of(ops), metavar="OP", help="one op: " + ", ".join(ops))
     which.add_argument("--all", action="store_true", help="every op")
-    check.add_argument("--kernels", default=None, choices=["numpy", "numba", "cupy"],
+    check.add_argument("--kernels", default=None, type=_one_of(("numpy", "numba", "cupy")),
+                       metavar="{numpy,numba,cupy}",
                        help="kernel set (default: the CPU default, $TINYALEX_CPU or numba)")
-    check.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    check.add_argument("--dtype", default="float64", type=_one_of(("float64", "float32")),
+                       metavar="{float64,float32}", help="default: %(default)s")
     check.set_defaults(run=_gradcheck)
 
     graph = sub.add_parser("graph", help="dump a model's recorded graph (forward and loss) as DOT")
-    graph.add_argument("--model", default="cpu-alexnet")
-    graph.add_argument("--batch-size", type=int, default=2)
+    graph.add_argument("--model", default="cpu-alexnet", type=_one_of(models.MODELS),
+                       metavar="{" + ",".join(models.MODELS) + "}", help="default: %(default)s")
+    graph.add_argument("--batch-size", metavar="N", type=_number("batch_size"), default=2, help="default: %(default)s")
     graph.add_argument("--out", help="write the DOT text here (default: print it)")
     graph.add_argument("--png", help="also render it to this PNG (needs Graphviz's dot)")
     graph.set_defaults(run=_graph)
 
     bench = sub.add_parser("bench", help="run the benchmarks (source checkout)")
-    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench.add_argument("--device", type=_one_of(("cpu", "cuda")), default="cpu", metavar="{cpu,cuda}",
+                       help="default: %(default)s")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
     bench.set_defaults(run=_bench)
+    parser.commands = sub.choices  # command name -> its parser
     return parser
 
 
 def main(argv=None):
     from .train import TrainingError
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, so the line starts "tinyalex COMMAND:"
+        command = parser.commands.get(args.command, parser)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}, expected the options "
+                      f"`{command.prog} --help` lists")
     if getattr(args, "kernels", "unset") is None:
         from .dispatch import cpu_kernel_set_name
         args.kernels = cpu_kernel_set_name()
     try:
         return args.run(args)
     except TrainingError as exc:
-        print(f"tinyalex {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tinyalex {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

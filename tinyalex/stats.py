@@ -8,6 +8,7 @@ hooks and by reading gradients around ``optimizer.step()``; one JSON object per 
 sample goes to ``grad_stats.jsonl``.
 """
 import json
+import os
 
 import numpy as np
 
@@ -20,13 +21,18 @@ def _host(array):
 
 
 class GradStats:
-    def __init__(self, model, path, every=50, append=False):
-        self.path, self.every, self.step, self.epoch = path, every, 0, 0
+    """Collects the statistics of `model` every `every` steps into the JSON lines file `path`.
+
+    A run resumed at step `start_step` (epoch `start_epoch`) keeps the rows of the steps
+    before it and drops any later ones (written before a kill, and about to be redone), so
+    the file holds each sampled step once and the step numbers run on."""
+
+    def __init__(self, model, path, every=50, start_step=0, start_epoch=0):
+        self.path, self.every, self.step, self.epoch = path, every, start_step, start_epoch
         self.layers = [(name, m) for name, m in model.named_modules()
                        if isinstance(m, (nn.Conv2d, nn.Linear))]
         self.current = {}
         self.weights_before = {}
-        self.samples = []
         owner = None  # each ReLU reports to the last Conv2d/Linear before it
         for name, module in model.named_modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -34,7 +40,11 @@ class GradStats:
                 module.register_forward_hook(self._activation_hook(name))
             elif isinstance(module, nn.ReLU) and owner is not None:
                 module.register_forward_hook(self._relu_hook(owner))
-        open(path, "a" if append else "w").close()
+        self.samples = _rows_before(path, start_step) if start_step else []
+        tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
+        with open(tmp, "w") as f:  # then renamed: a kill leaves the old rows or the new
+            f.writelines(json.dumps(row) + "\n" for row in self.samples)
+        os.replace(tmp, path)
 
     def sampling(self):
         return self.step % self.every == 0
@@ -81,7 +91,8 @@ class GradStats:
         self.epoch = epoch
 
     def plot(self, path):
-        """Update ratio, gradient std, activation std and dead-ReLU fraction per layer."""
+        """Update ratio, gradient std, activation std and dead-ReLU fraction per layer, as
+        a PNG (path: a file name or a binary file)."""
         if not self.samples:
             return
         import matplotlib
@@ -99,5 +110,23 @@ class GradStats:
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, format="png")
         plt.close(fig)
+
+
+def _rows_before(path, step):
+    """The rows of a grad_stats.jsonl for steps before `step` (none if there is no file)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if row.get("step", step) < step:
+            rows.append(row)
+    return rows

@@ -14,7 +14,7 @@ from .dataset import ArrayDataset
 from .fashion_mnist import (DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES,
                             FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist)
 from .idx import read_idx, write_idx
-from .image_folder import ImageFolder
+from .image_folder import ImageFolder, UnreadableImageError
 from .loader import DataLoader
 from .transforms import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD,
                          CenterCrop, Compose, Normalize, PCALighting, RandomCrop,
@@ -22,7 +22,7 @@ from .transforms import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGEN
                          pca_from_images)
 
 __all__ = [
-    "ArrayDataset", "ImageFolder", "DataLoader",
+    "ArrayDataset", "ImageFolder", "UnreadableImageError", "DataLoader",
     "load_fashion_mnist", "DEFAULT_FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "read_idx", "write_idx",
     "Compose", "Resize", "RandomCrop", "RandomHorizontalFlip", "CenterCrop", "TenCrop",

@@ -18,17 +18,27 @@ from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
+#: How each format's files end: a file that ends otherwise was probably cut short.
+_TRAILERS = {"JPEG": (b"\xff\xd9",), "PNG": (b"IEND\xaeB`\x82",)}
+
+
+class UnreadableImageError(ValueError):
+    """An image file that Pillow cannot decode; the message names the file."""
+
 
 class ImageFolder:
     """JPEG/PNG images in class sub-directories of `root`, decoded with Pillow.
 
     resize: the side of the square images get_batch returns (default 256, as in the paper).
+    skip_bad: if True, get_batch leaves out an image that fails to decode (the batch is one
+        smaller) and records it in ``skipped`` (path -> reason); else it raises
+        UnreadableImageError naming the file.
 
     Attributes: ``classes`` (sorted names), ``class_to_idx`` (name -> label) and
     ``samples`` (list of (path, label)), as in torchvision.
     """
 
-    def __init__(self, root, resize=256):
+    def __init__(self, root, resize=256, skip_bad=False):
         root = os.fspath(root)
         if isinstance(resize, bool) or not isinstance(resize, int) or resize < 1:
             raise ValueError(f"resize: expected a positive int, got {resize!r}")
@@ -44,6 +54,8 @@ class ImageFolder:
         self.class_to_idx = {name: i for i, name in enumerate(classes)}
         self.samples = _list_samples(root, classes)
         self.targets = np.array([label for _, label in self.samples], dtype=np.int64)
+        self.skip_bad = bool(skip_bad)
+        self.skipped = {}
 
     def __len__(self):
         return len(self.samples)
@@ -52,9 +64,42 @@ class ImageFolder:
         """Decode samples `indices`: uint8 images (B, resize, resize, 3), int64 labels (B,)."""
         indices = np.asarray(indices)
         images = np.empty((len(indices), self.resize, self.resize, 3), np.uint8)
-        for row, index in enumerate(indices.tolist()):
-            images[row] = self.load_image(index)
-        return images, self.targets[indices]
+        kept = []
+        for index in indices.tolist():
+            try:
+                images[len(kept)] = self.load_image(index)
+            except UnreadableImageError as exc:
+                if not self.skip_bad:
+                    raise
+                self.skipped[self.samples[index][0]] = str(exc)
+                continue
+            kept.append(index)
+        return images[:len(kept)], self.targets[np.asarray(kept, dtype=np.int64)]
+
+    def find_unreadable(self):
+        """[(path, reason)] for the samples that fail a fast check: the header must parse
+        and the file must end as its format ends (a JPEG with its end-of-image marker, a
+        PNG with its IEND chunk). A file that ends otherwise (cut short, or with bytes
+        appended) is decoded in full, and listed only if that fails. So one pass over a
+        large folder reads a few bytes of most files, and catches what Pillow would fail
+        on mid-epoch except damage in the middle of otherwise whole files."""
+        bad = []
+        for index, (path, _) in enumerate(self.samples):
+            try:
+                with Image.open(path) as image:
+                    trailers = _TRAILERS.get(image.format, ())
+                if trailers and not _ends_with(path, trailers):
+                    self.load_image(index)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                cause = exc.__cause__ if isinstance(exc, UnreadableImageError) else exc
+                bad.append((path, f"{type(cause).__name__}: {cause}"))
+        return bad
+
+    def remove(self, paths):
+        """Leave the samples at `paths` out of the data set (labels keep their meaning)."""
+        paths = set(paths)
+        self.samples = [(path, label) for path, label in self.samples if path not in paths]
+        self.targets = np.array([label for _, label in self.samples], dtype=np.int64)
 
     def load_image(self, index):
         """Decode sample `index` to uint8 (resize, resize, 3) RGB: shorter side scaled to
@@ -64,9 +109,19 @@ class ImageFolder:
             with Image.open(path) as image:
                 image = image.convert("RGB")  # forces the full decode inside the try
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise ValueError(f"{path}: cannot decode image: {type(exc).__name__}: {exc}") \
+            raise UnreadableImageError(f"{path}: cannot decode image: {type(exc).__name__}: {exc}") \
                 from exc
         return np.asarray(_resize_and_center_crop(image, self.resize))
+
+
+def _ends_with(path, trailers):
+    """True if the file at `path` ends with one of `trailers` (bytes), ignoring trailing
+    whitespace and NULs some writers pad with."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        tail = f.read().rstrip(b"\x00\r\n ")
+    return tail.endswith(trailers)
 
 
 def _list_samples(root, classes):
