@@ -107,11 +107,17 @@ def conv_case(K, at, dtype, rng):
 
 
 def pool_case(K, at, dtype, rng):
-    """Integer-valued inputs, so windows tie and the first-maximum rule is exercised."""
+    """Integer-valued inputs, so windows tie and the first-maximum rule is exercised; floor
+    and ceil mode, with the saved indices (return_indices)."""
     x = rng.integers(-2, 3, (2, 3, 7, 6)).astype(dtype)
-    y, cache = K.max_pool2d_forward(at.put(x), (3, 3), (2, 2), (1, 1))
-    gy = rng.standard_normal(at.get(y).shape).astype(dtype)
-    return {"y": at.get(y), "gx": at.get(K.max_pool2d_backward(at.put(gy), cache))}
+    out = {}
+    for ceil_mode in (False, True):
+        y, cache = K.max_pool2d_forward(at.put(x), (3, 3), (2, 2), (1, 1), ceil_mode)
+        gy = rng.standard_normal(at.get(y).shape).astype(dtype)
+        out[f"y ceil={ceil_mode}"] = at.get(y)
+        out[f"indices ceil={ceil_mode}"] = at.get(K.max_pool2d_indices(cache))
+        out[f"gx ceil={ceil_mode}"] = at.get(K.max_pool2d_backward(at.put(gy), cache))
+    return out
 
 
 def lrn_case(K, at, dtype, rng):
@@ -147,6 +153,19 @@ def cross_entropy_case(K, at, dtype, rng):
             glogits = K.cross_entropy_backward(at.put(gloss), cache)
             out[f"loss {classes} {reduction}"] = at.get(loss)
             out[f"glogits {classes} {reduction}"] = at.get(glogits)
+    # torch's options: class weights, an ignored class, label smoothing, and probabilities.
+    logits = rng.standard_normal((6, 37)).astype(dtype)
+    target = rng.integers(0, 37, 6).astype(np.int64)
+    target[1] = 5
+    weight = rng.uniform(0.5, 2.0, 37).astype(dtype)
+    probabilities = rng.dirichlet(np.ones(37), 6).astype(dtype)
+    for name, tgt, options in (
+            ("weight+ignore+smoothing", target, dict(weight=at.put(weight), ignore_index=5,
+                                                    label_smoothing=0.1)),
+            ("probabilities", probabilities, dict(weight=at.put(weight)))):
+        loss, cache = K.cross_entropy_forward(at.put(logits), at.put(tgt), "mean", **options)
+        glogits = K.cross_entropy_backward(at.put(np.asarray(0.7, dtype=dtype)), cache)
+        out[f"loss {name}"], out[f"glogits {name}"] = at.get(loss), at.get(glogits)
     return out
 
 
@@ -176,7 +195,7 @@ def sgd_case(K, at, dtype, rng):
 CASES = {
     "im2col": (im2col_case, ("im2col", "col2im")),
     "conv2d": (conv_case, ("conv2d_forward", "conv2d_backward")),
-    "max_pool2d": (pool_case, ("max_pool2d_forward", "max_pool2d_backward")),
+    "max_pool2d": (pool_case, ("max_pool2d_forward", "max_pool2d_backward", "max_pool2d_indices")),
     "lrn": (lrn_case, ("lrn_forward", "lrn_backward")),
     "relu": (relu_case, ("relu_forward", "relu_backward")),
     "dropout": (dropout_case, ("dropout_forward", "dropout_backward")),

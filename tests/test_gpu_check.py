@@ -409,7 +409,7 @@ def test_the_smoke_driver_runs_on_the_cpu_reference_set():
     done = subprocess.run([sys.executable, "benchmarks/gpu_kernels_smoke.py", "--kernels", "numpy"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=gpu_check.child_environment())
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1].startswith("SMOKE OK: 14 functions of the numpy set")
+    assert done.stdout.splitlines()[-1].startswith(f"SMOKE OK: {len(KERNEL_API)} functions of the numpy set")
 
 
 # --- data and the throughput script -----------------------------------------------------------
@@ -437,3 +437,14 @@ def test_the_throughput_script_runs_on_the_cpu_and_the_check_reads_it(tmp_path):
     assert run.returncode == 0 and summary.status == "pass", run.output
     assert summary.data["model"] == "cpu-alexnet" and summary.data["loss_difference"] < 1e-5
     assert all(summary.data[k] > 0 for k in ("torch_end_to_end", "torch_step", "tinyalex_step", "loader"))
+
+
+@pytest.mark.cuda_emulated
+def test_the_smoke_run_passes_on_the_emulated_cupy_set(emulated_cuda):
+    """The driver the sanitizers run, end to end through the real launchers and the emulator:
+    every contract function and sgd_update, every compiled kernel in both dtypes."""
+    with smoke.kernel_requests() as requested:
+        problems, called = smoke.run_smoke(load_kernel_set("cupy"), "cuda", log=lambda line: None)
+    assert problems == []
+    assert set(called) == set(KERNEL_API) | {"sgd_update"}
+    assert requested == smoke.expected_kernel_requests()

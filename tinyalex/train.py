@@ -34,12 +34,13 @@ from .data import transforms as T
 from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from .data.image_folder import ImageFolder, UnreadableImageError
 from .data.loader import DataLoader
+from .errors import ValueRuntimeError
 from .optim import SGD, lr_scheduler
 
 CHECKPOINT_FORMAT = 1
 
 
-class TrainingError(ValueError, RuntimeError):
+class TrainingError(ValueRuntimeError):
     """A problem the user can fix: a bad setting, missing or bad data, an unwritable or full
     --out, divergence. The CLI prints it as one line, without a traceback. It is a ValueError
     (a bad setting passed to train()) and a RuntimeError (a run that cannot go on), so code
