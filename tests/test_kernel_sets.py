@@ -400,6 +400,26 @@ def test_dropout_mask_matches_reference_and_scales(kernels, dtype):
     assert (other_seed != keep).any()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_row_slices_draw_the_whole_batch_masks(kernels, dtype):
+    """A data-parallel rank holding rows [r0, r1) of a batch passes offset = r0 * row size and
+    gets exactly those rows of the whole batch's mask, in forward and backward."""
+    rng = np.random.default_rng(10)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    p, seed = 0.5, 2**50 + 7
+    x = rng.uniform(0.5, 1.5, size=(7, 3, 11)).astype(dtype)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    y_whole, cache = K.dropout_forward(dev(x), p, seed)
+    gx_whole = host(K.dropout_backward(dev(gy), cache))
+    row = x[0].size
+    for r0, r1 in ((0, 3), (3, 4), (4, 7)):
+        y, cache = K.dropout_forward(dev(x[r0:r1]), p, seed, r0 * row)
+        np.testing.assert_array_equal(host(y), host(y_whole)[r0:r1])
+        np.testing.assert_array_equal(host(K.dropout_backward(dev(gy[r0:r1]), cache)), gx_whole[r0:r1])
+    y_shifted = host(K.dropout_forward(dev(x[3:4]), p, seed, 0)[0])   # no offset: row 0's mask
+    assert (y_shifted != 0).tolist() != (host(y_whole)[3:4] != 0).tolist()
+
+
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_dropout_keep_rate(kernels, p):
     x = np.ones((10, 10, 40, 100))

@@ -48,9 +48,12 @@ KERNEL_API = {
     "lrn_backward": "lrn_backward(gy, cache) -> gx.",
     "relu_forward": "relu_forward(x) -> (y, cache).",
     "relu_backward": "relu_backward(gy, cache) -> gx.",
-    "dropout_forward": "dropout_forward(x, p, seed) -> (y, cache). keep[i] = uniform(seed, i) >= p"
-                       " with uniform from tinyalex.dispatch.counter_uniform (the same bits on"
-                       " every set); y = x * keep / (1 - p).",
+    "dropout_forward": "dropout_forward(x, p, seed, offset=0) -> (y, cache). keep[i] ="
+                       " uniform(seed, offset + i) >= p with uniform from"
+                       " tinyalex.dispatch.counter_uniform (the same bits on every set); y = x *"
+                       " keep / (1 - p). offset: the flat index of x's first element in the"
+                       " whole batch, so a data-parallel rank holding rows [r0, r1) of it draws"
+                       " the rows' masks of the one-process run (tinyalex.distributed).",
     "dropout_backward": "dropout_backward(gy, cache) -> gx.",
     "cross_entropy_forward": "cross_entropy_forward(logits, target, reduction, weight=None,"
                              " ignore_index=-100, label_smoothing=0.0) -> (loss, cache)."
@@ -123,11 +126,13 @@ SPLITMIX_MUL1 = 0xBF58476D1CE4E5B9
 SPLITMIX_MUL2 = 0x94D049BB133111EB
 
 
-def counter_uniform(seed, count, xp=None):
-    """uniform(seed, i) for i in range(count), as float64 in [0, 1), 24 bits of resolution."""
+def counter_uniform(seed, count, xp=None, offset=0):
+    """uniform(seed, i) for i in range(offset, offset + count), as float64 in [0, 1), 24 bits
+    of resolution."""
     import numpy as np
     xp = xp or np
-    z = xp.uint64(seed) + (xp.arange(count, dtype=xp.uint64) + xp.uint64(1)) * xp.uint64(SPLITMIX_GOLDEN)
+    index = xp.arange(count, dtype=xp.uint64) + xp.uint64(offset)
+    z = xp.uint64(seed) + (index + xp.uint64(1)) * xp.uint64(SPLITMIX_GOLDEN)
     z = (z ^ (z >> xp.uint64(30))) * xp.uint64(SPLITMIX_MUL1)
     z = (z ^ (z >> xp.uint64(27))) * xp.uint64(SPLITMIX_MUL2)
     z = z ^ (z >> xp.uint64(31))

@@ -213,14 +213,19 @@ def relu(input, inplace=False):
 def dropout(input, p=0.5, training=True, inplace=False):
     """Inverted dropout: in training, zero each element with probability p and scale the
     rest by 1/(1-p); outside training, return input unchanged. The mask comes from
-    tinyalex's global generator (``tinyalex.manual_seed``)."""
+    tinyalex's global generator (``tinyalex.manual_seed``) and, per element, from the
+    element's position in the whole batch: inside ``tinyalex.random.batch_rows(r0)`` the
+    input's row 0 is row r0 of the batch, so a data-parallel rank draws the masks that
+    those rows get in a one-process run (tinyalex.distributed)."""
     op = "dropout"
     _check_float_tensors(op, input=input)
     if not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
         raise ValueError(f"{op}: p: expected a probability in [0, 1], got {p!r}")
     if not training or p == 0.0:
         return input
-    return Dropout.apply(input, p=float(p), seed=_random.next_seed())
+    row = _random.batch_row_offset()
+    offset = row * (input.numel() // input.shape[0]) if row and input.ndim else 0
+    return Dropout.apply(input, p=float(p), seed=_random.next_seed(), offset=offset)
 
 
 def linear(input, weight, bias=None):

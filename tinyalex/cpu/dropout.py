@@ -31,11 +31,11 @@ def _uniform(seed, i):
 
 
 @njit(parallel=True, cache=True)
-def _dropout_forward(x, p, seed, scale, y, keep):
-    """keep_i = uniform(seed, i) >= p; y_i = x_i * scale if kept else 0 (flat arrays)."""
+def _dropout_forward(x, p, seed, offset, scale, y, keep):
+    """keep_i = uniform(seed, offset + i) >= p; y_i = x_i * scale if kept else 0 (flat arrays)."""
     zero = x.dtype.type(0)                                         # a literal 0 would be an int64
     for i in prange(x.size):
-        kept = _uniform(seed, i) >= p
+        kept = _uniform(seed, offset + np.uint64(i)) >= p
         keep[i] = kept
         y[i] = x[i] * scale if kept else zero
 
@@ -48,8 +48,10 @@ def _dropout_backward(gy, keep, scale, gx):
         gx[i] = gy[i] * scale if keep[i] else zero
 
 
-def dropout_forward(x, p, seed):
+def dropout_forward(x, p, seed, offset=0):
     """y = x * keep / (1 - p), keep from the shared counter RNG; x (any) -> y, same dtype.
+
+    offset: the flat index of x's first element in the whole batch (see the reference).
 
     p == 1 keeps nothing and gives zeros (scale 0, not inf). Saved for backward: the mask
     (one byte per element) and the scale.
@@ -59,11 +61,13 @@ def dropout_forward(x, p, seed):
         raise ValueError(f"p: expected a probability in [0, 1], got {p}")
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+    if not isinstance(offset, (int, np.integer)) or not 0 <= offset < 2**63:
+        raise ValueError(f"offset: expected an int in [0, 2**63), got {offset!r}")
     scale = 1.0 / (1.0 - p) if p < 1 else 0.0
     y = np.empty_like(x)
     keep = np.empty(x.shape, dtype=np.bool_)
     # The scale is cast to x's dtype so float32 data is multiplied in float32, like the reference.
-    _dropout_forward(x.reshape(-1), float(p), np.uint64(seed), x.dtype.type(scale),
+    _dropout_forward(x.reshape(-1), float(p), np.uint64(seed), np.uint64(offset), x.dtype.type(scale),
                      y.reshape(-1), keep.reshape(-1))
     return y, (keep, scale)
 

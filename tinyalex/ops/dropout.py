@@ -12,8 +12,8 @@ class Dropout(Function):
     """
 
     @staticmethod
-    def forward(x, *, p, seed):
-        return kernels_for(x).dropout_forward(x, p, seed)
+    def forward(x, *, p, seed, offset=0):
+        return kernels_for(x).dropout_forward(x, p, seed, offset)
 
     @staticmethod
     def backward(gy, cache, needs_input_grad):

@@ -13,15 +13,18 @@ import numpy as np
 from ..dispatch import counter_uniform
 
 
-def dropout_forward(x, p, seed):
-    """y = x * keep * scale,  keep_i = uniform(seed, i) >= p,  scale = 1/(1-p)
+def dropout_forward(x, p, seed, offset=0):
+    """y = x * keep * scale,  keep_i = uniform(seed, offset + i) >= p,  scale = 1/(1-p)
+
+    offset: the flat index of x's first element in the whole batch (0 in one process; a
+    data-parallel rank passes its first row times the elements per row).
 
     For p == 1 nothing is kept and scale is 0, so y is all zeros (like PyTorch), not NaN.
     Shapes: x (any) -> y (same shape and dtype).
     Saved for backward: the boolean mask keep (one byte per element) and scale.
     """
     # x (...) -> y (...)
-    keep = (counter_uniform(seed, x.size) >= p).reshape(x.shape)
+    keep = (counter_uniform(seed, x.size, offset=offset) >= p).reshape(x.shape)
     scale = 1.0 / (1.0 - p) if p < 1 else 0.0
     y = np.asarray(x * keep * scale)                               # a Python float keeps x's dtype;
                                                                    # asarray: a 0-d x stays an array
