@@ -14,7 +14,7 @@ from tinyalex.data import (DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FAS
                            PCALighting, RandomCrop, RandomHorizontalFlip, Resize, TenCrop,
                            ToFloat, average_ten_crops, load_fashion_mnist, pca_from_images,
                            read_idx, write_idx)
-from tinyalex.data.transforms import resize_matrix
+from tinyalex.data.transforms import SampleRNG, resize_matrix
 
 
 # ---------------------------------------------------------------------------- IDX files
@@ -439,10 +439,10 @@ def test_loader_epochs_are_reproducible_on_their_own():
     assert same(epoch2, run(2, prefetch=1))
     assert not same(epoch2, run(3, prefetch=2))
     assert not same(epoch2, run(2, prefetch=2, seed=1))
-    # batch b's augmentation comes from default_rng([seed, epoch, b])
+    # the augmentation of the sample at position g of the epoch comes from SampleRNG(seed, epoch, [g])
     order = np.random.default_rng([0, 2]).permutation(23)
     images, _ = id_dataset().get_batch(order[4:8])
-    expected = ToFloat()(flip_and_crop()(images, np.random.default_rng([0, 2, 1])))
+    expected = ToFloat()(flip_and_crop()(images, SampleRNG(0, 2, np.arange(4, 8))))
     np.testing.assert_array_equal(epoch2[1][0], expected)
     np.testing.assert_array_equal(epoch2[1][1], order[4:8])
 

@@ -3,9 +3,11 @@
 The public API mirrors PyTorch's names: ``tinyalex.tensor``, ``Tensor.backward``,
 ``tinyalex.functional`` (like ``torch.nn.functional``), ``tinyalex.nn``, ``tinyalex.optim``.
 """
+from .distributed import configure_rank_threads
 from .threads import shorten_spin_waits
 
-shorten_spin_waits()  # first: OpenBLAS reads its setting when numpy loads (see threads.py)
+configure_rank_threads()  # first: under mpiexec, cores / local ranks threads per rank
+shorten_spin_waits()  # OpenBLAS reads its setting when numpy loads (see threads.py)
 
 from . import functional, nn, optim  # noqa: E402
 from .autograd import (Function, Tensor, bool_, enable_grad, float32, float64, int64,

@@ -1,13 +1,17 @@
-"""A batching data loader with background prefetch and per-batch reproducible randomness.
+"""A batching data loader with background prefetch, worker processes, data-parallel
+slices, and per-sample reproducible randomness.
 
-Randomness is a pure function of (seed, epoch, batch index):
+Randomness is a pure function of (seed, epoch, the sample's position in the epoch):
 
 - the sample order of epoch e is ``np.random.default_rng([seed, e]).permutation(N)``;
-- batch b of epoch e is augmented with ``np.random.default_rng([seed, e, b])``.
+- the sample at position g of that order (batch g // B) is augmented with the draws of
+  ``SampleRNG(seed, e, [g])`` (tinyalex.data.transforms): per sample, not per batch.
 
 So any epoch can be replayed on its own, without running the ones before it: resuming a
-run at epoch e only needs ``loader.set_epoch(e)``. Nothing depends on the prefetch depth
-or on thread timing either.
+run at epoch e only needs ``loader.set_epoch(e)``. Nothing depends on the prefetch depth,
+thread timing, the number of worker processes (``workers``), or how a batch is split over
+data-parallel ranks (``rank``, ``world_size``: each rank gets its rows of every batch,
+``tinyalex.distributed.split_rows``, with the augmentation those rows get in one process).
 
 Prefetch: a daemon thread builds the next `prefetch` batches (index, decode, augment)
 into a bounded queue while the consumer trains on the current one; NumPy and Pillow
@@ -19,7 +23,7 @@ import threading
 
 import numpy as np
 
-from .transforms import ToFloat
+from .transforms import SampleRNG, ToFloat
 
 _BATCH, _DONE, _ERROR = "batch", "done", "error"
 _PUT_POLL_S = 0.05  # how often a worker blocked on a full queue checks for a stop
@@ -37,18 +41,27 @@ class DataLoader:
         if the result is still uint8, ToFloat() scales it to [0, 1].
     prefetch: how many batches the background thread may run ahead; 0 loads each batch
         in the consumer's thread (no thread, easiest to debug).
+    workers: worker processes that load and transform batches in parallel, handing them
+        over through shared memory (tinyalex.data.workers); 0 loads in this process.
+    rank, world_size: this data-parallel rank's rows of every batch (see the module
+        docstring); len(), set_epoch and the order are the whole batches'.
 
     Iterating twice without :meth:`set_epoch` in between replays the same epoch.
     """
 
     def __init__(self, dataset, batch_size, shuffle=False, seed=0, drop_last=False,
-                 transform=None, prefetch=2):
+                 transform=None, prefetch=2, workers=0, rank=0, world_size=1):
         if not hasattr(dataset, "__len__") or not callable(getattr(dataset, "get_batch", None)):
             raise TypeError("dataset: expected an object with __len__ and get_batch(indices),"
                             f" got {type(dataset).__name__}")
         _check_int(batch_size, "batch_size", minimum=1)
         _check_int(seed, "seed", minimum=0)
         _check_int(prefetch, "prefetch", minimum=0)
+        _check_int(workers, "workers", minimum=0)
+        _check_int(world_size, "world_size", minimum=1)
+        _check_int(rank, "rank", minimum=0)
+        if rank >= world_size:
+            raise ValueError(f"rank: expected an int < world_size={world_size}, got {rank!r}")
         for name, value in (("shuffle", shuffle), ("drop_last", drop_last)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name}: expected a bool, got {value!r}")
@@ -62,8 +75,11 @@ class DataLoader:
         self.drop_last = drop_last
         self.transform = transform
         self.prefetch = int(prefetch)
+        self.workers = int(workers)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
         self.start_batch = 0
+        self._pool = None
 
     def set_epoch(self, epoch, start_batch=0):
         """Choose the epoch the next iteration replays (its order and augmentation), and
@@ -77,24 +93,48 @@ class DataLoader:
         full, rest = divmod(len(self.dataset), self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
+    def rows(self, batch):
+        """(first, stop, n): this rank's rows [first, stop) of batch `batch`, of n in all."""
+        from ..distributed import split_rows
+        n = min(self.batch_size, len(self.dataset) - batch * self.batch_size)
+        first, stop = split_rows(n, self.world_size, self.rank)
+        return first, stop, n
+
+    def order(self, epoch):
+        """The sample order of `epoch`: a permutation of range(N), or range(N)."""
+        if self.shuffle:
+            return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+        return np.arange(len(self.dataset))
+
+    def batch_spec(self, order, epoch, b):
+        """What builds this rank's part of batch b: (dataset indices, epoch positions)."""
+        first, stop, _ = self.rows(b)
+        positions = np.arange(b * self.batch_size + first, b * self.batch_size + stop)
+        return order[positions], positions
+
     def __iter__(self):
         # read now, so a later set_epoch cannot change a running epoch
         epoch, start = self.epoch, self.start_batch
+        if self.workers:
+            from .workers import pooled_batches
+            return pooled_batches(self, epoch, start)
         if self.prefetch == 0:
             return self._batches(epoch, start)
         return self._prefetched(epoch, start)
 
     def _batches(self, epoch, start_batch):
         """Build the batches of `epoch` from `start_batch` on, in the calling thread."""
-        order = np.arange(len(self.dataset))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(order))
+        order = self.order(epoch)
         for b in range(start_batch, len(self)):
-            start = b * self.batch_size
-            images, labels = self.dataset.get_batch(order[start:start + self.batch_size])
-            if self.transform is not None:
-                images = self.transform(images, np.random.default_rng([self.seed, epoch, b]))
-            yield _as_network_input(images, labels)
+            indices, positions = self.batch_spec(order, epoch, b)
+            yield build_batch(self.dataset, self.transform, self.seed, epoch, indices, positions)
+
+    def close(self):
+        """Stop the worker processes (if any); the loader restarts them if iterated again."""
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            self._pool = None
+            pool.close()
 
     def _prefetched(self, epoch, start_batch):
         """Yield the batches of `epoch` as a background thread produces them."""
@@ -135,6 +175,17 @@ def _put(batches, item, stop):
         except queue.Full:
             pass
     return False
+
+
+def build_batch(dataset, transform, seed, epoch, indices, positions):
+    """Load samples `indices` and transform them with the draws of their epoch positions:
+    float32 (B, C, H, W) images and int64 (B,) labels. The same in a worker process."""
+    images, labels = dataset.get_batch(indices)
+    if transform is not None:
+        if len(labels) != len(positions):  # the dataset left out unreadable images
+            positions = positions[:len(labels)]
+        images = transform(images, SampleRNG(seed, epoch, positions))
+    return _as_network_input(images, labels)
 
 
 def _as_network_input(images, labels):

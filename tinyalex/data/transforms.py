@@ -1,7 +1,10 @@
 """Batch transforms: vectorised NumPy, one call per batch, never a Python loop over images.
 
-Every transform is a callable ``t(images, rng) -> images``; ``rng`` is the
-``np.random.Generator`` the loader made for this batch (deterministic transforms ignore it).
+Every transform is a callable ``t(images, rng) -> images``; ``rng`` is either a
+``np.random.Generator`` or the :class:`SampleRNG` the loader made for this batch
+(deterministic transforms ignore it). A SampleRNG draws each sample's numbers from a
+counter RNG keyed by the sample's position in the epoch, so a sample gets the same crop,
+flip and lighting whichever batch, data-parallel rank or worker process handles it.
 Two layouts are in play, and the dtype tells them apart:
 
 - uint8 images are channel-last, as datasets store them: (N, H, W) or (N, H, W, C);
@@ -332,8 +335,74 @@ def _check_float_nchw(images):
 
 
 def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
+    if not isinstance(rng, (np.random.Generator, SampleRNG)):
+        raise TypeError("rng: expected a numpy.random.Generator or a SampleRNG, got "
+                        f"{type(rng).__name__}")
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
+_MUL2 = np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix64(z):
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * _MUL1
+    z = (z ^ (z >> np.uint64(27))) * _MUL2
+    return z ^ (z >> np.uint64(31))
+
+
+class SampleRNG:
+    """Random numbers drawn per sample, keyed by the sample's global position.
+
+    The k-th draw (k counts this object's calls) for the sample at position g of the epoch
+    is splitmix64 of key(seed, epoch, k) + (g * m + j + 1) * golden, j < m values per
+    sample: a pure function of (seed, epoch, k, g). Two loaders that hand the same sample
+    to different batches, ranks or worker processes therefore augment it identically, as
+    long as they apply the same transforms in the same order.
+
+    It offers the three calls of ``np.random.Generator`` that the transforms use, with
+    ``size`` whose first dimension is the number of samples: ``integers``, ``random`` and
+    ``normal``. Values are 53-bit uniforms (``integers`` takes the 64-bit value modulo the
+    range: a bias below 2**-50 for ranges under 2**14).
+    """
+
+    def __init__(self, seed, epoch, positions):
+        self.positions = np.asarray(positions, dtype=np.uint64).reshape(-1)
+        self.key = [int(seed), int(epoch)]
+        self.calls = 0
+
+    def __len__(self):
+        return len(self.positions)
+
+    def _bits(self, size):
+        """uint64 (n, m) for `size` = n or (n, ...), the next call's stream."""
+        shape = (size,) if np.ndim(size) == 0 else tuple(size)
+        if not shape or shape[0] != len(self.positions):
+            raise ValueError(f"size: expected the number of samples ({len(self.positions)}) "
+                             f"first, got {size!r}")
+        per_sample = int(np.prod(shape[1:], dtype=np.int64))
+        key = np.random.SeedSequence(self.key + [self.calls]).generate_state(1, np.uint64)[0]
+        self.calls += 1
+        index = self.positions[:, None] * np.uint64(per_sample) + np.arange(per_sample, dtype=np.uint64)
+        return _splitmix64(key + (index + np.uint64(1)) * _GOLDEN).reshape(shape)
+
+    def random(self, size):
+        """Uniform floats in [0, 1), per sample."""
+        return (self._bits(size) >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+    def integers(self, low, high, size):
+        """Integers in [low, high), per sample."""
+        if high <= low:
+            raise ValueError(f"high: expected more than low={low}, got {high}")
+        return (low + (self._bits(size) % np.uint64(high - low))).astype(np.int64)
+
+    def normal(self, loc, scale, size):
+        """Normal values (Box-Muller from two uniforms each), per sample."""
+        shape = (size,) if np.ndim(size) == 0 else tuple(size)
+        u = self.random(shape + (2,))
+        radius = np.sqrt(-2.0 * np.log1p(-u[..., 0]))                 # 1 - u > 0: finite
+        return loc + scale * radius * np.cos(2.0 * np.pi * u[..., 1])
 
 
 def _check_fits(images, h_axis, w_axis, size):

@@ -1,0 +1,395 @@
+"""Data-parallel training: K processes ("ranks") started by ``mpiexec -n K tinyalex train``.
+
+Engines, not sockets of our own: MPI through mpi4py between CPU ranks (the ``dist`` extra
+pins mpi4py and the MPICH runtime wheel), and NCCL through CuPy between GPUs, with NCCL's
+unique id sent over MPI. mpi4py is imported only when the launcher says that more than one
+process was started (:func:`launched`), so a one-process run never needs MPI.
+
+Semantics (what makes K ranks reproduce the one-process run to float rounding):
+
+- ``--batch-size`` is the global batch. Every rank draws the same permutation (same seed)
+  and takes its row slice of each global batch (:func:`split_rows`: the first B % K ranks
+  get one row more).
+- Randomness is keyed by global position, never by rank: dropout masks by the element's
+  index in the whole batch (``tinyalex.random.batch_rows``, an offset in every dropout
+  kernel), augmentation by the sample's position in the epoch
+  (``tinyalex.data.transforms.SampleRNG``). Every rank draws the same dropout seeds from
+  the same generator, so each sample gets the mask and the crop of the one-process run.
+- After backward, each rank packs sum_over_its_rows(gradient) into one flat buffer,
+  together with its loss sum, correct count, sample count and stop flag, and one
+  allreduce (sum) gives every rank the global sums; dividing by the global count gives
+  the gradient of the global batch's mean loss (:class:`FlatBuffer`).
+- Parameters (and momentum buffers) are broadcast from rank 0 at start and after
+  ``--resume``. Evaluation is split into contiguous shards, its sums allreduced.
+- Only rank 0 prints and writes files. A checkpoint records ``world_size``; since nothing
+  depends on K, resuming with another K continues the same run (logged).
+
+Faults: an exception on one rank calls ``MPI_Abort`` (:func:`abort_on_error`), so the job
+ends non-zero within seconds instead of hanging in a collective (docs/pitfalls.md#mpi-hang).
+Stops that every rank agrees on (Ctrl-C carried in the stop flag, a NaN loss, which the
+allreduce makes global) end all ranks at the same batch without Abort. Every wait polls a
+non-blocking request with a sleep that grows to 1 ms, so a rank waiting for another never
+spins a core (MPICH's blocking calls busy-poll).
+
+Threads: each rank gets cores / local ranks threads for Numba, OpenMP and BLAS, set before
+they load (:func:`configure_rank_threads`, called by ``import tinyalex``;
+docs/pitfalls.md#rank-threads).
+"""
+import os
+import sys
+import time
+
+#: (size, rank, local size, local rank) variables that launchers export, MPICH's Hydra
+#: (and srun with PMI) first, then Open MPI's.
+LAUNCHER_VARIABLES = (
+    ("PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS", "MPI_LOCALRANKID"),
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
+     "OMPI_COMM_WORLD_LOCAL_RANK"),
+)
+
+#: The thread-count variables each runtime reads once, when it loads.
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MKL_NUM_THREADS")
+
+#: Longest sleep between two polls of a pending collective, in seconds.
+MAX_POLL_SLEEP_S = 1e-3
+
+
+def launched(environ=None):
+    """(size, rank, local size, local rank) as the MPI launcher exported them, without
+    importing MPI; (1, 0, 1, 0) for a plain process. Local values default to the global
+    ones when the launcher does not set them."""
+    environ = os.environ if environ is None else environ
+    for size_var, rank_var, local_size_var, local_rank_var in LAUNCHER_VARIABLES:
+        if size_var in environ:
+            try:
+                size, rank = int(environ[size_var]), int(environ.get(rank_var, "0"))
+                local_size = int(environ.get(local_size_var, size))
+                local_rank = int(environ.get(local_rank_var, rank))
+            except ValueError as exc:
+                raise RuntimeError(f"{size_var}/{rank_var}: expected integers from the MPI "
+                                   f"launcher, got {environ.get(size_var)!r}/"
+                                   f"{environ.get(rank_var)!r}") from exc
+            return size, rank, max(local_size, 1), local_rank
+    return 1, 0, 1, 0
+
+
+def available_cores():
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def rank_threads(cores, local_size):
+    """Threads per rank: the cores shared evenly by the ranks on this machine, at least 1."""
+    return max(1, cores // max(local_size, 1))
+
+
+def configure_rank_threads(environ=None):
+    """When more than one rank runs on this machine, set THREAD_VARIABLES the user has not
+    set to cores / local ranks. Must run before numpy and numba load (each reads its
+    variable once); ``import tinyalex`` calls it first thing. Returns {variable: value}
+    for what it set."""
+    environ = os.environ if environ is None else environ
+    size, _, local_size, _ = launched(environ)
+    if size <= 1 or local_size <= 1:
+        return {}
+    threads = str(rank_threads(available_cores(), local_size))
+    chosen = {}
+    for variable in THREAD_VARIABLES:
+        if variable not in environ:
+            environ[variable] = chosen[variable] = threads
+    return chosen
+
+
+def split_rows(n, size, rank):
+    """(first, stop) of rank's rows of a batch of n: contiguous slices in rank order, the
+    first n % size ranks one row longer (like numpy.array_split)."""
+    base, extra = divmod(n, size)
+    first = rank * base + min(rank, extra)
+    return first, first + base + (1 if rank < extra else 0)
+
+
+def wait(request, sleep=time.sleep, clock=time.monotonic):
+    """Complete a non-blocking MPI request without spinning: Test, then sleep a little
+    (doubling from 10 us up to MAX_POLL_SLEEP_S) between tests. MPICH's blocking calls
+    busy-poll a core at 100% for as long as they wait."""
+    delay = 0.0
+    while not request.Test():
+        sleep(delay)
+        delay = min(max(2 * delay, 1e-5), MAX_POLL_SLEEP_S)
+
+
+class World:
+    """The ranks of this job over an mpi4py communicator: the collectives training needs,
+    each completed by :func:`wait` (no spinning)."""
+
+    def __init__(self, comm, local_size=1, local_rank=0):
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.local_size, self.local_rank = local_size, local_rank
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def allreduce_(self, buffer):
+        """Sum a NumPy buffer over the ranks, in place."""
+        from mpi4py import MPI
+        wait(self.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
+        return buffer
+
+    def broadcast_(self, buffer, root=0):
+        """Overwrite a NumPy buffer with root's, in place."""
+        wait(self.comm.Ibcast(buffer, root=root))
+        return buffer
+
+    def broadcast_object(self, obj, root=0):
+        """root's picklable `obj` on every rank (small things: ids, flags, settings)."""
+        import pickle
+
+        import numpy as np
+        data = pickle.dumps(obj) if self.rank == root else b""
+        length = np.array([len(data)], dtype=np.int64)
+        self.broadcast_(length, root)
+        raw = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == root \
+            else np.empty(int(length[0]), dtype=np.uint8)
+        self.broadcast_(raw, root)
+        return obj if self.rank == root else pickle.loads(raw.tobytes())
+
+    def barrier(self):
+        wait(self.comm.Ibarrier())
+
+    def abort(self, code):
+        """End every rank of the job now with exit code `code`."""
+        self.comm.Abort(code)
+
+
+_world = None
+_world_checked = False
+
+
+def world():
+    """This job's :class:`World`, or None for a one-process run. mpi4py is imported (and
+    MPI initialised) here, and only when the launcher started more than one process."""
+    global _world, _world_checked
+    if _world_checked:
+        return _world
+    size, _, local_size, local_rank = launched()
+    if size > 1:
+        try:
+            import mpi4py
+            mpi4py.rc.threads = False          # only the main thread calls MPI
+            from mpi4py import MPI
+        except ImportError as exc:
+            raise RuntimeError(f"the launcher started {size} processes: expected mpi4py to be "
+                               "installed for data-parallel training (pip install "
+                               f"'tinyalex[dist]'), got {type(exc).__name__}: {exc}") from exc
+        _world = World(MPI.COMM_WORLD, local_size, local_rank)
+        if _world.size != size:
+            raise RuntimeError(f"MPI: expected {size} ranks as the launcher said, got "
+                               f"{_world.size} (is mpi4py built for another MPI than mpiexec's?)")
+    _world_checked = True
+    return _world
+
+
+def is_main_process():
+    """True on rank 0, and in a one-process run (without importing MPI)."""
+    return launched()[1] == 0
+
+
+class CollectiveStop(Exception):
+    """Marks an exception every rank raises at the same point (a NaN loss after the
+    allreduce, an agreed Ctrl-C): the ranks end together, without MPI_Abort."""
+
+
+def mark_collective(exc):
+    """Flag `exc` as raised by every rank alike; returns it."""
+    exc.collective = True
+    return exc
+
+
+def abort_on_error(exc, command="tinyalex"):
+    """In a multi-rank job, report an exception that not every rank shares and MPI_Abort
+    the job (exit code 2 for a user error, 130 for an unagreed Ctrl-C, else 1), so no rank
+    waits forever in a collective. Returns without doing anything in a one-process run or
+    for a collective exception."""
+    w = _world
+    if w is None or getattr(exc, "collective", False):
+        return
+    code = 130 if isinstance(exc, KeyboardInterrupt) else 2 if _is_user_error(exc) else 1
+    where = f"rank {w.rank} of {w.size}"
+    if code == 1:
+        import traceback
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"{command}: error on {where}: {message}; stopping all {w.size} ranks",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    w.abort(code)
+
+
+def _is_user_error(exc):
+    from .errors import ValueRuntimeError
+    return isinstance(exc, ValueRuntimeError)
+
+
+# --- flat buffers ----------------------------------------------------------------------
+#: The statistics after the gradients in the flat buffer: loss sum, correct predictions,
+#: samples, and the stop flag (a rank's Ctrl-C), all summed by the allreduce.
+EXTRAS = ("loss_sum", "correct", "count", "stop")
+
+
+class FlatBuffer:
+    """One contiguous buffer holding every parameter's gradient, then EXTRAS, so one
+    allreduce (one message, no per-layer latency) averages a whole step.
+
+    params: the parameters, in model order; xp: numpy or cupy; dtype: the gradients'.
+    """
+
+    def __init__(self, params, xp, dtype):
+        self.params = list(params)
+        self.xp = xp
+        self.offsets, offset = [], 0
+        for p in self.params:
+            self.offsets.append(offset)
+            offset += int(p.array.size)
+        self.grad_size = offset
+        self.flat = xp.zeros(offset + len(EXTRAS), dtype=dtype)
+
+    @property
+    def nbytes(self):
+        return int(self.flat.nbytes)
+
+    def pack(self, extras):
+        """Copy the gradients (zeros for a parameter without one) and `extras` (a dict of
+        EXTRAS) into the buffer."""
+        for p, offset in zip(self.params, self.offsets):
+            view = self.flat[offset:offset + p.array.size]
+            if p.grad is None:
+                view[...] = 0
+            else:
+                view[...] = p.grad.array.reshape(-1)
+        self.flat[self.grad_size:] = self.xp.asarray([float(extras[k]) for k in EXTRAS],
+                                                     dtype=self.flat.dtype)
+
+    def extras(self):
+        """EXTRAS as Python floats, read from the buffer (after the allreduce)."""
+        tail = self.flat[self.grad_size:]
+        values = tail.get() if hasattr(tail, "get") else tail
+        return {k: float(v) for k, v in zip(EXTRAS, values)}
+
+    def unpack(self, scale):
+        """Set every parameter's gradient to its slice of the buffer times `scale`."""
+        from .autograd import Tensor
+        for p, offset in zip(self.params, self.offsets):
+            view = self.flat[offset:offset + p.array.size].reshape(p.array.shape)
+            grad = view * self.flat.dtype.type(scale)
+            if p.grad is None:
+                p.grad = Tensor(grad)
+            else:
+                p.grad.array[...] = grad
+
+
+def broadcast_parameters(w, model, optimizer=None):
+    """Make every rank's parameters (and momentum buffers) rank 0's, with one broadcast of
+    a flat buffer each. A rank without a momentum buffer that rank 0 has gets one."""
+    if w is None:
+        return
+    params = list(model.parameters())
+    _broadcast_arrays(w, [p.array for p in params], lambda i, a: _set_array(params[i], a))
+    if optimizer is None:
+        return
+    have = [i for i, p in enumerate(params) if "momentum_buffer" in optimizer.state.get(p, {})]
+    have = w.broadcast_object(have)
+    buffers = []
+    for i in have:
+        state = optimizer.state.setdefault(params[i], {})
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = params[i].array.copy()
+        buffers.append(state["momentum_buffer"])
+    _broadcast_arrays(w, buffers, lambda j, a: buffers[j].__setitem__(Ellipsis, a))
+
+
+def _set_array(p, value):
+    p.array[...] = value
+
+
+def _broadcast_arrays(w, arrays, store):
+    """Broadcast a list of same-dtype arrays from rank 0 through one flat host buffer."""
+    import numpy as np
+
+    from . import device as _device
+    if not arrays:
+        return
+    host = [_device.to_device(a, "cpu") for a in arrays]
+    flat = np.concatenate([h.reshape(-1) for h in host])
+    w.broadcast_(flat)
+    offset = 0
+    for i, h in enumerate(host):
+        part = flat[offset:offset + h.size].reshape(h.shape)
+        offset += h.size
+        xp = _device.array_module(arrays[i])
+        store(i, xp.asarray(part))
+
+
+# --- NCCL (one rank per GPU) -------------------------------------------------------------
+def plan_buckets(sizes, bucket_bytes, itemsize=4):
+    """Group consecutive parameters (sizes in elements, in buffer order) into buckets of
+    about `bucket_bytes`, returned as (start, stop) element ranges of the flat buffer that
+    together cover it exactly. A parameter never straddles two buckets; one larger than
+    bucket_bytes gets a bucket of its own. Buckets let an allreduce start on the last
+    layers' gradients while backward still runs (DDP's scheme)."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes: expected a positive size, got {bucket_bytes!r}")
+    buckets, start, filled = [], 0, 0
+    for size in sizes:
+        if filled and (filled + size) * itemsize > bucket_bytes:
+            buckets.append((start, start + filled))
+            start, filled = start + filled, 0
+        filled += size
+    if filled:
+        buckets.append((start, start + filled))
+    return buckets
+
+
+class NcclAllreduce:
+    """Sum device buffers over the ranks with NCCL (cupy.cuda.nccl), one rank per GPU.
+
+    NCCL needs the same unique id on every rank before its communicator exists: rank 0
+    makes it and MPI broadcasts it (`w.broadcast_object`). `nccl` may be injected (tests).
+    """
+
+    def __init__(self, w, nccl=None, bucket_bytes=25 * 2**20):
+        if nccl is None:
+            from cupy.cuda import nccl
+        self.nccl, self.world, self.bucket_bytes = nccl, w, bucket_bytes
+        uid = nccl.get_unique_id() if w.rank == 0 else None
+        uid = w.broadcast_object(uid)
+        self.comm = nccl.NcclCommunicator(w.size, uid, w.rank)
+
+    def allreduce_(self, buffer, stream=0):
+        """Sum a float32/float64 device buffer in place, bucket by bucket (the buckets of
+        plan_buckets over the whole buffer)."""
+        dtype = {4: self.nccl.NCCL_FLOAT32, 8: self.nccl.NCCL_FLOAT64}[buffer.dtype.itemsize]
+        ptr, item = buffer.data.ptr, buffer.dtype.itemsize
+        per_bucket = max(1, self.bucket_bytes // item)
+        for start in range(0, buffer.size, per_bucket):
+            count = min(per_bucket, buffer.size - start)
+            self.comm.allReduce(ptr + start * item, ptr + start * item, count, dtype,
+                                self.nccl.NCCL_SUM, stream)
+        return buffer
+
+
+def select_gpu(w, cupy=None):
+    """Make GPU (local rank mod the GPU count) current for this rank; returns its id."""
+    if cupy is None:
+        import cupy
+    count = cupy.cuda.runtime.getDeviceCount()
+    if count < 1:
+        raise RuntimeError("--device cuda with several ranks: expected a GPU per rank, got none")
+    device = w.local_rank % count
+    cupy.cuda.Device(device).use()
+    return device
