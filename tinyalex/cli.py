@@ -293,6 +293,9 @@ def _add_train(sub):
     train.add_argument("--skip-bad-images", action="store_true", default=None,
                        help="image folders: leave undecodable images out and count them, instead "
                             "of refusing to start (default: off)")
+    train.add_argument("--workers", metavar="N", type=_number("workers"),
+                       help="worker processes that decode and augment the images, through shared "
+                            f"memory; the batches are the same for any N (default: {DEFAULTS['workers']})")
     train.add_argument("--limit-train", metavar="N", type=_number("limit_train"),
                        help="use only the first N training images (default: all)")
     train.add_argument("--limit-test", metavar="N", type=_number("limit_test"),
@@ -370,10 +373,16 @@ def main(argv=None):
     if getattr(args, "kernels", "unset") is None:
         from .dispatch import cpu_kernel_set_name
         args.kernels = cpu_kernel_set_name()
+    from . import distributed
     try:
-        return args.run(args)
+        try:
+            return args.run(args)
+        except BaseException as exc:  # under mpiexec: a rank's own error ends every rank now
+            distributed.abort_on_error(exc, f"tinyalex {args.command}")
+            raise
     except TrainingError as exc:
-        print(f"tinyalex {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        if distributed.is_main_process():  # an error all ranks share is printed once
+            print(f"tinyalex {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from . import device as _device
+from . import distributed as _dist
 from . import functional as F
 from . import models
 from . import random as _random
@@ -69,13 +70,14 @@ class TrainConfig:
     ten_crop: bool = None        # RGB models: average the paper's 10 crops at test time
     grad_stats: bool = None
     skip_bad_images: bool = None  # leave undecodable images out (counted) instead of refusing
+    workers: int = None          # worker processes that decode and augment (0: in-process)
     limit_train: int = None      # use only the first N training images (quick runs, tests)
     limit_test: int = None
 
 
 #: The settings no preset decides (the paper's SGD recipe and the data set).
 DEFAULTS = dict(dataset="fashion-mnist", momentum=0.9, weight_decay=5e-4, seed=0,
-                ten_crop=False, grad_stats=False, skip_bad_images=False)
+                ten_crop=False, grad_stats=False, skip_bad_images=False, workers=0)
 
 _PAPER = dict(batch_size=128, lr=0.01, lr_schedule="plateau", lr_step=30)
 #: model -> the settings it trains with unless told otherwise. The paper's recipe, except
@@ -102,6 +104,7 @@ NUMBER_RULES = {
     "seed": (int, lambda v: v >= 0, "an integer >= 0"),
     "limit_train": (int, lambda v: v >= 1, "an integer >= 1"),
     "limit_test": (int, lambda v: v >= 1, "an integer >= 1"),
+    "workers": (int, lambda v: v >= 0, "an integer >= 0"),
 }
 
 #: What --resume does with a setting given a value other than the checkpoint's: "refuse"
@@ -129,6 +132,7 @@ ON_RESUME = {
     "skip_bad_images": ("apply", "decides what undecodable images do from now on"),
     "device": ("apply", "moves the run; results then match a run that stayed only to "
                         "rounding"),
+    "workers": ("apply", "loads data with that many processes; the batches are the same"),
 }
 
 #: The files of a run in --out; --overwrite deletes them.
@@ -297,6 +301,20 @@ class _Subset:
         return self.dataset.get_batch(indices)
 
 
+class _Shard:
+    """Samples [first, stop) of a dataset: one rank's part of the test set."""
+
+    def __init__(self, dataset, first, stop):
+        self.dataset, self.first, self.stop = dataset, first, stop
+        self.classes = dataset.classes
+
+    def __len__(self):
+        return self.stop - self.first
+
+    def get_batch(self, indices):
+        return self.dataset.get_batch(np.asarray(indices) + self.first)
+
+
 def _limit(dataset, n):
     return dataset if n is None or n >= len(dataset) else _Subset(dataset, n)
 
@@ -436,9 +454,11 @@ def load_checkpoint(path):
 
 
 # --- evaluation --------------------------------------------------------------------------
-def evaluate(model, loader, device, ten_crop_size=None):
+def evaluate(model, loader, device, ten_crop_size=None, reduce=None):
     """(mean loss, top-1 accuracy, top-5 accuracy) over a loader, in eval mode. With
-    ten_crop_size, each image's logits average its 10 crops (paper section 4.1)."""
+    ten_crop_size, each image's logits average its 10 crops (paper section 4.1).
+    reduce: turns this process's [loss sum, top-1, top-5, seen] into the job's (data-parallel
+    ranks each evaluate a shard and allreduce the four sums)."""
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
     with no_grad():
@@ -460,7 +480,16 @@ def evaluate(model, loader, device, ten_crop_size=None):
             top5 += int((ranked == labels[:, None]).any(axis=1).sum())
             seen += len(labels)
     model.train()
+    if reduce is not None:
+        loss_sum, top1, top5, seen = reduce([loss_sum, top1, top5, seen])
     return loss_sum / seen, top1 / seen, top5 / seen
+
+
+def _allreduce_sums(world):
+    """A reduce for evaluate(): the four sums over the ranks, in float64."""
+    def reduce(values):
+        return [float(v) for v in world.allreduce_(np.asarray(values, dtype=np.float64))]
+    return reduce
 
 
 # --- the training loop -------------------------------------------------------------------
@@ -611,6 +640,10 @@ def train(config, log=print):
     not given are the checkpoint's, changed ones follow ON_RESUME). The files in --out are
     written so that a kill at any instant loses nothing (see _Run.end_epoch)."""
     check_config(config)
+    world = _dist.world()
+    main = world is None or world.is_main
+    if not main:
+        log = _quiet                      # only rank 0 prints and writes
     paths = run_paths(config.out)
     meta = changes = None
     if config.resume:
@@ -625,27 +658,50 @@ def train(config, log=print):
         check_epochs_on_resume(config, meta)
         if meta["config"].get("device") not in (None, config.device):
             changes.append(("device", meta["config"]["device"], config.device))
-    check_writable(config.out)
-    with OutLock(config.out):
-        remove_orphans(config.out, log)
+    if world is not None and config.device == "cuda":
+        _dist.select_gpu(world)
+    if main:
+        check_writable(config.out)
+    with OutLock(config.out) if main else _NoLock():
+        if main:
+            remove_orphans(config.out, log)
         if meta is not None:
-            repair_best(paths, meta, log)
-            _write_run_file(paths, "metrics.jsonl", _metrics_text(meta["history"]), meta)
+            if main:
+                repair_best(paths, meta, log)
+                _write_run_file(paths, "metrics.jsonl", _metrics_text(meta["history"]), meta)
             if config.epochs == meta["epoch"] and meta["batch"] == 0:
                 log(f"nothing to do: the run in {config.out} has done its {config.epochs} epochs; "
                     "give a larger --epochs to train on")
-                _write_curves(paths, meta["history"], meta)
+                if main:
+                    _write_curves(paths, meta["history"], meta)
                 return meta["history"]
-        run = _Run(config, log)
+        run = _Run(config, log, world)
         run.start(meta, changes)
         with DeferredInterrupt() as ctrl_c:
             for epoch in range(run.start_epoch, config.epochs):
                 run.train_epoch(epoch, ctrl_c)
                 run.end_epoch(epoch)
-        _write_curves(paths, run.history, run.position)
+        if main:
+            _write_curves(paths, run.history, run.position)
         if run.stats is not None:
             run.write(os.path.join(config.out, "grad_stats.png"), run.stats.plot)
+        if world is not None:
+            world.barrier()               # no rank leaves while rank 0 still writes
     return run.history
+
+
+def _quiet(*args, **kwargs):
+    """The log of ranks other than 0: they print nothing."""
+
+
+class _NoLock:
+    """Ranks other than 0 never write in --out, so they take no lock on it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def run_paths(out):
@@ -790,8 +846,10 @@ def _write_curves(paths, history, last_saved):
 class _Run:
     """The state of one training run: data, model, optimizer, schedule, and where it is."""
 
-    def __init__(self, config, log):
-        self.config, self.log = config, log
+    def __init__(self, config, log, world=None):
+        self.config, self.log, self.world = config, log, world
+        self.main = world is None or world.is_main
+        rank, size = (0, 1) if world is None else (world.rank, world.size)
         self.paths = run_paths(config.out)
         self.train_set, self.test_set = load_datasets(config, log)
         channels = models.MODELS[config.model][1][0]
@@ -801,12 +859,22 @@ class _Run:
             raise TrainingError(f"--model {config.model}: expected {channels}-channel images, got "
                                 f"{found}-channel ones in {config.dataset}")
         self.model, self.optimizer, self.scheduler = build(config, len(self.train_set.classes))
+        if config.batch_size < size:
+            raise TrainingError(f"--batch-size: expected at least one image per rank ({size} ranks), "
+                                f"got {config.batch_size}")
         self.train_loader = DataLoader(self.train_set, config.batch_size, shuffle=True, seed=config.seed,
-                                       transform=transforms_for(config.model, train=True))
-        self.test_loader = DataLoader(self.test_set, 256, transform=transforms_for(
-            config.model, train=False, ten_crop=config.ten_crop))
+                                       transform=transforms_for(config.model, train=True),
+                                       workers=config.workers, rank=rank, world_size=size)
+        first, stop = _dist.split_rows(len(self.test_set), size, rank)  # evaluation: one shard each
+        self.test_loader = DataLoader(_Shard(self.test_set, first, stop), 256, transform=transforms_for(
+            config.model, train=False, ten_crop=config.ten_crop), workers=config.workers)
+        self.buffer = None
+        if world is not None:
+            params = list(self.model.parameters())
+            self.buffer = _dist.FlatBuffer(params, _device.array_module(params[0].array), params[0].array.dtype)
         self.ten_crop_size = models.MODELS[config.model][1][1] if config.ten_crop and channels == 3 else None
-        self.meta = dict(config=dataclasses.asdict(config), classes=list(self.train_set.classes))
+        self.meta = dict(config=dataclasses.asdict(config), classes=list(self.train_set.classes),
+                         world_size=size)
         self.history, self.start_epoch, self.start_batch, self.partial = [], 0, 0, None
         self.position, self.stats, self.reported_skips = None, None, 0
 
@@ -816,13 +884,14 @@ class _Run:
         if meta is not None:
             self._resume(changes)
         else:
-            if self.config.overwrite:
+            if self.config.overwrite and self.main:
                 for name in RUN_FILES:  # checkpoint first: a half-deleted run cannot be resumed
                     if os.path.exists(self.paths[name]):
                         os.unlink(self.paths[name])
             self.write("metrics.jsonl", _metrics_text([]))
         self.best = max((m["test_acc"] for m in self.history), default=-1.0)
-        if self.config.grad_stats:
+        _dist.broadcast_parameters(self.world, self.model, self.optimizer)  # every rank: rank 0's
+        if self.config.grad_stats and self.main:
             from .stats import GradStats
             self.stats = GradStats(self.model, self.paths["grad_stats.jsonl"],
                                    start_step=self.start_epoch * len(self.train_loader) + self.start_batch,
@@ -842,6 +911,11 @@ class _Run:
         self.start_batch, self.partial, self.position = meta["batch"], meta["partial"], meta
         self.log(f"resumed from {self.paths['checkpoint.npz']} at epoch {self.start_epoch + 1}, "
                  f"batch {self.start_batch}")
+        saved_size, size = meta.get("world_size", 1), self.meta["world_size"]
+        if saved_size != size:  # nothing depends on the rank count (tinyalex.distributed)
+            self.log(f"resume: {size} rank{'s' if size > 1 else ''} (the checkpoint had {saved_size}): "
+                     "the batches, masks and augmentation are the same, so the run continues "
+                     "as it would have, to float rounding")
         for name, old, new in changes:
             self._apply(name, old, new)
 
@@ -859,7 +933,10 @@ class _Run:
         self.log(f"resume: {flag(name)} {new} (the checkpoint had {old}): {ON_RESUME[name][1]}")
 
     def write(self, name, content):
-        """Write a file of the run atomically (name: a RUN_FILES name or a path in --out)."""
+        """Write a file of the run atomically (name: a RUN_FILES name or a path in --out).
+        Only rank 0 writes."""
+        if not self.main:
+            return
         paths = dict(self.paths)
         if name not in paths:
             paths[os.path.basename(name)] = name
@@ -867,6 +944,10 @@ class _Run:
         _write_run_file(paths, name, content, self.position)
 
     def _save(self, name, **position):
+        if not self.main:
+            if name == "checkpoint.npz":
+                self.position = dict(position)
+            return
         state = dict(self.meta, history=self.history, rng=_random.get_rng_state(),
                      best=self.best, **position)
         arrays = checkpoint_arrays(self.model, self.optimizer, self.scheduler, state)
@@ -880,28 +961,40 @@ class _Run:
         config, path = self.config, self.paths["checkpoint.npz"]
         self.train_loader.set_epoch(epoch, self.start_batch)
         running = self.partial or dict(loss_sum=0.0, correct=0, seen=0, seconds=0.0)
-        progress = Progress(epoch, config.epochs, len(self.train_loader))
+        progress = Progress(epoch, config.epochs, len(self.train_loader),
+                            stream=None if self.main else open(os.devnull, "w"))
         first = done = self.start_batch  # batches whose updates are in the weights and in `running`
         tick = time.perf_counter()
         try:
             for batch, (images, labels) in enumerate(self.train_loader, start=self.start_batch):
-                ctrl_c.raise_if_requested()
-                if len(labels) == 0:  # --skip-bad-images left out a whole batch
+                stop = False
+                if self.world is None:
+                    ctrl_c.raise_if_requested()
+                    count = len(labels)
+                else:  # a Ctrl-C on any rank travels in the allreduce: all stop after this batch
+                    loss_value, correct, count, stop = _distributed_step(
+                        self, images, labels, self.train_loader.rows(batch)[0], ctrl_c.requested)
+                if count == 0:  # --skip-bad-images left out a whole batch
                     done = batch + 1
+                    if stop:
+                        raise _dist.mark_collective(KeyboardInterrupt())
                     continue
-                try:
-                    loss_value, correct = _step(self.model, self.optimizer, images, labels,
-                                                config.device, self.stats)
-                except OSError as exc:  # grad_stats.jsonl could not be written
-                    raise _write_error(self.paths, "grad_stats.jsonl", exc, self.position) from exc
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
+                if self.world is None:
+                    try:
+                        loss_value, correct = _step(self.model, self.optimizer, images, labels,
+                                                    config.device, self.stats)
+                    except OSError as exc:  # grad_stats.jsonl could not be written
+                        raise _write_error(self.paths, "grad_stats.jsonl", exc, self.position) from exc
+                if not math.isfinite(loss_value):  # with ranks: the global loss, so all stop here
+                    raise _dist.mark_collective(TrainingError(
                         f"the loss became {loss_value} at epoch {epoch + 1}, batch {batch}: training "
-                        f"stopped; the last good checkpoint ({path}) is intact. Try a lower --lr.")
-                running["loss_sum"] += loss_value * len(labels)
+                        f"stopped; the last good checkpoint ({path}) is intact. Try a lower --lr."))
+                running["loss_sum"] += loss_value * count
                 running["correct"] += correct
-                running["seen"] += len(labels)
+                running["seen"] += count
                 done = batch + 1
+                if stop:
+                    raise _dist.mark_collective(KeyboardInterrupt())
                 elapsed = running["seconds"] + time.perf_counter() - tick
                 progress.update(done, running["loss_sum"] / running["seen"],
                                 running["correct"] / running["seen"], running["seen"] / max(elapsed, 1e-9))
@@ -919,9 +1012,9 @@ class _Run:
                                 "again with --resume") from exc
         running["seconds"] += time.perf_counter() - tick
         if not _weights_finite(self.model):  # the epoch's last update overflowed
-            raise TrainingError(
+            raise _dist.mark_collective(TrainingError(
                 f"the weights became non-finite in the last step of epoch {epoch + 1}: training "
-                f"stopped; the last good checkpoint ({path}) is intact. Try a lower --lr.")
+                f"stopped; the last good checkpoint ({path}) is intact. Try a lower --lr."))
         if done > first:
             self._save("checkpoint.npz", epoch=epoch, batch=done, partial=running)
         self.start_batch, self.partial, self.running = 0, None, running
@@ -935,16 +1028,17 @@ class _Run:
         is rewritten from the checkpoint's history on every start."""
         running, path = self.running, self.paths["checkpoint.npz"]
         try:
-            test_loss, test_acc, test_top5 = evaluate(self.model, self.test_loader, self.config.device,
-                                                      self.ten_crop_size)
+            test_loss, test_acc, test_top5 = evaluate(
+                self.model, self.test_loader, self.config.device, self.ten_crop_size,
+                reduce=None if self.world is None else _allreduce_sums(self.world))
         except UnreadableImageError as exc:
             raise TrainingError(f"{exc}; epoch {epoch + 1}'s training is saved in {path}: remove the "
                                 "file or pass --skip-bad-images, then run again with --resume to "
                                 "evaluate it") from exc
         if not math.isfinite(test_loss):  # the last update overflowed: keep the last good checkpoint
-            raise TrainingError(
+            raise _dist.mark_collective(TrainingError(
                 f"the test loss became {test_loss} after epoch {epoch + 1}: training stopped; the last "
-                f"good checkpoint ({path}) is intact. Try a lower --lr.")
+                f"good checkpoint ({path}) is intact. Try a lower --lr."))
         metrics = dict(epoch=epoch + 1, train_loss=running["loss_sum"] / running["seen"],
                        train_acc=running["correct"] / running["seen"], test_loss=test_loss,
                        test_acc=test_acc, test_top5=test_top5,
@@ -980,6 +1074,55 @@ class _Run:
 def _weights_finite(model):
     """True if no parameter holds an inf or a nan."""
     return all(bool(_device.array_module(p.array).isfinite(p.array).all()) for p in model.parameters())
+
+
+def _distributed_step(run, images, labels, first_row, stop):
+    """One data-parallel SGD step on this rank's rows [first_row, ...) of a global batch:
+    backward of the summed loss, one allreduce of the flat buffer (gradient sums and the
+    EXTRAS), gradients divided by the global count, then the update. Returns (global mean
+    loss, global correct, global count, whether any rank asked to stop)."""
+    model, optimizer, device, buffer = run.model, run.optimizer, run.config.device, run.buffer
+    optimizer.zero_grad()
+    count, loss_sum, correct = len(labels), 0.0, 0
+    if count:
+        with _random.batch_rows(first_row):       # dropout: this slice's masks of the whole batch
+            logits = model(tensor(images, device=device))
+        loss = F.cross_entropy(logits, tensor(labels, device=device), reduction="sum")
+        loss.backward()
+        loss_sum = loss.item()
+        predictions = _device.to_device(logits.array.argmax(axis=1), "cpu")
+        correct = int((predictions == labels).sum())
+    else:  # an empty slice (a last batch smaller than the ranks): keep the seed stream in step
+        _skip_dropout_seeds(model)
+    buffer.pack(dict(loss_sum=loss_sum, correct=correct, count=count, stop=float(bool(stop))))
+    run.world.allreduce_(buffer.flat) if buffer.xp is np else _nccl(run).allreduce_(buffer.flat)
+    totals = buffer.extras()
+    total = int(round(totals["count"]))
+    if total:
+        buffer.unpack(1.0 / total)
+        if run.stats is not None:
+            run.stats.before_step()
+        optimizer.step()
+        if run.stats is not None:
+            run.stats.after_step()
+    mean = totals["loss_sum"] / total if total else 0.0
+    return mean, int(round(totals["correct"])), total, totals["stop"] > 0
+
+
+def _nccl(run):
+    """The run's NCCL communicator (made on first use: GPU ranks)."""
+    if getattr(run, "nccl", None) is None:
+        run.nccl = _dist.NcclAllreduce(run.world)
+    return run.nccl
+
+
+def _skip_dropout_seeds(model):
+    """Draw the seeds the model's dropout layers would draw in a forward, as a rank with no
+    rows must, so that its generator stays in step with the other ranks'."""
+    from .nn import Dropout
+    for module in model.modules():
+        if isinstance(module, Dropout) and module.training and module.p > 0:
+            _random.next_seed()
 
 
 def _step(model, optimizer, images, labels, device, stats):
