@@ -1,0 +1,63 @@
+"""Two SGD steps of cpu-alexnet on a fixed batch, run alone or as one rank of `mpiexec -n K`:
+saves the dropout masks each process drew, the losses and the parameters to OUT/rank<r>.npz
+(tests/test_distributed.py compares them). Usage: python step_script.py OUT"""
+import sys
+import types
+
+import numpy as np
+
+import tinyalex  # noqa: F401  (first: thread settings before numpy's BLAS loads)
+from tinyalex import distributed, models
+from tinyalex import random as _random
+from tinyalex import train
+from tinyalex.ops import dropout as dropout_op
+from tinyalex.optim import SGD
+
+BATCH, STEPS = 10, 2
+out = sys.argv[1]
+world = distributed.world()
+rank, size = (0, 1) if world is None else (world.rank, world.size)
+
+masks = []
+original = dropout_op.kernels_for
+
+
+class Recording:
+    """The kernel set, recording each dropout mask (the numba set caches it as a bool array)."""
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+
+    def dropout_forward(self, x, p, seed, offset=0):
+        y, cache = self.kernels.dropout_forward(x, p, seed, offset)
+        masks.append(np.array(cache[0]))
+        return y, cache
+
+    def dropout_backward(self, gy, cache):
+        return self.kernels.dropout_backward(gy, cache)
+
+
+dropout_op.kernels_for = lambda x: Recording(original(x))
+
+_random.manual_seed(5)
+model = models.create_model("cpu-alexnet", 10)
+optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+rng = np.random.default_rng(0)
+images = rng.standard_normal((BATCH, 1, 28, 28)).astype(np.float32)
+labels = np.arange(BATCH) % 10
+first, stop = distributed.split_rows(BATCH, size, rank)
+losses = []
+if world is None:
+    for _ in range(STEPS):
+        losses.append(train._step(model, optimizer, images, labels, "cpu", None)[0])
+else:
+    distributed.broadcast_parameters(world, model, optimizer)
+    params = list(model.parameters())
+    run = types.SimpleNamespace(model=model, optimizer=optimizer, world=world, stats=None,
+                                config=types.SimpleNamespace(device="cpu"),
+                                buffer=distributed.FlatBuffer(params, np, np.float32))
+    for _ in range(STEPS):
+        losses.append(train._distributed_step(run, images[first:stop], labels[first:stop], first, False)[0])
+np.savez(f"{out}/rank{rank}.npz", first=first, stop=stop, losses=np.array(losses),
+         **{f"mask{i}": m for i, m in enumerate(masks)},
+         **{f"param/{name}": p.array for name, p in model.named_parameters()})

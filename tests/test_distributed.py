@@ -1,0 +1,291 @@
+"""Data-parallel training (tinyalex.distributed): the parts that need no MPI, then
+`mpiexec -n 2` runs through subprocess, with timeouts and one thread per rank. The MPI
+tests skip when mpi4py (the `dist` extra) or mpiexec is missing."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+from tinyalex import distributed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP_SCRIPT = os.path.join(REPO, "tests", "mpi", "step_script.py")
+
+
+# --- without MPI ---------------------------------------------------------------------------
+def test_launched_reads_mpich_and_open_mpi_variables():
+    assert distributed.launched({}) == (1, 0, 1, 0)
+    assert distributed.launched({"PMI_SIZE": "4", "PMI_RANK": "3", "MPI_LOCALNRANKS": "2",
+                                 "MPI_LOCALRANKID": "1"}) == (4, 3, 2, 1)
+    assert distributed.launched({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"}) == (2, 1, 2, 1)
+    with pytest.raises(RuntimeError, match="expected integers from the MPI launcher, got 'two'"):
+        distributed.launched({"PMI_SIZE": "two"})
+
+
+def test_rank_threads_share_the_cores_and_respect_the_user():
+    assert distributed.rank_threads(2, 2) == 1 and distributed.rank_threads(16, 3) == 5
+    assert distributed.rank_threads(2, 4) == 1
+    env = {"PMI_SIZE": "2", "PMI_RANK": "0", "MPI_LOCALNRANKS": "2", "OMP_NUM_THREADS": "2"}
+    chosen = distributed.configure_rank_threads(env)
+    expected = str(distributed.rank_threads(distributed.available_cores(), 2))
+    assert chosen == {v: expected for v in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    assert env["OMP_NUM_THREADS"] == "2"                      # the user's choice stays
+    assert distributed.configure_rank_threads({}) == {}       # one process: nothing set
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 8, 13])
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_split_rows_covers_the_batch_in_rank_order(n, size):
+    parts = [distributed.split_rows(n, size, r) for r in range(size)]
+    assert parts[0][0] == 0 and parts[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    lengths = [stop - first for first, stop in parts]
+    assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
+
+
+def test_wait_sleeps_between_polls_instead_of_spinning():
+    class Request:
+        polls = 0
+
+        def Test(self):
+            self.polls += 1
+            return self.polls > 12
+    slept = []
+    distributed.wait(Request(), sleep=slept.append)
+    assert len(slept) == 12 and slept[0] == 0 and slept[1] == 1e-5
+    assert max(slept) == distributed.MAX_POLL_SLEEP_S and slept == sorted(slept)
+
+
+def test_flat_buffer_packs_gradients_and_extras_and_scales_back():
+    from tinyalex import nn
+    from tinyalex.autograd import tensor
+    layer = nn.Linear(3, 2)
+    layer.weight.grad = tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    layer.bias.grad = None                                   # no gradient: packed as zeros
+    buffer = distributed.FlatBuffer(layer.parameters(), np, np.float32)
+    assert buffer.flat.size == 8 + len(distributed.EXTRAS)
+    buffer.pack(dict(loss_sum=2.5, correct=3, count=4, stop=0))
+    np.testing.assert_array_equal(buffer.flat[:8], [0, 1, 2, 3, 4, 5, 0, 0])
+    assert buffer.extras() == dict(loss_sum=2.5, correct=3.0, count=4.0, stop=0.0)
+    buffer.flat[:8] *= 2                                      # as a sum over 2 ranks would
+    buffer.unpack(0.5)
+    np.testing.assert_array_equal(layer.weight.grad.array, np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(layer.bias.grad.array, [0, 0])
+
+
+def test_plan_buckets_cover_the_buffer_without_splitting_a_parameter():
+    sizes = [10, 300, 5, 5, 5, 1000, 2]
+    buckets = distributed.plan_buckets(sizes, bucket_bytes=4 * 20)
+    assert buckets[0][0] == 0 and buckets[-1][1] == sum(sizes)
+    assert all(a[1] == b[0] for a, b in zip(buckets, buckets[1:]))
+    edges = set(np.cumsum([0] + sizes).tolist())
+    assert all(start in edges and stop in edges for start, stop in buckets)
+    assert buckets == [(0, 10), (10, 310), (310, 325), (325, 1325), (1325, 1327)]
+    with pytest.raises(ValueError, match="expected a positive size, got 0"):
+        distributed.plan_buckets(sizes, 0)
+
+
+class FakeNccl:
+    """cupy.cuda.nccl's calls that NcclAllreduce makes, recorded."""
+    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
+    made = []
+
+    @staticmethod
+    def get_unique_id():
+        return (1, 2, 3)
+
+    class NcclCommunicator:
+        def __init__(self, size, uid, rank):
+            self.args, self.calls = (size, uid, rank), []
+            FakeNccl.made.append(self)
+
+        def allReduce(self, send, recv, count, dtype, op, stream):
+            self.calls.append((send, recv, count, dtype, op))
+
+
+class FakeWorld:
+    """One rank's view of a 2-rank world whose rank 0 sent `sent`."""
+
+    def __init__(self, rank, sent):
+        self.rank, self.size, self.sent = rank, 2, sent
+
+    def broadcast_object(self, obj):
+        return obj if self.rank == 0 else self.sent
+
+
+def test_nccl_unique_id_comes_from_rank_0_and_buckets_cover_the_buffer():
+    FakeNccl.made.clear()
+    distributed.NcclAllreduce(FakeWorld(1, sent=(9, 9)), nccl=FakeNccl)
+    assert FakeNccl.made[-1].args == (2, (9, 9), 1)          # rank 1 uses rank 0's id
+    nccl = distributed.NcclAllreduce(FakeWorld(0, sent=None), nccl=FakeNccl, bucket_bytes=4 * 100)
+    assert FakeNccl.made[-1].args == (2, (1, 2, 3), 0)
+    buffer = types.SimpleNamespace(data=types.SimpleNamespace(ptr=1000), size=250,
+                                   dtype=np.dtype(np.float32))
+    nccl.allreduce_(buffer)
+    calls = FakeNccl.made[-1].calls
+    assert [(c[0], c[2]) for c in calls] == [(1000, 100), (1400, 100), (1800, 50)]
+    assert all(c[0] == c[1] and c[3] == FakeNccl.NCCL_FLOAT32 and c[4] == FakeNccl.NCCL_SUM for c in calls)
+
+
+def test_several_processes_without_mpi4py_say_what_to_install(monkeypatch):
+    monkeypatch.setattr(distributed, "_world_checked", False)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)          # import mpi4py now fails
+    with pytest.raises(RuntimeError, match=r"expected mpi4py to be installed .*tinyalex\[dist\]"):
+        distributed.world()
+
+
+def test_one_process_never_imports_mpi4py():
+    code = "import sys, tinyalex.distributed as d, tinyalex.train; assert d.world() is None; " \
+           "print('mpi4py' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(env, PYTHONPATH=REPO), check=True).stdout
+    assert out.strip() == "False"
+
+
+# --- with MPI ------------------------------------------------------------------------------
+def _mpiexec():
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install '.[dist]')")
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = here if os.path.exists(here) else shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("mpiexec is not on PATH (pip install '.[dist]' brings MPICH's)")
+    return found
+
+
+def _env(threads="1"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}
+    env.update(PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+    if threads:
+        env.update(NUMBA_NUM_THREADS=threads, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
+    return env
+
+
+def _train_args(out, *extra, limit_train=256, batch_size=32):
+    return ["-m", "tinyalex", "train", "--model", "cpu-alexnet", "--epochs", "1", "--limit-train",
+            str(limit_train), "--limit-test", "128", "--batch-size", str(batch_size), "--seed", "3",
+            "--lr", "0.005", "--out", str(out), *extra]
+
+
+def _metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_ranks_draw_the_one_process_masks_and_keep_identical_parameters(tmp_path):
+    mpiexec = _mpiexec()
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    subprocess.run([sys.executable, STEP_SCRIPT, str(tmp_path / "one")], env=_env(), timeout=300, check=True)
+    subprocess.run([mpiexec, "-n", "2", sys.executable, STEP_SCRIPT, str(tmp_path / "two")],
+                   env=_env(), timeout=300, check=True)
+    one = np.load(tmp_path / "one" / "rank0.npz")
+    ranks = [np.load(tmp_path / "two" / f"rank{r}.npz") for r in range(2)]
+    masks = [k for k in one.files if k.startswith("mask")]
+    assert len(masks) == 4                                    # 2 dropout layers, 2 steps
+    for rank in ranks:
+        first, stop = int(rank["first"]), int(rank["stop"])
+        for key in masks:                                     # the rows' masks, bit for bit
+            np.testing.assert_array_equal(rank[key], one[key][first:stop])
+        np.testing.assert_allclose(rank["losses"], one["losses"], rtol=1e-5)
+    for key in (k for k in one.files if k.startswith("param/")):
+        np.testing.assert_array_equal(ranks[0][key], ranks[1][key])      # identical on both ranks
+        np.testing.assert_allclose(ranks[0][key], one[key], rtol=1e-4, atol=1e-6)
+
+
+def test_mpiexec_train_writes_the_one_process_metrics(tmp_path):
+    mpiexec = _mpiexec()
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, *_train_args(one)], env=_env(), timeout=300, check=True,
+                   capture_output=True)
+    done = subprocess.run([mpiexec, "-n", "2", sys.executable, *_train_args(two)], env=_env(),
+                          timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("epoch 1/1: train loss") == 1   # only rank 0 prints
+    a, b = _metrics(one)[0], _metrics(two)[0]
+    for key in ("train_loss", "test_loss"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    for key in ("train_acc", "test_acc", "test_top5", "lr"):
+        assert b[key] == a[key], key
+    from tinyalex.train import read_checkpoint_meta
+    assert read_checkpoint_meta(two / "checkpoint.npz")["world_size"] == 2
+
+
+FAILING_RANK = """
+import sys
+import tinyalex.train as train
+from tinyalex import distributed, cli
+if distributed.launched()[1] == 1:
+    real = train._distributed_step
+    calls = []
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("rank 1 broke at its second step")
+        return real(*args)
+    train._distributed_step = failing
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_failing_rank_ends_the_job_within_seconds(tmp_path):
+    mpiexec = _mpiexec()
+    start = time.monotonic()
+    done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", FAILING_RANK,
+                           *_train_args(tmp_path / "run")[2:]],
+                          env=_env(), timeout=120, capture_output=True, text=True)
+    elapsed = time.monotonic() - start
+    assert done.returncode != 0
+    assert "rank 1 broke at its second step" in done.stderr
+    assert "error on rank 1 of 2" in done.stderr
+    assert elapsed < 60, f"the job took {elapsed:.0f} s to end"  # minutes if a rank hung
+
+
+def test_ctrl_c_stops_both_ranks_at_one_batch_and_resume_finishes_the_run(tmp_path):
+    mpiexec = _mpiexec()
+    out, whole = tmp_path / "run", tmp_path / "whole"
+    args = _train_args(out, limit_train=1024, batch_size=8)
+    job = subprocess.Popen([mpiexec, "-n", "2", sys.executable, *args], env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in job.stdout:                                # training has started: stop it
+            if line.startswith("epoch 1/1") and "/128" in line and not line.startswith("epoch 1/1 1/"):
+                break
+        job.send_signal(signal.SIGINT)                         # mpiexec forwards it to every rank
+        rest = job.communicate(timeout=60)[0]
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130, rest
+    assert rest.count("interrupted: saved") == 1              # rank 0 saved, once
+    from tinyalex.train import read_checkpoint_meta
+    meta = read_checkpoint_meta(out / "checkpoint.npz")
+    assert 0 < meta["batch"] < 128 and meta["world_size"] == 2
+    done = subprocess.run([mpiexec, "-n", "2", sys.executable, *args, "--resume"], env=_env(),
+                          timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    subprocess.run([mpiexec, "-n", "2", sys.executable, *_train_args(whole, limit_train=1024, batch_size=8)],
+                   env=_env(), timeout=300, check=True, capture_output=True)
+    resumed, uninterrupted = _metrics(out)[0], _metrics(whole)[0]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-6), key
+
+
+def test_each_rank_gets_cores_over_local_ranks_threads():
+    mpiexec = _mpiexec()
+    code = ("import tinyalex, os, numba; print(numba.config.NUMBA_NUM_THREADS, "
+            "os.environ['OPENBLAS_NUM_THREADS'])")
+    env = {k: v for k, v in _env(threads=None).items()
+           if k not in distributed.THREAD_VARIABLES}
+    out = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", code], env=env, timeout=120,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    expected = str(distributed.rank_threads(distributed.available_cores(), 2))
+    assert sorted(line for line in out if line) == [f"{expected} {expected}"] * 2
