@@ -113,3 +113,64 @@ def test_a_worker_error_reaches_the_consumer():
         assert [len(labels) for _, labels in collect(data)] == [2]
     finally:
         data.close()
+
+
+def write_image_folder(root, per_class=(5, 3), side=(40, 30)):
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    for split, n in zip(("train", "val"), per_class):
+        for name in ("cat", "dog"):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (side[0] + i, side[1], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_prepared_shards_hold_the_image_folder_pixels(tmp_path, workers):
+    from tinyalex.data import ImageFolder
+    from tinyalex.data.shards import ShardDataset, prepare
+    write_image_folder(tmp_path / "images")
+    counts = prepare(str(tmp_path / "images"), str(tmp_path / "shards"), size=24, shard_images=4,
+                     workers=workers, log=lambda line: None)
+    assert counts == {"train": 10, "val": 6}
+    for split in ("train", "val"):
+        folder = ImageFolder(str(tmp_path / "images" / split), resize=24)
+        shards = ShardDataset(str(tmp_path / "shards" / split))
+        assert len(shards) == len(folder) and shards.classes == folder.classes
+        indices = np.random.default_rng(0).permutation(len(folder))   # across shard boundaries
+        for got, want in zip(shards.get_batch(indices), folder.get_batch(indices)):
+            np.testing.assert_array_equal(got, want)
+    assert len(ShardDataset(str(tmp_path / "shards" / "train")).shards) == 3   # 4 + 4 + 2
+
+
+def test_a_split_without_its_manifest_is_refused(tmp_path):
+    from tinyalex.data.shards import ShardDataset, prepare
+    write_image_folder(tmp_path / "images")
+    prepare(str(tmp_path / "images"), str(tmp_path / "shards"), size=16, log=lambda line: None)
+    (tmp_path / "shards" / "val" / "manifest.json").unlink()    # as a killed prepare leaves it
+    with pytest.raises(FileNotFoundError, match="expected a split written by `tinyalex prepare`"):
+        ShardDataset(str(tmp_path / "shards" / "val"))
+
+
+def test_train_reads_prepared_shards_through_workers(tmp_path):
+    """A loader over the shards with 2 workers gives the ImageFolder loader's batches."""
+    from tinyalex.data import ImageFolder
+    from tinyalex.data.shards import ShardDataset, prepare
+    write_image_folder(tmp_path / "images", per_class=(6, 2))
+    prepare(str(tmp_path / "images"), str(tmp_path / "shards"), size=20, shard_images=5,
+            log=lambda line: None)
+    def batches(dataset, workers):
+        data = DataLoader(dataset, 5, shuffle=True, seed=1, transform=paper_augmentation(16),
+                          workers=workers)
+        try:
+            return collect(data)
+        finally:
+            data.close()
+    want = batches(ImageFolder(str(tmp_path / "images" / "train"), resize=20), 0)
+    got = batches(ShardDataset(str(tmp_path / "shards" / "train")), 2)
+    assert len(got) == len(want) == 3
+    for (a, la), (b, lb) in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)

@@ -25,6 +25,19 @@ def _train(args):
     return 0
 
 
+def _prepare(args):
+    from .data.shards import prepare
+    from .train import TrainingError
+    try:
+        prepare(args.source, args.out, size=args.size, shard_images=args.shard_images,
+                workers=args.workers or 0, skip_bad=args.skip_bad_images,
+                log=lambda line: print(line, file=sys.stderr))
+    except (OSError, ValueError) as exc:
+        raise TrainingError(" ".join(str(exc).split())) from exc
+    print(f"wrote {args.out}; train on it with --dataset shards:{args.out}")
+    return 0
+
+
 def _load_for_inference(checkpoint, device):
     from . import models
     from .train import load_checkpoint
@@ -309,6 +322,19 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"tinyalex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+
+    prepare = sub.add_parser("prepare", help="pack an image folder into memory-mapped uint8 shards")
+    prepare.add_argument("source", help="an image folder: SOURCE/train/CLASS/*.jpg and SOURCE/val/CLASS/*.jpg")
+    prepare.add_argument("out", help="where the shards go (then train with --dataset shards:OUT)")
+    prepare.add_argument("--size", metavar="PX", type=_number("epochs"), default=256,
+                         help="shorter side scaled to PX, then the central square (default: %(default)s)")
+    prepare.add_argument("--shard-images", metavar="N", type=_number("epochs"), default=1024,
+                         help="images per shard file (default: %(default)s)")
+    prepare.add_argument("--workers", metavar="N", type=_number("workers"), default=0,
+                         help="decoding processes (default: %(default)s, in this process)")
+    prepare.add_argument("--skip-bad-images", action="store_true",
+                         help="leave undecodable images out instead of refusing")
+    prepare.set_defaults(run=_prepare)
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
     evaluate.add_argument("--checkpoint", default="runs/tinyalex/best.npz",

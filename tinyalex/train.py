@@ -187,9 +187,16 @@ def check_data_location(dataset, data_dir):
             if not os.path.isdir(os.path.join(root, split)):
                 raise TrainingError(f"--dataset imagefolder:{root}: expected class folders under "
                                     f"{os.path.join(root, split)}, got no such directory")
+    elif dataset.startswith("shards:"):
+        root = dataset.split(":", 1)[1]
+        for split in ("train", "val"):
+            manifest = os.path.join(root, split, "manifest.json")
+            if not os.path.isfile(manifest):
+                raise TrainingError(f"--dataset shards:{root}: expected shards written by "
+                                    f"`tinyalex prepare`, got no {manifest}")
     else:
-        raise TrainingError(f"--dataset: expected 'fashion-mnist' or 'imagefolder:PATH', "
-                            f"got {dataset!r}")
+        raise TrainingError(f"--dataset: expected 'fashion-mnist', 'imagefolder:PATH' or "
+                            f"'shards:PATH', got {dataset!r}")
 
 
 def check_device(device, option="--device cuda"):
@@ -254,6 +261,13 @@ def load_datasets(config, log=None):
             train, test = (load_fashion_mnist(split, config.data_dir) for split in ("train", "test"))
         except (OSError, ValueError) as exc:  # missing, unreadable or corrupt files: say which
             raise TrainingError(str(exc)) from exc
+    elif config.dataset.startswith("shards:"):
+        from .data.shards import ShardDataset
+        root = config.dataset.split(":", 1)[1]
+        try:
+            train, test = (ShardDataset(os.path.join(root, split)) for split in ("train", "val"))
+        except (OSError, ValueError, KeyError) as exc:
+            raise TrainingError(f"--dataset {config.dataset}: {exc}") from exc
     else:
         root = config.dataset.split(":", 1)[1]
         try:
