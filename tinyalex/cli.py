@@ -323,19 +323,6 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
 
-    prepare = sub.add_parser("prepare", help="pack an image folder into memory-mapped uint8 shards")
-    prepare.add_argument("source", help="an image folder: SOURCE/train/CLASS/*.jpg and SOURCE/val/CLASS/*.jpg")
-    prepare.add_argument("out", help="where the shards go (then train with --dataset shards:OUT)")
-    prepare.add_argument("--size", metavar="PX", type=_number("epochs"), default=256,
-                         help="shorter side scaled to PX, then the central square (default: %(default)s)")
-    prepare.add_argument("--shard-images", metavar="N", type=_number("epochs"), default=1024,
-                         help="images per shard file (default: %(default)s)")
-    prepare.add_argument("--workers", metavar="N", type=_number("workers"), default=0,
-                         help="decoding processes (default: %(default)s, in this process)")
-    prepare.add_argument("--skip-bad-images", action="store_true",
-                         help="leave undecodable images out instead of refusing")
-    prepare.set_defaults(run=_prepare)
-
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
     evaluate.add_argument("--checkpoint", default="runs/tinyalex/best.npz",
                           help="a checkpoint written by tinyalex train (default: %(default)s)")
@@ -384,6 +371,19 @@ def build_parser():
                        help="default: %(default)s")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
     bench.set_defaults(run=_bench)
+
+    prepare = sub.add_parser("prepare", help="pack an image folder into memory-mapped uint8 shards")
+    prepare.add_argument("source", help="an image folder: SOURCE/train/CLASS/*.jpg and SOURCE/val/CLASS/*.jpg")
+    prepare.add_argument("out", help="where the shards go (then train with --dataset shards:OUT)")
+    prepare.add_argument("--size", metavar="PX", type=_number("epochs"), default=256,
+                         help="shorter side scaled to PX, then the central square (default: %(default)s)")
+    prepare.add_argument("--shard-images", metavar="N", type=_number("epochs"), default=1024,
+                         help="images per shard file (default: %(default)s)")
+    prepare.add_argument("--workers", metavar="N", type=_number("workers"), default=0,
+                         help="decoding processes (default: %(default)s, in this process)")
+    prepare.add_argument("--skip-bad-images", action="store_true",
+                         help="leave undecodable images out instead of refusing")
+    prepare.set_defaults(run=_prepare)
     parser.commands = sub.choices  # command name -> its parser
     return parser
 

@@ -1042,9 +1042,9 @@ class _Run:
         is rewritten from the checkpoint's history on every start."""
         running, path = self.running, self.paths["checkpoint.npz"]
         try:
-            test_loss, test_acc, test_top5 = evaluate(
-                self.model, self.test_loader, self.config.device, self.ten_crop_size,
-                reduce=None if self.world is None else _allreduce_sums(self.world))
+            reduce = {} if self.world is None else dict(reduce=_allreduce_sums(self.world))
+            test_loss, test_acc, test_top5 = evaluate(self.model, self.test_loader, self.config.device,
+                                                      self.ten_crop_size, **reduce)
         except UnreadableImageError as exc:
             raise TrainingError(f"{exc}; epoch {epoch + 1}'s training is saved in {path}: remove the "
                                 "file or pass --skip-bad-images, then run again with --resume to "
