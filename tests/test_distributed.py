@@ -80,6 +80,14 @@ def test_flat_buffer_packs_gradients_and_extras_and_scales_back():
     np.testing.assert_array_equal(layer.bias.grad.array, [0, 0])
 
 
+def test_flat_buffer_buckets_end_with_the_extras():
+    from tinyalex import nn
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 3))   # 110 + 33 elements
+    buffer = distributed.FlatBuffer(model.parameters(), np, np.float32)
+    # weight 100, bias 10 (would overflow 100), then 10 + 30 + 3: the extras join the last
+    assert buffer.buckets(4 * 100) == [(0, 100), (100, 143 + len(distributed.EXTRAS))]
+
+
 def test_plan_buckets_cover_the_buffer_without_splitting_a_parameter():
     sizes = [10, 300, 5, 5, 5, 1000, 2]
     buckets = distributed.plan_buckets(sizes, bucket_bytes=4 * 20)
@@ -128,9 +136,10 @@ def test_nccl_unique_id_comes_from_rank_0_and_buckets_cover_the_buffer():
     assert FakeNccl.made[-1].args == (2, (1, 2, 3), 0)
     buffer = types.SimpleNamespace(data=types.SimpleNamespace(ptr=1000), size=250,
                                    dtype=np.dtype(np.float32))
+    nccl.allreduce_(buffer, buckets=[(0, 100), (100, 200), (200, 250)])
     nccl.allreduce_(buffer)
     calls = FakeNccl.made[-1].calls
-    assert [(c[0], c[2]) for c in calls] == [(1000, 100), (1400, 100), (1800, 50)]
+    assert [(c[0], c[2]) for c in calls] == [(1000, 100), (1400, 100), (1800, 50), (1000, 250)]
     assert all(c[0] == c[1] and c[3] == FakeNccl.NCCL_FLOAT32 and c[4] == FakeNccl.NCCL_SUM for c in calls)
 
 

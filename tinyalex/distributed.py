@@ -263,6 +263,12 @@ class FlatBuffer:
     def nbytes(self):
         return int(self.flat.nbytes)
 
+    def buckets(self, bucket_bytes):
+        """plan_buckets over the parameters, the EXTRAS joining the last bucket."""
+        sizes = [int(p.array.size) for p in self.params]
+        plan = plan_buckets(sizes, bucket_bytes, self.flat.dtype.itemsize) or [(0, 0)]
+        return plan[:-1] + [(plan[-1][0], self.flat.size)]
+
     def pack(self, extras):
         """Copy the gradients (zeros for a parameter without one) and `extras` (a dict of
         EXTRAS) into the buffer."""
@@ -284,13 +290,13 @@ class FlatBuffer:
     def unpack(self, scale):
         """Set every parameter's gradient to its slice of the buffer times `scale`."""
         from .autograd import Tensor
+        scale = self.flat.dtype.type(scale)
         for p, offset in zip(self.params, self.offsets):
             view = self.flat[offset:offset + p.array.size].reshape(p.array.shape)
-            grad = view * self.flat.dtype.type(scale)
-            if p.grad is None:
-                p.grad = Tensor(grad)
-            else:
-                p.grad.array[...] = grad
+            if p.grad is None or p.grad.array.shape != view.shape:
+                p.grad = Tensor(view * scale)
+            else:                                   # one pass over memory, no temporary
+                self.xp.multiply(view, scale, out=p.grad.array)
 
 
 def broadcast_parameters(w, model, optimizer=None):
@@ -370,15 +376,14 @@ class NcclAllreduce:
         uid = w.broadcast_object(uid)
         self.comm = nccl.NcclCommunicator(w.size, uid, w.rank)
 
-    def allreduce_(self, buffer, stream=0):
-        """Sum a float32/float64 device buffer in place, bucket by bucket (the buckets of
-        plan_buckets over the whole buffer)."""
+    def allreduce_(self, buffer, buckets=None, stream=0):
+        """Sum a float32/float64 device buffer in place, one NCCL call per (start, stop)
+        element range of `buckets` (default: the whole buffer in one call). The calls are
+        queued on `stream` in order; NCCL runs them as the stream reaches them."""
         dtype = {4: self.nccl.NCCL_FLOAT32, 8: self.nccl.NCCL_FLOAT64}[buffer.dtype.itemsize]
         ptr, item = buffer.data.ptr, buffer.dtype.itemsize
-        per_bucket = max(1, self.bucket_bytes // item)
-        for start in range(0, buffer.size, per_bucket):
-            count = min(per_bucket, buffer.size - start)
-            self.comm.allReduce(ptr + start * item, ptr + start * item, count, dtype,
+        for start, stop in buckets or [(0, buffer.size)]:
+            self.comm.allReduce(ptr + start * item, ptr + start * item, stop - start, dtype,
                                 self.nccl.NCCL_SUM, stream)
         return buffer
 

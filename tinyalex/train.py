@@ -1109,7 +1109,11 @@ def _distributed_step(run, images, labels, first_row, stop):
     else:  # an empty slice (a last batch smaller than the ranks): keep the seed stream in step
         _skip_dropout_seeds(model)
     buffer.pack(dict(loss_sum=loss_sum, correct=correct, count=count, stop=float(bool(stop))))
-    run.world.allreduce_(buffer.flat) if buffer.xp is np else _nccl(run).allreduce_(buffer.flat)
+    if buffer.xp is np:
+        run.world.allreduce_(buffer.flat)
+    else:
+        nccl = _nccl(run)
+        nccl.allreduce_(buffer.flat, buffer.buckets(nccl.bucket_bytes))
     totals = buffer.extras()
     total = int(round(totals["count"]))
     if total:
