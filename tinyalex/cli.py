@@ -270,7 +270,7 @@ def _add_train(sub):
                                   break_on_hyphens=False))
     train.add_argument("--model", type=_one_of(models.MODELS), metavar="{" + ",".join(models.MODELS) + "}",
                        help="the network (default: chosen for the device and data set, see above)")
-    train.add_argument("--dataset", metavar="NAME", help="fashion-mnist or imagefolder:PATH (PATH/train/CLASS/*.jpg and "
+    train.add_argument("--dataset", metavar="NAME", help="fashion-mnist, shards:PATH (tinyalex prepare) or imagefolder:PATH (PATH/train/CLASS/*.jpg and "
                                          f"PATH/val/CLASS/*.jpg; default: {DEFAULTS['dataset']})")
     train.add_argument("--data-dir", metavar="DIR", help="where the Fashion-MNIST .gz files are "
                                           "(default: /usr/share/datasets/fashion-mnist)")

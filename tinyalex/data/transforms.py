@@ -248,7 +248,8 @@ class Normalize:
         channels = images.shape[1]
         mean = _broadcast_channels(self.mean, channels, "mean").astype(images.dtype)
         std = _broadcast_channels(self.std, channels, "std").astype(images.dtype)
-        return (images - mean) / std
+        y = np.subtract(images, mean)
+        return np.divide(y, std, out=y)  # same rounding as (x - mean) / std, one array less
 
 
 class PCALighting:
