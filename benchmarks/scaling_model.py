@@ -69,8 +69,14 @@ def check_against_cpu(measured):
         bandwidth, latency = measured["link"]["bandwidth"], measured["link"]["latency"]
         comm = ring_allreduce_seconds(two["gradient_bytes"], 2, bandwidth, latency)
         predicted = two["compute_s"] + comm + two["update_s"] + two["pack_s"]
-        out[model] = (predicted, two["step_s"], predicted / two["step_s"] - 1)
+        out[model] = (predicted, two["step_s"], predicted / two["step_s"] - 1, comm, two["allreduce_s"])
     return out
+
+
+def ranks_at_half_efficiency(compute_full_batch, nbytes, bandwidth):
+    """K where the parallel efficiency c / (c + K * allreduce(K)) falls to 50%, latency
+    left out: 2 (K - 1) bytes / bandwidth = c, so K = 1 + c * bandwidth / (2 * bytes)."""
+    return 1 + compute_full_batch * bandwidth / (2 * nbytes)
 
 
 def main():
@@ -83,8 +89,12 @@ def main():
     with open(args.measured) as f:
         measured = json.load(f)
     print("check: the model's 2-rank CPU step vs the measured one")
-    for model, (predicted, got, error) in check_against_cpu(measured).items():
-        print(f"  {model:12s} predicted {predicted * 1e3:8.1f} ms  measured {got * 1e3:8.1f} ms  ({error:+.0%})")
+    link = measured["link"]
+    print(f"  link fitted from the microbenchmark: {link['bandwidth'] / 1e9:.2f} GB/s, "
+          f"latency {link['latency'] * 1e6:.0f} us")
+    for model, (predicted, got, error, comm, comm_got) in check_against_cpu(measured).items():
+        print(f"  {model:12s} step predicted {predicted * 1e3:8.1f} ms  measured {got * 1e3:8.1f} ms  "
+              f"({error:+.0%}); allreduce predicted {comm * 1e3:6.1f} ms  measured {comm_got * 1e3:6.1f} ms")
     nbytes = 4 * ALEXNET2012_PARAMETERS
     for name, (bandwidth, latency) in LINKS.items():
         print(f"\n{name}: allreduce of {nbytes / 1e6:.0f} MB on 2/8 ranks: "
@@ -92,7 +102,8 @@ def main():
               f"{ring_allreduce_seconds(nbytes, 8, bandwidth, latency) * 1e3:.2f} ms")
         for compute_ms in args.compute_ms:
             best, eff = break_even_ranks(compute_ms / 1e3, nbytes, bandwidth, latency)
-            print(f"  compute {compute_ms:5.0f} ms: fastest at K={best:4d}; efficiency "
+            half = ranks_at_half_efficiency(compute_ms / 1e3, nbytes, bandwidth)
+            print(f"  compute {compute_ms:5.0f} ms: 50% efficiency at K={half:5.1f}, fastest at K={best:4d}; "
                   + " ".join(f"K={k}:{e:.0%}" for k, e in eff.items()))
 
 
