@@ -47,6 +47,11 @@ KERNEL_API = {
                              " logits (N,C) float, target (N,) int64 in [0,C);"
                              " reduction 'mean'|'sum' gives shape (), 'none' gives (N,).",
     "cross_entropy_backward": "cross_entropy_backward(gloss, cache) -> glogits (N,C).",
+    "mse_loss_forward": "mse_loss_forward(input, target, reduction) -> (loss, cache). input and"
+                        " target of one shape and float dtype; loss = reduce((input - target)^2),"
+                        " reduction 'mean'|'sum' gives shape (), 'none' the input's shape.",
+    "mse_loss_backward": "mse_loss_backward(gloss, cache) -> ginput (the target's gradient is"
+                         " -ginput).",
 }
 
 KERNEL_SETS = {"numpy": "tinyalex.reference", "numba": "tinyalex.cpu", "cupy": "tinyalex.cuda"}

@@ -34,7 +34,14 @@ class Conv2d(Module):
                              f"({out_channels}) must be divisible by groups ({groups})")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation, self.groups = _pair(padding), dilation, groups
+        if isinstance(padding, str):  # 'same' or 'valid', passed through to F.conv2d
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Invalid padding string {padding!r}, should be one of "
+                                 "('valid', 'same')")
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.dilation, self.groups = dilation, groups
         self.weight = _empty(out_channels, in_channels // groups, *self.kernel_size)
         self.bias = _empty(out_channels) if bias else None
         self.reset_parameters()
@@ -49,7 +56,7 @@ class Conv2d(Module):
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
-        s += f", padding={self.padding}" if self.padding != (0, 0) else ""
+        s += f", padding={self.padding}" if self.padding not in ((0, 0), "valid") else ""
         s += f", groups={self.groups}" if self.groups != 1 else ""
         return s + (", bias=False" if self.bias is None else "")
 
@@ -156,6 +163,17 @@ class Sequential(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+class MSELoss(Module):
+    """Mean squared error, ``F.mse_loss(input, target, reduction=self.reduction)``."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__()
+        self.size_average, self.reduce, self.reduction = size_average, reduce, reduction
+
+    def forward(self, input, target):
+        return F.mse_loss(input, target, self.size_average, self.reduce, self.reduction)
 
 
 class CrossEntropyLoss(Module):
