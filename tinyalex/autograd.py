@@ -327,8 +327,8 @@ class Tensor:
         return array.copy() if copy else array
 
     def __format__(self, spec):
-        """A one-element tensor formats as its value (``f"{loss:.3f}"``), as in torch."""
-        if spec and self.numel() == 1:
+        """A 0-d tensor formats as its value (``f"{loss:.3f}"``), as in torch."""
+        if spec and self.ndim == 0:
             return format(self.item(), spec)
         return super().__format__(spec) if spec else str(self)
 

@@ -24,7 +24,7 @@ __all__ = [
     "full_like", "empty_like", "rand", "randn", "randint", "rand_like", "randn_like", "arange",
     "is_tensor", "numel", "flatten", "reshape", "squeeze", "unsqueeze", "permute", "transpose",
     "max", "min", "argmax", "argmin", "sum", "mean", "eq", "ne", "lt", "le", "gt", "ge",
-    "equal", "exp", "log", "abs", "float", "double", "long", "bool", "float32", "float64",
+    "equal", "add", "sub", "mul", "div", "pow", "exp", "log", "abs", "float", "double", "long", "bool", "float32", "float64",
     "int64",
 ]
 
@@ -259,6 +259,26 @@ def ge(input, other):
 def equal(input, other):
     """True if both tensors have the same shape and elements (a Python bool)."""
     return input.shape == other.shape and builtins.bool(_basic.compare(input, other, "equal").array.all())
+
+
+def add(input, other):
+    return _basic.add(input, other)
+
+
+def sub(input, other):
+    return _basic.sub(input, other)
+
+
+def mul(input, other):
+    return _basic.mul(input, other)
+
+
+def div(input, other):
+    return _basic.div(input, other)
+
+
+def pow(input, exponent):
+    return _basic.pow(input, exponent)
 
 
 def exp(input):

@@ -225,8 +225,8 @@ def _dim(dim, ndim):
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
         raise TypeError(f"dim: expected an int, got {dim!r}")
     n = ndim if ndim else 1           # (`max` below is the tensor op, not the builtin)
-    if not -n <= dim < n:
-        raise TensorError(f"dim: expected a value in [{-n}, {n}), got {dim}")
+    if not -n <= dim < n:  # IndexError, as torch raises
+        raise IndexError(f"dim: expected a value in [{-n}, {n - 1}], got {dim}")
     return int(dim) % n
 
 
