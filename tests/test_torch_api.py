@@ -183,6 +183,9 @@ def test_comparisons_match_torch(fn):
     lambda lib, x: lib.permute(x, (1, 2, 0)), lambda lib, x: x.permute([2, 1, 0]),
     lambda lib, x: x.transpose(0, 2), lambda lib, x: lib.transpose(x, -1, 1),
     lambda lib, x: x.view_as(lib.zeros(60)), lambda lib, x: x[1], lambda lib, x: x.clone() * 2,
+    lambda lib, x: lib.add(x, x), lambda lib, x: lib.sub(x, 1.0), lambda lib, x: lib.mul(x, 2.0),
+    lambda lib, x: lib.div(x, x[0]), lambda lib, x: lib.pow(x, 2), lambda lib, x: lib.exp(x),
+    lambda lib, x: lib.abs(x), lambda lib, x: lib.log(lib.abs(x)),
 ])
 def test_shape_ops_match_torch_forward_and_backward(fn):
     same(fn, X)

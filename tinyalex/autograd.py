@@ -8,6 +8,7 @@ inputs' gradients. Nothing here knows which kernel set or device computed the ar
 """
 import contextlib
 import itertools
+import weakref
 
 import numpy as np
 
@@ -124,13 +125,18 @@ class AccumulateGrad:
 
 
 def _edge_to(t):
+    """The node at the other end of an edge to t. A leaf's AccumulateGrad is shared by all
+    edges to it while any graph holds it; the leaf refers to it weakly (as in torch), so
+    no reference cycle keeps a leaf's array alive."""
     if t.grad_fn is not None:
         return t.grad_fn
     if not t.requires_grad:
         return None
-    if t._accumulator is None:
-        t._accumulator = AccumulateGrad(t)
-    return t._accumulator
+    accumulator = t._accumulator and t._accumulator()
+    if accumulator is None:
+        accumulator = AccumulateGrad(t)
+        t._accumulator = weakref.ref(accumulator)
+    return accumulator
 
 
 class RemovableHandle:
@@ -231,7 +237,7 @@ class Tensor:
         self.grad = None
         self.grad_fn = None
         self._hooks = {}
-        self._accumulator = None   # the AccumulateGrad of a leaf, made on first use
+        self._accumulator = None   # weak reference to a leaf's AccumulateGrad (next_functions)
         if requires_grad:
             _check_differentiable(data.dtype, "requires_grad")
         self.requires_grad = requires_grad

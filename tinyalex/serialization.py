@@ -83,9 +83,13 @@ def save(obj, f):
     manifest = json.dumps({"format": FORMAT, "version": VERSION, "root": root})
     if isinstance(f, (str, os.PathLike)):
         tmp = f"{os.fspath(f)}.tmp"
-        with open(tmp, "wb") as handle:
-            _write(handle, manifest, writer.arrays)
-        os.replace(tmp, f)  # a crash mid-write leaves any previous file intact
+        try:
+            with open(tmp, "wb") as handle:
+                _write(handle, manifest, writer.arrays)
+            os.replace(tmp, f)  # a crash mid-write leaves any previous file intact
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     else:
         _write(f, manifest, writer.arrays)
 

@@ -308,24 +308,25 @@ class SelectAlongDim(Function):
 
     @staticmethod
     def forward(x, indices, axis):
-        xp = _device.array_module(x)
-        return xp.take_along_axis(x, indices, axis), (x.shape, indices, axis)
+        index = _along(indices, axis)
+        return x[index], (x.shape, index)
 
     @staticmethod
     def backward(gy, cache, needs_input_grad):
-        shape, indices, axis = cache
-        xp = _device.array_module(gy)
-        gx = xp.zeros(shape, dtype=gy.dtype)
-        xp.put_along_axis(gx, indices, gy, axis) if xp is np else _put_along_axis(gx, indices, gy, axis)
+        shape, index = cache
+        gx = _device.array_module(gy).zeros(shape, dtype=gy.dtype)
+        gx[index] = gy  # one index per slice: no repeats, so assignment is exact
         return (gx,)
 
 
-def _put_along_axis(gx, indices, gy, axis):
-    """cupy lacks put_along_axis: build the full index (the indices are distinct per slice)."""
-    xp = _device.array_module(gx)
-    grid = list(xp.indices(indices.shape, sparse=True))
+def _along(indices, axis):
+    """The advanced index that picks indices[..., 0, ...] along `axis` in every slice
+    (NumPy's take_along_axis, written out so that CuPy runs the same code)."""
+    xp = _device.array_module(indices)
+    grid = [xp.arange(n).reshape([n if i == k else 1 for i in range(indices.ndim)])
+            for k, n in enumerate(indices.shape)]
     grid[axis] = indices
-    gx[tuple(grid)] = gy
+    return tuple(grid)
 
 
 class ExtremeAll(Function):
