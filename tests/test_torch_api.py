@@ -232,7 +232,8 @@ def test_type_names_and_to_identity():
     lambda lib: ["a", "b", "c"][lib.tensor(2)], lambda lib: ["a", "b"][lib.tensor([1])],
     lambda lib: ["a", "b"][lib.tensor(True)], lambda lib: list(range(5))[lib.tensor(1):lib.tensor(3)],
     lambda lib: len(lib.zeros(4, 2)), lambda lib: [t.tolist() for t in lib.tensor([[1, 2], [3, 4]])],
-    lambda lib: np.asarray(lib.tensor([1.5, 2.0])).tolist(), lambda lib: np.asarray(lib.tensor([1, 2]), dtype=np.float64).dtype,
+    lambda lib: np.asarray(lib.tensor([1.5, 2.0])).tolist(),
+    lambda lib: np.asarray(lib.tensor([1, 2]), dtype=np.float64).dtype,
     lambda lib: f"{lib.tensor(1.23456):.2f}",
     lambda lib: lib.tensor(3) in [1, 3], lambda lib: lib.tensor(1.0).item(), lambda lib: lib.tensor([7]).item(),
 ])

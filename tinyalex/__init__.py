@@ -20,7 +20,6 @@ from .ops.basic import matmul  # noqa: E402
 from .random import manual_seed  # noqa: E402
 from .serialization import load, save  # noqa: E402
 from .torch_compat import *  # noqa: E402,F401,F403
-from .torch_compat import __all__ as _torch_names  # noqa: E402
 
 __version__ = "0.1.0"
 

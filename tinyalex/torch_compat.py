@@ -24,8 +24,8 @@ __all__ = [
     "full_like", "empty_like", "rand", "randn", "randint", "rand_like", "randn_like", "arange",
     "is_tensor", "numel", "flatten", "reshape", "squeeze", "unsqueeze", "permute", "transpose",
     "max", "min", "argmax", "argmin", "sum", "mean", "eq", "ne", "lt", "le", "gt", "ge",
-    "equal", "add", "sub", "mul", "div", "pow", "exp", "log", "abs", "float", "double", "long", "bool", "float32", "float64",
-    "int64",
+    "equal", "add", "sub", "mul", "div", "pow", "exp", "log", "abs",
+    "float", "double", "long", "bool", "float32", "float64", "int64",
 ]
 
 
@@ -38,7 +38,8 @@ def _size(size, keyword, where):
         size = (keyword,)
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
-    if not all(isinstance(n, numbers.Integral) and not isinstance(n, builtins.bool) and n >= 0 for n in size):
+    if not all(isinstance(n, numbers.Integral) and not isinstance(n, builtins.bool) and n >= 0
+               for n in size):
         raise TypeError(f"{where}: size: expected non-negative ints, got {size!r}")
     return tuple(int(n) for n in size)
 
@@ -258,7 +259,9 @@ def ge(input, other):
 
 def equal(input, other):
     """True if both tensors have the same shape and elements (a Python bool)."""
-    return input.shape == other.shape and builtins.bool(_basic.compare(input, other, "equal").array.all())
+    if input.shape != other.shape:
+        return False
+    return builtins.bool(_basic.compare(input, other, "equal").array.all())
 
 
 def add(input, other):
