@@ -230,3 +230,5 @@ def test_cifar10_tutorial(tmp_path, capsys):
     assert inputs.device == device and labels.device == device
     assert net.conv1.weight.device == device
     assert net(inputs).shape == (4, 10)
+
+    del dataiter
