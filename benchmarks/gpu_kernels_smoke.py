@@ -191,6 +191,18 @@ def sgd_case(K, at, dtype, rng):
     return {"param": at.get(p), "buf": at.get(buf)}
 
 
+def mse_loss_case(K, at, dtype, rng):
+    """Every reduction on an odd-sized 3-D input."""
+    out = {}
+    x, t = (rng.standard_normal((3, 5, 7)).astype(dtype) for _ in range(2))
+    for reduction in ("mean", "sum", "none"):
+        loss, cache = K.mse_loss_forward(at.put(x), at.put(t), reduction)
+        gloss = rng.standard_normal(at.get(loss).shape).astype(dtype)
+        out[f"loss {reduction}"] = at.get(loss)
+        out[f"ginput {reduction}"] = at.get(K.mse_loss_backward(at.put(gloss), cache))
+    return out
+
+
 #: case name -> (function, the smoke functions it calls)
 CASES = {
     "im2col": (im2col_case, ("im2col", "col2im")),
@@ -200,6 +212,7 @@ CASES = {
     "relu": (relu_case, ("relu_forward", "relu_backward")),
     "dropout": (dropout_case, ("dropout_forward", "dropout_backward")),
     "cross_entropy": (cross_entropy_case, ("cross_entropy_forward", "cross_entropy_backward")),
+    "mse_loss": (mse_loss_case, ("mse_loss_forward", "mse_loss_backward")),
     "sgd_update": (sgd_case, ("sgd_update",)),
 }
 

@@ -551,7 +551,7 @@ def test_gradcheck_every_op_in_float32(capsys):
     header, rows = table_rows(capsys.readouterr().out)
     assert header == TABLE_COLUMNS
     assert {row[0] for row in rows} == {"conv2d", "max_pool2d", "local_response_norm", "relu",
-                                        "dropout", "linear", "cross_entropy"}
+                                        "dropout", "linear", "cross_entropy", "mse_loss"}
     assert {row[-1] for row in rows} == {"pass"}
 
 

@@ -61,6 +61,11 @@ KERNEL_API = {
                              " divides by the kept targets' weights (N for probabilities),"
                              " 0/0 = nan; reduction 'mean'|'sum' gives shape (), 'none' (N,).",
     "cross_entropy_backward": "cross_entropy_backward(gloss, cache) -> glogits (N,C).",
+    "mse_loss_forward": "mse_loss_forward(input, target, reduction) -> (loss, cache). input and"
+                        " target of one shape and float dtype; loss = reduce((input - target)^2),"
+                        " reduction 'mean'|'sum' gives shape (), 'none' the input's shape.",
+    "mse_loss_backward": "mse_loss_backward(gloss, cache) -> ginput (the target's gradient is"
+                         " -ginput).",
 }
 
 KERNEL_SETS = {"numpy": "tinyalex.reference", "numba": "tinyalex.cpu", "cupy": "tinyalex.cuda"}

@@ -18,11 +18,12 @@ from .ops.dropout import Dropout
 from .ops.linear import Linear
 from .ops.lrn import LocalResponseNorm
 from .ops.pad import ZeroPad2d
+from .ops.mse_loss import MSELoss
 from .ops.pool import MaxPool2d
 from .ops.relu import ReLU
 
 __all__ = ["conv2d", "max_pool2d", "local_response_norm", "relu", "dropout", "linear",
-           "cross_entropy"]
+           "cross_entropy", "mse_loss"]
 
 
 # --- argument checks ---------------------------------------------------------------------
@@ -208,6 +209,35 @@ def relu(input, inplace=False):
     always a new tensor (the backward needs the input's sign)."""
     _check_float_tensors("relu", input=input)
     return ReLU.apply(input)
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    """Mean squared error, reduce_i (input_i - target_i)^2, with 'mean' (default), 'sum' or
+    'none'. Same signature as torch. input and target must have one shape: torch only warns
+    and broadcasts, which is almost always a bug. ``weight`` (input's shape) weighs each
+    squared error, and 'mean' then divides by sum(weight), as in torch. size_average and
+    reduce are torch's deprecated spellings of reduction, mapped the same way."""
+    op = "mse_loss"
+    _check_tensor(op, "input", input)
+    _check_tensor(op, "target", target)
+    _check_float_tensors(op, input=input, target=target, weight=weight)
+    if size_average is not None or reduce is not None:
+        size_average = True if size_average is None else size_average
+        reduction = "none" if reduce is False else ("mean" if size_average else "sum")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+    if target.shape != input.shape:
+        raise ValueError(f"{op}: target: expected shape {input.shape} (the shape of input), "
+                         f"got {target.shape}")
+    if weight is None:
+        return MSELoss.apply(input, target, reduction=reduction)
+    if weight.shape != input.shape:
+        raise ValueError(f"{op}: weight: expected shape {input.shape} (the shape of input), "
+                         f"got {weight.shape}")
+    weighted = MSELoss.apply(input, target, reduction="none") * weight
+    if reduction == "none":
+        return weighted
+    return weighted.sum() if reduction == "sum" else weighted.sum() / weight.sum()
 
 
 def dropout(input, p=0.5, training=True, inplace=False):

@@ -50,6 +50,8 @@ CASES = [
          lambda rng: [rng.standard_normal((2, 6, 3, 5))], 4),
     Case("relu", lambda lib, x: lib.relu(x),
          lambda rng: [rng.choice([-1.0, 1.0], (2, 3, 4, 5)) * rng.uniform(0.1, 1.0, (2, 3, 4, 5))], 1),
+    Case("mse_loss", lambda lib, x, t: lib.mse_loss(x, t),
+         lambda rng: [rng.standard_normal((4, 10)), rng.standard_normal((4, 10))], 40),
     Case("dropout", lambda lib, x: _dropout(lib, x),
          lambda rng: [rng.standard_normal((2, 3, 4, 5))], 1),
     Case("linear", lambda lib, x, w, b: lib.linear(x, w, b),

@@ -37,12 +37,14 @@ class DataLoader:
         if the result is still uint8, ToFloat() scales it to [0, 1].
     prefetch: how many batches the background thread may run ahead; 0 loads each batch
         in the consumer's thread (no thread, easiest to debug).
+    collate: for datasets that are not image/label pairs: ``collate(get_batch(indices))``
+        is yielded as is, with no transform (tinyalex.utils.data.DataLoader uses this).
 
     Iterating twice without :meth:`set_epoch` in between replays the same epoch.
     """
 
     def __init__(self, dataset, batch_size, shuffle=False, seed=0, drop_last=False,
-                 transform=None, prefetch=2):
+                 transform=None, prefetch=2, collate=None):
         if not hasattr(dataset, "__len__") or not callable(getattr(dataset, "get_batch", None)):
             raise TypeError("dataset: expected an object with __len__ and get_batch(indices),"
                             f" got {type(dataset).__name__}")
@@ -55,6 +57,9 @@ class DataLoader:
         if transform is not None and not callable(transform):
             raise TypeError("transform: expected a callable t(images, rng) or None,"
                             f" got {type(transform).__name__}")
+        if collate is not None and (not callable(collate) or transform is not None):
+            raise TypeError("collate: expected a callable, and no transform with it,"
+                            f" got collate={collate!r}, transform={transform!r}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -62,6 +67,7 @@ class DataLoader:
         self.drop_last = drop_last
         self.transform = transform
         self.prefetch = int(prefetch)
+        self.collate = collate
         self.epoch = 0
         self.start_batch = 0
 
@@ -91,7 +97,11 @@ class DataLoader:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(order))
         for b in range(start_batch, len(self)):
             start = b * self.batch_size
-            images, labels = self.dataset.get_batch(order[start:start + self.batch_size])
+            batch = self.dataset.get_batch(order[start:start + self.batch_size])
+            if self.collate is not None:
+                yield self.collate(batch)
+                continue
+            images, labels = batch
             if self.transform is not None:
                 images = self.transform(images, np.random.default_rng([self.seed, epoch, b]))
             yield _as_network_input(images, labels)

@@ -39,8 +39,8 @@ class Conv2d(Module):
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
-                raise ValueError(f"Conv2d: padding: expected an int, a pair, 'same' or 'valid',"
-                                 f" got {padding!r}")
+                raise ValueError(f"Conv2d: Invalid padding string {padding!r}, should be one of"
+                                 f" ('valid', 'same'), an int or a pair")
             if padding == "same" and self.stride != (1, 1):
                 raise ValueError(f"Conv2d: padding='same' is not supported for strided"
                                  f" convolutions (expected stride 1), got stride {self.stride}")
@@ -62,7 +62,7 @@ class Conv2d(Module):
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
-        s += f", padding={self.padding}" if self.padding != (0, 0) else ""
+        s += f", padding={self.padding}" if self.padding not in ((0, 0), "valid") else ""
         s += f", dilation={self.dilation}" if self.dilation != (1, 1) else ""
         s += f", groups={self.groups}" if self.groups != 1 else ""
         return s + (", bias=False" if self.bias is None else "")
@@ -171,6 +171,17 @@ class Sequential(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+class MSELoss(Module):
+    """Mean squared error, ``F.mse_loss(input, target, reduction=self.reduction)``."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__()
+        self.size_average, self.reduce, self.reduction = size_average, reduce, reduction
+
+    def forward(self, input, target):
+        return F.mse_loss(input, target, self.size_average, self.reduce, self.reduction)
 
 
 class CrossEntropyLoss(Module):
