@@ -120,6 +120,20 @@ def pool_case(K, at, dtype, rng):
     return out
 
 
+def avg_pool_case(K, at, dtype, rng):
+    """Overlapping windows with padding, in ceil mode, with each divisor rule."""
+    x = rng.standard_normal((2, 3, 8, 5)).astype(dtype)
+    out = {}
+    for count_include_pad, divisor_override in ((True, None), (False, None), (True, 5)):
+        label = f"include_pad={count_include_pad} divisor={divisor_override}"
+        y, cache = K.avg_pool2d_forward(at.put(x), (3, 3), (2, 2), (1, 1), True,
+                                        count_include_pad, divisor_override)
+        gy = rng.standard_normal(at.get(y).shape).astype(dtype)
+        out[f"y {label}"] = at.get(y)
+        out[f"gx {label}"] = at.get(K.avg_pool2d_backward(at.put(gy), cache))
+    return out
+
+
 def lrn_case(K, at, dtype, rng):
     x = rng.standard_normal((2, 5, 4, 3)).astype(dtype)
     y, cache = K.lrn_forward(at.put(x), 4, 0.5, 0.75, 1.0)
@@ -208,6 +222,7 @@ CASES = {
     "im2col": (im2col_case, ("im2col", "col2im")),
     "conv2d": (conv_case, ("conv2d_forward", "conv2d_backward")),
     "max_pool2d": (pool_case, ("max_pool2d_forward", "max_pool2d_backward", "max_pool2d_indices")),
+    "avg_pool2d": (avg_pool_case, ("avg_pool2d_forward", "avg_pool2d_backward")),
     "lrn": (lrn_case, ("lrn_forward", "lrn_backward")),
     "relu": (relu_case, ("relu_forward", "relu_backward")),
     "dropout": (dropout_case, ("dropout_forward", "dropout_backward")),

@@ -102,6 +102,40 @@ class MaxPool2d(Module):
                 f" dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
 
+class AvgPool2d(Module):
+    """torch.nn.AvgPool2d; see tinyalex.functional.avg_pool2d for the divisor rule."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """torch.nn.AdaptiveAvgPool2d (torchvision AlexNet's ``avgpool``): average pooling to a
+    fixed output size, for inputs whose height and width the output size divides; see
+    tinyalex.functional.adaptive_avg_pool2d."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
 class LocalResponseNorm(Module):
     """See tinyalex.functional.local_response_norm for the formula and the mapping of the
     2012 paper's constants (paper alpha=1e-4 is alpha=5e-4 here with size=5)."""
