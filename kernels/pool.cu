@@ -18,11 +18,10 @@
 //                           a fixed order, no atomics.
 // Launch: 1-D, 256 threads per block, grid = min(ceil(total / 256), 2^20) blocks.
 //
-// Semantics (PyTorch's): the launcher computes OH and OW, floor mode
-// OH = (H + 2*ph - kh) / sh + 1 or torch's ceil mode (where the last window may run past
-// the bottom padding but starts inside the image or the top padding). Padding is -inf, so
-// it never wins, and the launcher requires padding <= kernel / 2 (PyTorch's rule), so every
-// window holds at least one real pixel. argmax is the flat index h*W + w into the
+// Semantics (PyTorch's): the launcher computes OH and OW (tinyalex.shapes.pool_output_size,
+// floor or ceil mode; either way every window starts inside the image or the top/left
+// padding, and padding <= kernel / 2, so every window holds a real pixel). Max pooling
+// pads with -inf, so padding never wins. argmax is the flat index h*W + w into the
 // unpadded input plane of the FIRST maximum in row-major window order (a later tie does
 // not replace it); the scan starts at the first real pixel, so it is never padding, even
 // in a window of -inf. A NaN always takes over, as in PyTorch, so a window with a NaN

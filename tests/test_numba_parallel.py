@@ -19,6 +19,7 @@ import tinyalex.cpu.conv as cpu_conv
 import tinyalex.cpu.cross_entropy as cpu_cross_entropy
 import tinyalex.reference as reference
 from tinyalex.dispatch import counter_uniform
+from tinyalex.shapes import batch_chunks
 
 SEEDS = range(10)
 DTYPES = (np.float64, np.float32)
@@ -121,12 +122,13 @@ def test_conv2d_matches_reference(seed, dtype):
     np.testing.assert_array_equal(gW_again, gW)
 
 
-def test_batch_chunks_are_balanced_and_bounded(monkeypatch):
-    monkeypatch.setattr(cpu_conv, "WORKSPACE_BYTES", 1000)
-    assert cpu_conv.batch_chunks(16, 100) == [(0, 8), (8, 16)]         # 10 fit: 8 + 8, not 10 + 6
-    assert cpu_conv.batch_chunks(5, 400) == [(0, 2), (2, 4), (4, 5)]
-    assert cpu_conv.batch_chunks(3, 5000) == [(0, 1), (1, 2), (2, 3)]  # at least one sample
-    assert cpu_conv.batch_chunks(4, 1) == [(0, 4)]
+def test_batch_chunks_are_balanced_and_bounded():
+    """The one chunking rule of the numba and cupy conv workspaces (tinyalex.shapes)."""
+    assert batch_chunks(16, 100, 1000) == [(0, 8), (8, 16)]         # 10 fit: 8 + 8, not 10 + 6
+    assert batch_chunks(5, 400, 1000) == [(0, 2), (2, 4), (4, 5)]
+    assert batch_chunks(3, 5000, 1000) == [(0, 1), (1, 2), (2, 3)]  # at least one sample
+    assert batch_chunks(4, 1, 1000) == [(0, 4)]
+    assert batch_chunks(0, 100, 1000) == [(0, 0)]                   # one empty chunk: loops run once
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -167,8 +167,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """Max pooling over (kh, kw) windows; the gradient of each window goes to its first
     maximum in row-major order, as in torch. Same signature as torch.
 
-    ceil_mode: OH = ceil((H + 2*ph - kh) / sh) + 1 instead of floor, less one if the last
-    window would start in the bottom padding (torch's rule; likewise OW).
+    ceil_mode: torch's rounding up of OH and OW (tinyalex.shapes.pool_output_size, where
+    the rule is written; docs/ops/max_pool2d.md explains it).
     return_indices: also return the argmax of each window as int64 h*W + w in its input
     plane (torch's indices, never a padding cell), a tensor without gradient.
     """
@@ -243,10 +243,8 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
 
         y_c = x_c / (k + alpha/size * sum_{c'=c-size//2}^{c+(size-1)//2} x_{c'}^2)^beta
 
-    Channels outside [0, C) count as zeros, and alpha is divided by size. The 2012 paper
-    (Krizhevsky et al., section 3.3) writes b = a / (k + alpha * sum a^2)^beta without the
-    division, with k=2, n=5, alpha=1e-4, beta=0.75; the same layer here (and in torch) is
-    ``local_response_norm(x, size=5, alpha=5e-4, beta=0.75, k=2.0)``.
+    Channels outside [0, C) count as zeros, and alpha is divided by size. The 2012 paper's
+    constants differ: the mapping is in docs/ops/local_response_norm.md#5-constants-pytorch-the-2012-paper-tinyalex.
     Input (N, C, ...) with at least 3 dims, like torch.
     """
     op = "local_response_norm"

@@ -58,7 +58,7 @@ def _classifier(in_features, hidden, num_classes, dropout):
 
 
 def _paper_lrn():
-    # the paper's k=2, n=5, alpha=1e-4, beta=0.75; alpha * size in PyTorch's convention
+    # the paper's LRN in PyTorch's convention (docs/ops/local_response_norm.md#5-constants-pytorch-the-2012-paper-tinyalex)
     return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
 
 

@@ -67,6 +67,22 @@ def _pool_length(size, kernel, stride, padding, ceil_mode):
     return out
 
 
+def batch_chunks(n, bytes_per_sample, budget):
+    """Split range(n) into balanced (start, stop) chunks of whole samples whose per-sample
+    bytes fit `budget`, at least one sample per chunk (the conv workspaces of the numba and
+    cupy sets). Balanced: 16 samples of which 10 fit give 8 + 8, not 10 + 6.
+
+    An empty batch is one empty chunk [(0, 0)], so a loop over the chunks still runs once
+    and writes what its first chunk writes (zero weight gradients, for conv).
+    """
+    if n == 0:
+        return [(0, 0)]
+    most = max(1, budget // max(1, bytes_per_sample))
+    count = -(-n // most)                                          # ceil(n / most)
+    size = -(-n // count)
+    return [(start, min(n, start + size)) for start in range(0, n, size)]
+
+
 def same_dtype(a, a_name, b, b_name):
     if a.dtype != b.dtype:
         raise TypeError(f"{b_name}: expected dtype {a.dtype} (the dtype of {a_name}), got {b.dtype}")

@@ -42,7 +42,7 @@ def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
     window of -inf. OH and OW come from the caller, so ceil mode needs nothing more here.
     The scan uses a plain strict `>` (the first of tied maxima wins) and only flags NaNs;
     the rare window holding one is redone by _window_max_nan_aware. Testing for NaN in
-    the scan's branch instead makes the whole kernel 2.4x slower.
+    the scan's branch instead slows the whole kernel down (benchmarks/results/cpu_design_notes.md).
     """
     for p in prange(x.shape[0]):
         plane, y_plane, arg_plane = x[p], y[p], argmax[p]

@@ -26,8 +26,8 @@ def _geometry_args(x_shape, kernel_size, stride, padding, OH, OW):
 def max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False):
     """y[n, c, oh, ow] = max_{i<kh, j<kw} x_pad[n, c, oh*sh + i, ow*sw + j], x_pad padded with -inf
 
-    Shapes: x (N, C, H, W) -> y (N, C, OH, OW), same dtype; OH = (H + 2*ph - kh) // sh + 1,
-    or torch's ceil-mode size (tinyalex.shapes.pool_output_size).
+    Shapes: x (N, C, H, W) -> y (N, C, OH, OW), same dtype; OH and OW from
+    tinyalex.shapes.pool_output_size (floor or torch's ceil mode).
     Saved for backward: argmax (N, C, OH, OW) int32, the flat index h*W + w into the
     unpadded input plane of each window's first maximum, plus the geometry.
     Requires padding <= kernel_size / 2 (PyTorch's rule), so no window is all padding.

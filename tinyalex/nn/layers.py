@@ -137,8 +137,8 @@ class AdaptiveAvgPool2d(Module):
 
 
 class LocalResponseNorm(Module):
-    """See tinyalex.functional.local_response_norm for the formula and the mapping of the
-    2012 paper's constants (paper alpha=1e-4 is alpha=5e-4 here with size=5)."""
+    """See tinyalex.functional.local_response_norm for the formula; the 2012 paper's
+    constants map onto these as docs/ops/local_response_norm.md#5-constants-pytorch-the-2012-paper-tinyalex shows."""
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()

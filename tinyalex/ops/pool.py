@@ -8,8 +8,8 @@ class MaxPool2d(Function):
 
     Forward saves the argmax of every window (the first maximum among its real pixels in
     row-major order, as PyTorch does); backward routes each gy to that one input pixel,
-    adding where windows overlap. Shapes: x (N, C, H, W), y (N, C, OH, OW),
-    OH = floor((H + 2*ph - kh) / sh) + 1, or torch's ceil-mode size with ceil_mode.
+    adding where windows overlap. Shapes: x (N, C, H, W), y (N, C, OH, OW), the sizes of
+    tinyalex.shapes.pool_output_size (floor, or torch's ceil mode).
 
     return_indices: a Function gives one output, so when `indices` is a list the forward
     appends the argmax to it as torch's int64 indices (h*W + w in the input plane), taken
@@ -36,7 +36,7 @@ class AvgPool2d(Function):
     count_include_pad=False, or divisor_override; tinyalex.shapes.avg_pool_divisors).
     Forward saves the divisors and x's shape, not x: the op is linear. Backward sends
     gy / divisor to every pixel of the window, adding where windows overlap.
-    Shapes: x (N, C, H, W), y (N, C, OH, OW), OH as for MaxPool2d.
+    Shapes: x (N, C, H, W), y (N, C, OH, OW), OH and OW as for MaxPool2d.
     """
 
     @staticmethod
