@@ -409,7 +409,9 @@ def test_grad_stats_logs_every_layer(data_dir, tmp_path):
     assert main(argv) == 0
     rows = read_jsonl(out / "grad_stats.jsonl")
     layers = [name for name, m in cpu_alexnet().named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert [row["layer"] for row in rows] == layers  # one sample (step 0) per Conv2d/Linear
+    steps = -(-64 // BATCH)                          # a short run: every step is sampled
+    assert [row["layer"] for row in rows] == layers * steps
+    assert [row["step"] for row in rows] == [step for step in range(steps) for _ in layers]
     for row in rows:
         stats = {"act_mean", "act_std", "grad_mean", "grad_std", "update_ratio"}
         if row["layer"] == "classifier.6":  # the output layer: no ReLU follows it

@@ -825,6 +825,7 @@ class _Run:
         if self.config.grad_stats:
             from .stats import GradStats
             self.stats = GradStats(self.model, self.paths["grad_stats.jsonl"],
+                                   self.config.epochs * len(self.train_loader),
                                    start_step=self.start_epoch * len(self.train_loader) + self.start_batch,
                                    start_epoch=self.start_epoch)
 
