@@ -19,6 +19,7 @@ import importlib
 import os
 import pathlib
 import re
+import subprocess
 import sys
 
 import pytest
@@ -84,6 +85,22 @@ def test_the_readmes_broken_op_example_prints_which_direction_failed(capsys):
         exec(compile(code, "README.md", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "input 0" in printed or "random direction" in printed
+
+
+def test_the_figures_script_draws_every_figure_the_pages_show(tmp_path):
+    """docs/figures.py runs and draws non-blank PNGs; each is committed and shown on a page."""
+    import matplotlib.image
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "figures.py"), str(tmp_path)],
+                          capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="Agg"))
+    assert done.returncode == 0, done.stderr
+    pages = "".join(p.read_text() for p in MARKDOWN)
+    drawn = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(drawn) == 3, drawn
+    for name in drawn:
+        image = matplotlib.image.imread(tmp_path / name)[..., :3]
+        assert image.std() > 0.05, f"{name} is blank"
+        assert (ROOT / "docs" / "figures" / name).is_file(), f"docs/figures/{name} is not committed"
+        assert f"(../figures/{name})" in pages, f"no page shows {name}"
 
 
 # --- line anchors ----------------------------------------------------------------------------
