@@ -63,7 +63,8 @@ import tinyalex
 import tinyalex.functional as F
 import tinyalex.nn as nn
 import tinyalex.optim as optim
-from tinyalex.models import AdaptiveAvgPool2d, fashion_alexnet
+from tinyalex.models import fashion_alexnet
+from tinyalex.nn import AdaptiveAvgPool2d
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

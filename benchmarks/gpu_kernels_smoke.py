@@ -120,6 +120,20 @@ def pool_case(K, at, dtype, rng):
     return out
 
 
+def avg_pool_case(K, at, dtype, rng):
+    """Overlapping windows with padding, in ceil mode, with each divisor rule."""
+    x = rng.standard_normal((2, 3, 8, 5)).astype(dtype)
+    out = {}
+    for count_include_pad, divisor_override in ((True, None), (False, None), (True, 5)):
+        label = f"include_pad={count_include_pad} divisor={divisor_override}"
+        y, cache = K.avg_pool2d_forward(at.put(x), (3, 3), (2, 2), (1, 1), True,
+                                        count_include_pad, divisor_override)
+        gy = rng.standard_normal(at.get(y).shape).astype(dtype)
+        out[f"y {label}"] = at.get(y)
+        out[f"gx {label}"] = at.get(K.avg_pool2d_backward(at.put(gy), cache))
+    return out
+
+
 def lrn_case(K, at, dtype, rng):
     x = rng.standard_normal((2, 5, 4, 3)).astype(dtype)
     y, cache = K.lrn_forward(at.put(x), 4, 0.5, 0.75, 1.0)
@@ -191,15 +205,29 @@ def sgd_case(K, at, dtype, rng):
     return {"param": at.get(p), "buf": at.get(buf)}
 
 
+def mse_loss_case(K, at, dtype, rng):
+    """Every reduction on an odd-sized 3-D input."""
+    out = {}
+    x, t = (rng.standard_normal((3, 5, 7)).astype(dtype) for _ in range(2))
+    for reduction in ("mean", "sum", "none"):
+        loss, cache = K.mse_loss_forward(at.put(x), at.put(t), reduction)
+        gloss = rng.standard_normal(at.get(loss).shape).astype(dtype)
+        out[f"loss {reduction}"] = at.get(loss)
+        out[f"ginput {reduction}"] = at.get(K.mse_loss_backward(at.put(gloss), cache))
+    return out
+
+
 #: case name -> (function, the smoke functions it calls)
 CASES = {
     "im2col": (im2col_case, ("im2col", "col2im")),
     "conv2d": (conv_case, ("conv2d_forward", "conv2d_backward")),
     "max_pool2d": (pool_case, ("max_pool2d_forward", "max_pool2d_backward", "max_pool2d_indices")),
+    "avg_pool2d": (avg_pool_case, ("avg_pool2d_forward", "avg_pool2d_backward")),
     "lrn": (lrn_case, ("lrn_forward", "lrn_backward")),
     "relu": (relu_case, ("relu_forward", "relu_backward")),
     "dropout": (dropout_case, ("dropout_forward", "dropout_backward")),
     "cross_entropy": (cross_entropy_case, ("cross_entropy_forward", "cross_entropy_backward")),
+    "mse_loss": (mse_loss_case, ("mse_loss_forward", "mse_loss_backward")),
     "sgd_update": (sgd_case, ("sgd_update",)),
 }
 

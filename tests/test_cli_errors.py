@@ -70,7 +70,7 @@ def lock(w):
     return handle
 
 
-PROGRESS = re.compile(r"epoch \d+/\d+ \d+/\d+ loss \d+\.\d+ acc \d\.\d+ \d+ img/s$")
+PROGRESS = re.compile(r"epoch \d+/\d+: +\d+% \d+/\d+ \[.*, loss \d+\.\d+ acc \d\.\d+ \d+ img/s\]$")
 
 NO_GPU = not _device.cuda_is_available()
 gpu_case = pytest.mark.skipif(not NO_GPU, reason="this machine has a usable CUDA GPU")

@@ -282,6 +282,44 @@ def test_max_pool2d_never_routes_to_padding_in_windows_of_minus_inf(kernels, cei
     np.testing.assert_array_equal(host(K.max_pool2d_indices(cache)), indices_t.numpy())
 
 
+# --- avg_pool2d -----------------------------------------------------------------------
+
+# (H, W, kernel_size, stride, padding, ceil_mode): overlapping windows with padding, a
+# non-square kernel, ceil mode's last window past the padding (torch counts only the
+# padded input it covers), and non-overlapping blocks (AdaptiveAvgPool2d's case).
+AVG_POOL_CASES = [
+    (8, 5, (3, 3), (2, 2), (1, 1), False),
+    (8, 5, (3, 3), (2, 2), (1, 1), True),
+    (7, 6, (3, 2), (1, 2), (1, 1), True),
+    (6, 9, (3, 2), (3, 2), (1, 1), True),
+    (6, 9, (2, 3), (2, 3), (0, 0), False),
+]
+# (count_include_pad, divisor_override)
+AVG_POOL_DIVISORS = [(True, None), (False, None), (True, 5), (False, -3)]
+
+
+@pytest.mark.parametrize("count_include_pad, divisor_override", AVG_POOL_DIVISORS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H, W, kernel_size, stride, padding, ceil_mode", AVG_POOL_CASES)
+def test_avg_pool2d_matches_torch(kernels, H, W, kernel_size, stride, padding, ceil_mode, dtype,
+                                  count_include_pad, divisor_override):
+    rng = np.random.default_rng(17)
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    x = rng.standard_normal((2, 3, H, W)).astype(dtype)
+    options = (ceil_mode, count_include_pad, divisor_override)
+    y, cache = K.avg_pool2d_forward(dev(x), kernel_size, stride, padding, *options)
+    gy = rng.standard_normal(host(y).shape).astype(dtype)
+    gx = K.avg_pool2d_backward(dev(gy), cache)
+
+    def pool(x):
+        return F.avg_pool2d(x, kernel_size, stride, padding, *options)
+
+    y_t, (gx_t,) = torch_vjp(pool, [x], gy)
+    assert_close(host(y), y_t, dtype)
+    assert_close(host(gx), gx_t, dtype)
+    np.testing.assert_array_equal(host(K.avg_pool2d_backward(dev(gy), cache)), host(gx))
+
+
 # --- LRN ------------------------------------------------------------------------------
 
 # size, alpha, beta, k: even and odd sizes, one wider than C; alpha large enough that
@@ -553,7 +591,7 @@ def test_elementwise_kernels_keep_0d_and_empty_shapes(kernels, shape):
         assert host(y).dtype == np.float64 and host(gx).dtype == np.float64
 
 
-@pytest.mark.parametrize("op", ["conv2d", "max_pool2d", "lrn"])
+@pytest.mark.parametrize("op", ["conv2d", "max_pool2d", "avg_pool2d", "lrn"])
 def test_spatial_kernels_accept_an_empty_batch(kernels, op):
     """N = 0: outputs and gradients of torch's shapes, zero weight gradients."""
     rng = np.random.default_rng(19)
@@ -571,6 +609,10 @@ def test_spatial_kernels_accept_an_empty_batch(kernels, op):
         gx = K.max_pool2d_backward(dev(np.zeros(host(y).shape)), cache)
         assert host(K.max_pool2d_indices(cache)).shape == host(y).shape
         y_t = F.max_pool2d(torch.from_numpy(x), 3, 2, 1, ceil_mode=True)
+    elif op == "avg_pool2d":
+        y, cache = K.avg_pool2d_forward(dev(x), (3, 3), (2, 2), (1, 1), True, False)
+        gx = K.avg_pool2d_backward(dev(np.zeros(host(y).shape)), cache)
+        y_t = F.avg_pool2d(torch.from_numpy(x), 3, 2, 1, ceil_mode=True, count_include_pad=False)
     else:
         y, cache = K.lrn_forward(dev(x), 3, 0.5, 0.75, 1.0)
         gx = K.lrn_backward(dev(np.zeros(x.shape)), cache)

@@ -19,6 +19,7 @@ import tinyalex.cpu.conv as cpu_conv
 import tinyalex.cpu.cross_entropy as cpu_cross_entropy
 import tinyalex.reference as reference
 from tinyalex.dispatch import counter_uniform
+from tinyalex.shapes import batch_chunks
 
 SEEDS = range(10)
 DTYPES = (np.float64, np.float32)
@@ -121,12 +122,13 @@ def test_conv2d_matches_reference(seed, dtype):
     np.testing.assert_array_equal(gW_again, gW)
 
 
-def test_batch_chunks_are_balanced_and_bounded(monkeypatch):
-    monkeypatch.setattr(cpu_conv, "WORKSPACE_BYTES", 1000)
-    assert cpu_conv.batch_chunks(16, 100) == [(0, 8), (8, 16)]         # 10 fit: 8 + 8, not 10 + 6
-    assert cpu_conv.batch_chunks(5, 400) == [(0, 2), (2, 4), (4, 5)]
-    assert cpu_conv.batch_chunks(3, 5000) == [(0, 1), (1, 2), (2, 3)]  # at least one sample
-    assert cpu_conv.batch_chunks(4, 1) == [(0, 4)]
+def test_batch_chunks_are_balanced_and_bounded():
+    """The one chunking rule of the numba and cupy conv workspaces (tinyalex.shapes)."""
+    assert batch_chunks(16, 100, 1000) == [(0, 8), (8, 16)]         # 10 fit: 8 + 8, not 10 + 6
+    assert batch_chunks(5, 400, 1000) == [(0, 2), (2, 4), (4, 5)]
+    assert batch_chunks(3, 5000, 1000) == [(0, 1), (1, 2), (2, 3)]  # at least one sample
+    assert batch_chunks(4, 1, 1000) == [(0, 4)]
+    assert batch_chunks(0, 100, 1000) == [(0, 0)]                   # one empty chunk: loops run once
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -182,6 +184,24 @@ def test_max_pool2d_propagates_nan_like_torch():
     np.testing.assert_array_equal(argmax, argmax_t.numpy())
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_avg_pool2d_matches_reference(seed, dtype):
+    rng = np.random.default_rng(300 + seed)
+    shape = random_image(rng)
+    window = random_window(rng, *shape[2:])
+    options = (bool(seed % 2), bool(seed % 3), [None, 3][seed % 4 == 0])  # ceil, count_include_pad, divisor
+    x = rng.standard_normal(shape).astype(dtype)
+
+    y, cache = cpu.avg_pool2d_forward(x, *window, *options)
+    y_ref, cache_ref = reference.avg_pool2d_forward(f64(x), *window, *options)
+    assert_matches(y, y_ref, dtype)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx = cpu.avg_pool2d_backward(gy, cache)
+    assert_matches(gx, reference.avg_pool2d_backward(f64(gy), cache_ref), dtype)
+    np.testing.assert_array_equal(cpu.avg_pool2d_backward(gy, cache), gx)
+
+
 # --- LRN --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -233,6 +253,22 @@ def test_dropout_mask_is_bit_identical_to_reference(seed, dtype):
         np.testing.assert_array_equal(y, y_ref)
         np.testing.assert_array_equal(cpu.dropout_backward(gy, cache),
                                       reference.dropout_backward(gy, cache_ref))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("seed", range(4))
+def test_mse_loss_matches_reference(seed, reduction, dtype):
+    rng = np.random.default_rng(400 + seed)
+    shape = random_image(rng)[: 2 + seed % 3]                          # 2-, 3- and 4-D
+    x, t = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    loss, cache = cpu.mse_loss_forward(x, t, reduction)
+    loss_ref, cache_ref = reference.mse_loss_forward(f64(x), f64(t), reduction)
+    assert_matches(np.asarray(loss), np.asarray(loss_ref), dtype)
+    gloss = rng.standard_normal(np.shape(loss)).astype(dtype)
+    gx = cpu.mse_loss_backward(gloss, cache)
+    assert_matches(gx, reference.mse_loss_backward(f64(gloss), cache_ref), dtype)
+    np.testing.assert_array_equal(cpu.mse_loss_backward(gloss, cache), gx)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -291,12 +327,14 @@ def test_results_do_not_depend_on_thread_count(monkeypatch):
         gxd, gWd, _ = cpu.conv2d_backward(np.sin(yd), dilated_cache)
         pc, ceil_cache = cpu.max_pool2d_forward(np.round(x), (2, 3), (2, 2), (1, 1), True)
         gpc = cpu.max_pool2d_backward(np.cos(pc), ceil_cache)
+        a, avg_cache = cpu.avg_pool2d_forward(x, (3, 2), (1, 2), (1, 1), True, False)
+        ga = cpu.avg_pool2d_backward(np.cos(a), avg_cache)
         logits = x.reshape(-1, 11)
         target = np.arange(logits.shape[0]) % 11
         loss, ce_cache = cpu.cross_entropy_forward(logits, target, "none", np.linspace(0.5, 2, 11),
                                                    3, 0.2)
         gl = cpu.cross_entropy_backward(np.cos(loss), ce_cache)
-        return y, gx, gW, p, gp, z, gz, yd, gxd, gWd, pc, gpc, loss, gl
+        return y, gx, gW, p, gp, z, gz, yd, gxd, gWd, pc, gpc, a, ga, loss, gl
 
     everyone = run_all()
     threads = numba.get_num_threads()

@@ -68,6 +68,21 @@ def test_max_pool2d_finite_differences(kernels, n, c, h, w, kernel, stride, padd
 
 
 @fd_settings
+@given(n=st.integers(2, 3), c=st.integers(2, 3), h=st.integers(4, 8), w=st.integers(4, 8),
+       kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 3),
+       padding=st.integers(0, 1), ceil_mode=st.booleans(), count_include_pad=st.booleans(),
+       divisor_override=st.sampled_from([None, 4]), seed=st.integers(0, 99))
+def test_avg_pool2d_finite_differences(kernels, n, c, h, w, kernel, stride, padding, ceil_mode,
+                                       count_include_pad, divisor_override, seed):
+    if h == w:
+        w += 1
+    padding = (min(padding, kernel[0] // 2), min(padding, kernel[1] // 2))
+    x = np.random.default_rng(seed).standard_normal((n, c, h, w))
+    gradcheck(kernels, lambda x: F.avg_pool2d(x, kernel, stride, padding, ceil_mode,
+                                              count_include_pad, divisor_override), [x])
+
+
+@fd_settings
 @given(c=st.integers(2, 7), size=st.integers(1, 6), alpha=st.floats(0.1, 1.0),
        beta=st.floats(0.5, 1.0), k=st.floats(0.5, 2.0), seed=st.integers(0, 99))
 def test_local_response_norm_finite_differences(kernels, c, size, alpha, beta, k, seed):
@@ -224,6 +239,47 @@ def test_max_pool2d_return_indices_match_torch(kernels, ceil_mode, unbatched):
     np.testing.assert_array_equal(kernels.to_numpy(layer(ours)[1].array), indices_t.numpy())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", [dict(), dict(ceil_mode=True),
+                                     dict(ceil_mode=True, count_include_pad=False),
+                                     dict(divisor_override=7)])
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((2, 3, 9, 7), 3, 2, 1),                  # overlapping 3/2 windows with padding
+    ((2, 2, 10, 7), (3, 2), (3, 2), (1, 1)),  # non-square; ceil mode's last window past the padding
+    ((2, 2, 12, 18), (2, 3), None, 0),        # stride defaults to the kernel: blocks
+])
+def test_avg_pool2d_matches_torch(kernels, shape, kernel, stride, padding, options, dtype):
+    x = np.random.default_rng(4).standard_normal(shape)
+    check_parity(kernels, lambda x: F.avg_pool2d(x, kernel, stride, padding, **options),
+                 lambda x: TF.avg_pool2d(x, kernel, stride, padding, **options), [x], dtype=dtype)
+
+
+@pytest.mark.parametrize("output_size", [(6, 6), 3, (None, 2), (4, 9)])
+def test_adaptive_avg_pool2d_layer_matches_torch(kernels, output_size):
+    """torch's adaptive windows [floor(i*H/OH), ceil((i+1)*H/OH)) are avg_pool2d's blocks
+    when the sizes divide; unbatched input as well."""
+    x = np.random.default_rng(5).standard_normal((2, 3, 12, 18))
+    check_parity(kernels, lambda x: ta.nn.AdaptiveAvgPool2d(output_size)(x),
+                 lambda x: torch.nn.AdaptiveAvgPool2d(output_size)(x), [x])
+    check_parity(kernels, lambda x: ta.nn.AdaptiveAvgPool2d(output_size)(x),
+                 lambda x: torch.nn.AdaptiveAvgPool2d(output_size)(x), [x[0]])
+
+
+def test_avg_pool2d_layer_and_refusals():
+    x = ta.tensor(np.random.default_rng(6).standard_normal((2, 3, 8, 6)))
+    layer = ta.nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)
+    expected = TF.avg_pool2d(torch.tensor(x.numpy()), 3, 2, 1, True, False)
+    np.testing.assert_allclose(layer(x).numpy(), expected.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="adaptive_avg_pool2d: output_size: only sizes that divide"):
+        ta.nn.AdaptiveAvgPool2d(5)(x)
+    with pytest.raises(ValueError, match="avg_pool2d: divisor_override: expected None or a nonzero int"):
+        F.avg_pool2d(x, 2, divisor_override=0)
+    with pytest.raises(ValueError, match="avg_pool2d: padding: expected at most half the kernel"):
+        F.avg_pool2d(x, 2, padding=2)
+    with pytest.raises(ValueError, match="avg_pool2d: kernel_size: a kernel of 9"):
+        F.avg_pool2d(x, 9)
+
+
 @pytest.mark.parametrize("size, alpha, beta, k", [
     (5, 5e-4, 0.75, 2.0),   # the 2012 paper's constants in PyTorch's convention
     (5, 0.5, 0.75, 1.0),
@@ -344,6 +400,7 @@ def test_backward_is_bitwise_deterministic(kernels):
     for _ in range(2):
         xt, wt = ta_tensors(kernels, [x, w], dtype=np.float32)
         y = F.max_pool2d(F.local_response_norm(F.relu(F.conv2d(xt, wt, stride=1, padding=1)), 5, 0.5), 3, 1)
+        y = F.avg_pool2d(y, 3, 1, 1)                                   # overlapping: a gather on every set
         gy = rng.standard_normal(y.shape).astype(np.float32) if gy is None else gy
         y.backward(kernels.to_device(gy))
         grads.append((kernels.to_numpy(xt.grad.array), kernels.to_numpy(wt.grad.array)))
@@ -388,6 +445,9 @@ EDGE_CASES = {
                                 [np.zeros((0, 2, 5, 6)), np.ones((4, 2, 2, 3))]),
     "max_pool2d N=0": (lambda lib, x: lib.F.max_pool2d(x, 3, 2, 1), [np.zeros((0, 3, 7, 6))]),
     "max_pool2d N=0 ceil": (lambda lib, x: lib.F.max_pool2d(x, 2, 2, ceil_mode=True),
+                            [np.zeros((0, 3, 7, 6))]),
+    "avg_pool2d N=0 ceil": (lambda lib, x: lib.F.avg_pool2d(x, 3, 2, 1, ceil_mode=True,
+                                                             count_include_pad=False),
                             [np.zeros((0, 3, 7, 6))]),
     "local_response_norm N=0": (lambda lib, x: lib.F.local_response_norm(x, 3, 0.5),
                                 [np.zeros((0, 4, 3, 5))]),

@@ -8,16 +8,20 @@ inputs' gradients. Nothing here knows which kernel set or device computed the ar
 """
 import contextlib
 import itertools
+import weakref
 
 import numpy as np
 
 from . import device as _device
+from .errors import ValueRuntimeError
 
 float32 = np.dtype(np.float32)
 float64 = np.dtype(np.float64)
 int64 = np.dtype(np.int64)
 bool_ = np.dtype(np.bool_)
 FLOAT_DTYPES = (float32, float64)
+DTYPES = FLOAT_DTYPES + (int64, bool_)
+
 
 _grad_enabled = True
 
@@ -74,12 +78,18 @@ class Function:
 
 
 class Node:
-    """A recorded application of a Function: the graph edge back to its inputs."""
+    """A recorded application of a Function: the graph edge back to its inputs.
+
+    ``next_functions`` is torch's view of the edges, kept after backward frees the inputs:
+    one ``(node, 0)`` pair per input, where node is the input's own Node, an
+    :class:`AccumulateGrad` for a leaf that requires grad, or None for a constant.
+    """
     _ids = itertools.count()
 
     def __init__(self, function, inputs, cache, shape):
         self.function = function
         self.inputs = inputs
+        self.next_functions = tuple((_edge_to(t), 0) for t in inputs)
         self.shape = shape         # of the output, for graph dumps
         self.needs_input_grad = tuple(t.requires_grad for t in inputs)
         self.cache = cache
@@ -93,6 +103,36 @@ class Node:
 
     def __repr__(self):
         return f"<{self.name()}Backward>"
+
+
+class AccumulateGrad:
+    """The end of a graph edge at a leaf that requires grad (torch's AccumulateGrad):
+    backward adds the incoming gradient into ``variable.grad``."""
+
+    def __init__(self, variable):
+        self.variable = variable
+        self.next_functions = ()
+
+    def name(self):
+        return "AccumulateGrad"
+
+    def __repr__(self):
+        return "<AccumulateGrad>"
+
+
+def _edge_to(t):
+    """The node at the other end of an edge to t. A leaf's AccumulateGrad is shared by all
+    edges to it while any graph holds it; the leaf refers to it weakly (as in torch), so
+    no reference cycle keeps a leaf's array alive."""
+    if t.grad_fn is not None:
+        return t.grad_fn
+    if not t.requires_grad:
+        return None
+    accumulator = t._accumulator and t._accumulator()
+    if accumulator is None:
+        accumulator = AccumulateGrad(t)
+        t._accumulator = weakref.ref(accumulator)
+    return accumulator
 
 
 class RemovableHandle:
@@ -113,10 +153,7 @@ def _as_array(data, dtype, device):
         data = data.array
     array = data if _device.device_of(data) == "cuda" else np.asarray(data)
     if dtype is not None:
-        dtype = np.dtype(dtype)
-        if dtype not in FLOAT_DTYPES + (int64, bool_):
-            raise TypeError(f"dtype: expected float32, float64, int64 or bool, got {dtype}")
-        array = array.astype(dtype, copy=False)
+        array = array.astype(check_dtype(dtype), copy=False)
     elif array.dtype.kind == "f":
         if array.dtype not in FLOAT_DTYPES:
             raise TypeError(f"data: expected float32 or float64 values, got {array.dtype}")
@@ -127,6 +164,52 @@ def _as_array(data, dtype, device):
     elif array.dtype.kind != "b":
         raise TypeError(f"data: expected numbers, got an array of {array.dtype}")
     return array if device is None else _device.to_device(array, device)
+
+
+def check_dtype(dtype, name="dtype"):
+    """`dtype` as a NumPy dtype, one of the four tinyalex computes with."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:
+        checked = None
+    if checked not in DTYPES:
+        raise TypeError(f"{name}: expected float32, float64, int64 or bool, got {dtype!r}")
+    return checked
+
+
+def _is_dtype(value):
+    return isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic))
+
+
+def parse_to_args(args, kwargs):
+    """(device, dtype, copy) from the forms of torch's ``Tensor.to`` and ``Module.to``:
+    ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(other_tensor)``, with the
+    keywords ``device``, ``dtype``, ``non_blocking`` (accepted; copies here are synchronous)
+    and ``copy``. None means unchanged."""
+    unknown = set(kwargs) - {"device", "dtype", "non_blocking", "copy"}
+    if unknown:
+        raise TypeError(f"to(): unexpected keyword argument {sorted(unknown)[0]!r}")
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    args = list(args)
+    if args and isinstance(args[0], Tensor):
+        other = args.pop(0)
+        device, dtype = other.device, other.dtype
+    elif args and not _is_dtype(args[0]):
+        device = args.pop(0)
+    if args and _is_dtype(args[0]):
+        dtype = args.pop(0)
+    if args and isinstance(args[0], bool):                  # non_blocking, positional
+        args.pop(0)
+    if args:
+        raise TypeError(f"to(): expected (device, dtype), (dtype) or (tensor), got an extra "
+                        f"argument {args[0]!r}")
+    device = None if device is None else _device.parse_device(device)
+    dtype = None if dtype is None else check_dtype(dtype)
+    return device, dtype, bool(kwargs.get("copy", False))
+
+
+_TYPE_NAMES = {float32: "FloatTensor", float64: "DoubleTensor", int64: "LongTensor",
+               bool_: "BoolTensor"}
 
 
 def _check_differentiable(dtype, where):
@@ -152,6 +235,7 @@ class Tensor:
         self.grad = None
         self.grad_fn = None
         self._hooks = {}
+        self._accumulator = None   # weak reference to a leaf's AccumulateGrad (next_functions)
         if requires_grad:
             _check_differentiable(data.dtype, "requires_grad")
         self.requires_grad = requires_grad
@@ -181,7 +265,13 @@ class Tensor:
 
     @property
     def device(self):
-        return _device.device_of(self.array)
+        """A :class:`tinyalex.device.Device`: device('cpu') or device('cuda:0'). It is a str
+        ('cpu' or 'cuda'), so ``t.device == 'cuda'`` works."""
+        return _device.tensor_device(self.array)
+
+    @property
+    def is_cuda(self):
+        return _device.device_of(self.array) == "cuda"
 
     @property
     def ndim(self):
@@ -200,8 +290,57 @@ class Tensor:
     def numel(self):
         return int(self.array.size)
 
+    # --- Python protocols, with torch's rules and error types -------------------------
     def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
+
+    def __iter__(self):
+        """The rows along dim 0, as tensors (differentiable, like torch's unbind)."""
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __bool__(self):
+        """The truth of a one-element tensor (``if label == prediction:``); ambiguous, and a
+        RuntimeError as in torch, for any other size."""
+        if self.numel() != 1:
+            amount = "no values" if self.numel() == 0 else "more than one value"
+            raise ValueRuntimeError(f"Boolean value of Tensor with {amount} is ambiguous")
+        return bool(self._scalar())
+
+    def __float__(self):
+        return float(self._scalar("float()"))
+
+    def __int__(self):
+        return int(self._scalar("int()"))
+
+    def __index__(self):
+        """A one-element integer (or bool) tensor as a list index (``classes[label]``)."""
+        if self.dtype.kind not in "iub" or self.numel() != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an "
+                            f"index, got dtype {self.dtype} and shape {self.shape}")
+        return int(self._scalar())
+
+    def __array__(self, dtype=None, copy=None):
+        """For ``np.asarray(t)``; the rules of :meth:`numpy` (a CPU tensor needing no grad)."""
+        array = self.numpy()
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        return array.copy() if copy else array
+
+    def __format__(self, spec):
+        """A 0-d tensor formats as its value (``f"{loss:.3f}"``), as in torch."""
+        if spec and self.ndim == 0:
+            return format(self.item(), spec)
+        return super().__format__(spec) if spec else str(self)
+
+    def _scalar(self, what=None):
+        if self.numel() != 1:
+            raise ValueError(f"{what}: only one element tensors can be converted to Python "
+                             f"scalars, got shape {self.shape}")
+        return _device.to_device(self.array, "cpu").reshape(()).item()
 
     def __repr__(self):
         extra = f", grad_fn={self.grad_fn!r}" if self.grad_fn else (
@@ -223,8 +362,8 @@ class Tensor:
 
     def item(self):
         if self.numel() != 1:
-            raise ValueError(f"item(): expected a tensor with one element, got shape {self.shape}")
-        return self.array.reshape(()).item()
+            raise ValueRuntimeError(f"item(): expected a tensor with one element, got shape {self.shape}")
+        return self._scalar()
 
     def tolist(self):
         return _device.to_device(self.array, "cpu").tolist()
@@ -233,10 +372,33 @@ class Tensor:
         """A new leaf sharing this tensor's data, cut from the graph."""
         return Tensor(self.array)
 
-    def to(self, device=None, dtype=None):
-        """Copy to another device and/or dtype; differentiable (the gradient flows back)."""
-        from .ops.basic import convert
-        return convert(self, device, dtype)
+    def to(self, *args, **kwargs):
+        """Copy to another device and/or dtype, as torch's forms allow: ``to(device)``,
+        ``to(dtype)``, ``to(device, dtype)``, ``to(other)``. Differentiable (the gradient
+        flows back). Returns self when nothing changes, unless ``copy=True``."""
+        device, dtype, copy = parse_to_args(args, kwargs)
+        out = _basic.convert(self, device, dtype)
+        return _basic.clone(out) if copy and out is self else out
+
+    def type(self, dtype=None):
+        """With no argument, the type name ('tinyalex.FloatTensor', as torch says
+        'torch.FloatTensor'); else this tensor converted to `dtype` (``x.type(y.dtype)``)."""
+        if dtype is None:
+            return "tinyalex." + _TYPE_NAMES[self.dtype]
+        if isinstance(dtype, str):
+            names = {f"{lib}.{name}": d for d, name in _TYPE_NAMES.items()
+                     for lib in ("tinyalex", "torch")}
+            if dtype not in names:
+                raise TypeError(f"type(): expected a dtype or one of {sorted(names)}, got {dtype!r}")
+            dtype = names[dtype]
+        return self.to(dtype=dtype)
+
+    def clone(self):
+        """A copy with its own storage; differentiable."""
+        return _basic.clone(self)
+
+    def contiguous(self):
+        return self
 
     def cpu(self):
         return self.to("cpu")
@@ -252,6 +414,9 @@ class Tensor:
 
     def long(self):
         return self.to(dtype=int64)
+
+    def bool(self):
+        return self.to(dtype=bool_)
 
     # --- gradients --------------------------------------------------------------------
     def requires_grad_(self, mode=True):
@@ -319,13 +484,79 @@ class Tensor:
     def __getitem__(self, index):
         return _basic.getitem(self, index)
 
+    # --- in place: only where no graph is recorded -------------------------------------
+    def _check_writable(self, op):
+        """Autograd cannot see in-place writes, so they are refused while this tensor is
+        being recorded (it requires grad and grad mode is on). Write into ``t.data``, or
+        inside ``tinyalex.no_grad()``, as optimisers do. torch also allows in-place ops on
+        non-leaf tensors by tracking versions; tinyalex does not."""
+        if self.requires_grad and _grad_enabled:
+            raise RuntimeError(f"{op}: a tensor that requires grad cannot be changed in place; "
+                               "change tensor.data, or work inside tinyalex.no_grad()")
+
+    def _in_place(self, op, ufunc, other):
+        self._check_writable(op)
+        if isinstance(other, Tensor):
+            if other.device != self.device:
+                raise ValueRuntimeError(f"{op}: expected other on device '{self.device}', got "
+                                  f"'{other.device}'")
+            other = other.array
+        try:
+            ufunc(self.array, other, out=self.array, casting="same_kind")
+        except ValueError as exc:  # a shape that does not broadcast to self's
+            raise ValueRuntimeError(f"{op}: other of shape {tuple(getattr(other, 'shape', ()))} does "
+                              f"not broadcast to this tensor's shape {self.shape}") from exc
+        return self
+
     def __setitem__(self, index, value):
         """In-place assignment into the array, for tensors that record no graph (like
         ``p.data[...] = 0`` or under ``no_grad``): autograd cannot see in-place writes."""
-        if self.requires_grad and _grad_enabled:
-            raise RuntimeError("__setitem__: a tensor that requires grad cannot be written in"
-                               " place; write into tensor.data or inside tinyalex.no_grad()")
+        self._check_writable("__setitem__")
         self.array[_basic.raw_index(index)] = value.array if isinstance(value, Tensor) else value
+
+    def add_(self, other, alpha=1):
+        """self += alpha * other, in place (no graph recorded); returns self."""
+        return self._in_place("add_", np.add, other if alpha == 1 else other * alpha)
+
+    def sub_(self, other, alpha=1):
+        """self -= alpha * other, in place: ``p.data.sub_(lr * p.grad.data)``."""
+        return self._in_place("sub_", np.subtract, other if alpha == 1 else other * alpha)
+
+    def mul_(self, other):
+        return self._in_place("mul_", np.multiply, other)
+
+    def div_(self, other):
+        return self._in_place("div_", np.true_divide, other)
+
+    def fill_(self, value):
+        self._check_writable("fill_")
+        self.array[...] = value.item() if isinstance(value, Tensor) else value
+        return self
+
+    def zero_(self):
+        return self.fill_(0)
+
+    def copy_(self, src):
+        """Copy src's values into self (casting to self's dtype and device), in place."""
+        self._check_writable("copy_")
+        if not isinstance(src, Tensor):
+            raise TypeError(f"copy_(): src: expected a Tensor, got {type(src).__name__}")
+        try:
+            self.array[...] = _device.to_device(src.array, self.device).astype(self.dtype, copy=False)
+        except ValueError as exc:
+            raise ValueRuntimeError(f"copy_(): src of shape {src.shape} does not broadcast to "
+                              f"{self.shape}") from exc
+        return self
+
+    def normal_(self, mean=0.0, std=1.0):
+        from .nn import init
+        self._check_writable("normal_")
+        return init.normal_(self, mean, std)
+
+    def uniform_(self, a=0.0, b=1.0):
+        from .nn import init
+        self._check_writable("uniform_")
+        return init.uniform_(self, a, b)
 
     def __eq__(self, other):
         return _basic.compare(self, other, "equal")
@@ -365,16 +596,50 @@ class Tensor:
     def sqrt(self):
         return _basic.pow(self, 0.5)
 
-    def sum(self, dim=None, keepdim=False):
-        return _basic.sum(self, dim, keepdim)
+    def eq(self, other):
+        return _basic.compare(self, other, "equal")
 
-    def mean(self, dim=None, keepdim=False):
-        return _basic.mean(self, dim, keepdim)
+    def ne(self, other):
+        return _basic.compare(self, other, "not_equal")
+
+    def lt(self, other):
+        return _basic.compare(self, other, "less")
+
+    def le(self, other):
+        return _basic.compare(self, other, "less_equal")
+
+    def gt(self, other):
+        return _basic.compare(self, other, "greater")
+
+    def ge(self, other):
+        return _basic.compare(self, other, "greater_equal")
+
+    def sum(self, dim=None, keepdim=False, *, axis=None):
+        return _basic.sum(self, _basic.dim_or_axis(dim, axis), keepdim)
+
+    def mean(self, dim=None, keepdim=False, *, axis=None):
+        return _basic.mean(self, _basic.dim_or_axis(dim, axis), keepdim)
+
+    def max(self, dim=None, keepdim=False, *, axis=None):
+        """The largest element, or with ``dim`` the named tuple (values, indices)."""
+        return _basic.max(self, _basic.dim_or_axis(dim, axis), keepdim)
+
+    def min(self, dim=None, keepdim=False, *, axis=None):
+        return _basic.min(self, _basic.dim_or_axis(dim, axis), keepdim)
 
     def reshape(self, *shape):
         return _basic.reshape(self, *shape)
 
     view = reshape
+
+    def view_as(self, other):
+        return _basic.reshape(self, other.shape)
+
+    def squeeze(self, dim=None):
+        return _basic.squeeze(self, dim)
+
+    def unsqueeze(self, dim):
+        return _basic.unsqueeze(self, dim)
 
     def flatten(self, start_dim=0, end_dim=-1):
         return _basic.flatten(self, start_dim, end_dim)
@@ -396,8 +661,11 @@ class Tensor:
         from .functional import relu
         return relu(self)
 
-    def argmax(self, dim=None, keepdim=False):
-        return _basic.argmax(self, dim, keepdim)
+    def argmax(self, dim=None, keepdim=False, *, axis=None):
+        return _basic.argmax(self, _basic.dim_or_axis(dim, axis), keepdim)
+
+    def argmin(self, dim=None, keepdim=False, *, axis=None):
+        return _basic.argmin(self, _basic.dim_or_axis(dim, axis), keepdim)
 
 
 def tensor(data, dtype=None, requires_grad=False, device=None):

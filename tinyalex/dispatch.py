@@ -42,6 +42,12 @@ KERNEL_API = {
     "max_pool2d_indices": "max_pool2d_indices(cache) -> indices (N, C, OH, OW) int64: each"
                           " window's argmax as h*W + w in its input plane (torch's"
                           " return_indices).",
+    "avg_pool2d_forward": "avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,"
+                          " count_include_pad=True, divisor_override=None) -> (y, cache). Zero"
+                          " padding; OH as for max_pool2d_forward; y = window sum / divisor,"
+                          " torch's divisor per window (tinyalex.shapes.avg_pool_divisors).",
+    "avg_pool2d_backward": "avg_pool2d_backward(gy, cache) -> gx: each window sends gy / divisor"
+                           " to every pixel it covers.",
     "lrn_forward": "lrn_forward(x, size, alpha, beta, k) -> (y, cache). PyTorch convention:"
                    " y = x / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]}"
                    " x_{c'}^2)^beta.",
@@ -64,6 +70,11 @@ KERNEL_API = {
                              " divides by the kept targets' weights (N for probabilities),"
                              " 0/0 = nan; reduction 'mean'|'sum' gives shape (), 'none' (N,).",
     "cross_entropy_backward": "cross_entropy_backward(gloss, cache) -> glogits (N,C).",
+    "mse_loss_forward": "mse_loss_forward(input, target, reduction) -> (loss, cache). input and"
+                        " target of one shape and float dtype; loss = reduce((input - target)^2),"
+                        " reduction 'mean'|'sum' gives shape (), 'none' the input's shape.",
+    "mse_loss_backward": "mse_loss_backward(gloss, cache) -> ginput (the target's gradient is"
+                         " -ginput).",
 }
 
 KERNEL_SETS = {"numpy": "tinyalex.reference", "numba": "tinyalex.cpu", "cupy": "tinyalex.cuda"}

@@ -15,3 +15,10 @@ class KeyRuntimeError(KeyError, RuntimeError):
 
 class ValueRuntimeError(ValueError, RuntimeError):
     """A ValueError that torch would raise as RuntimeError (e.g. a size mismatch)."""
+
+
+class TrainingError(ValueRuntimeError):
+    """A problem the user can fix: a bad setting, missing or bad data, an unwritable or full
+    --out, divergence. The CLI prints it as one line, without a traceback. It is a ValueError
+    (a bad setting passed to train()) and a RuntimeError (a run that cannot go on), so code
+    that catches either, as it would around a torch call, catches it."""

@@ -18,11 +18,13 @@ from .ops.dropout import Dropout
 from .ops.linear import Linear
 from .ops.lrn import LocalResponseNorm
 from .ops.pad import ZeroPad2d
-from .ops.pool import MaxPool2d
+from .ops.mse_loss import MSELoss
+from .ops.pool import AvgPool2d, MaxPool2d
 from .ops.relu import ReLU
+from .shapes import conv_output_size
 
-__all__ = ["conv2d", "max_pool2d", "local_response_norm", "relu", "dropout", "linear",
-           "cross_entropy"]
+__all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_response_norm",
+           "relu", "dropout", "linear", "cross_entropy", "mse_loss"]
 
 
 # --- argument checks ---------------------------------------------------------------------
@@ -73,12 +75,29 @@ def _check_bool(op, name, value):
 
 
 def _output_size(op, x_shape, kernel, stride, padding):
-    """Floor-mode output size; refuses a kernel larger than the padded input."""
-    padded = (x_shape[-2] + 2 * padding[0], x_shape[-1] + 2 * padding[1])
-    if kernel[0] > padded[0] or kernel[1] > padded[1]:
-        raise ValueError(f"{op}: kernel size {kernel} is larger than the padded input "
-                         f"{padded} (input {tuple(x_shape[-2:])}, padding {padding})")
-    return tuple((p - k) // s + 1 for p, k, s in zip(padded, kernel, stride))
+    """Floor-mode (OH, OW): tinyalex.shapes.conv_output_size on each axis, its refusal of a
+    kernel larger than the padded input prefixed with the op's name."""
+    try:
+        return tuple(conv_output_size(size, k, s, p)
+                     for size, k, s, p in zip(x_shape[-2:], kernel, stride, padding))
+    except ValueError as exc:
+        raise ValueError(f"{op}: {exc}") from None
+
+
+def _pool_geometry(op, input, kernel_size, stride, padding, ceil_mode):
+    """Checked (kernel, stride, padding) pairs of a pooling call, torch's rules: stride
+    defaults to the kernel, padding is at most half the kernel, the kernel fits."""
+    _check_tensor(op, "input", input, (3, 4))
+    _check_float_tensors(op, input=input)
+    kernel = _pair(op, "kernel_size", kernel_size, 1)
+    stride = kernel if stride is None or stride == [] else _pair(op, "stride", stride, 1)
+    padding = _pair(op, "padding", padding, 0)
+    _check_bool(op, "ceil_mode", ceil_mode)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{op}: padding: expected at most half the kernel size {kernel}, "
+                         f"got {padding}")
+    _output_size(op, input.shape, kernel, stride, padding)
+    return kernel, stride, padding
 
 
 def _batched(x, batch_ndim):
@@ -148,25 +167,16 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """Max pooling over (kh, kw) windows; the gradient of each window goes to its first
     maximum in row-major order, as in torch. Same signature as torch.
 
-    ceil_mode: OH = ceil((H + 2*ph - kh) / sh) + 1 instead of floor, less one if the last
-    window would start in the bottom padding (torch's rule; likewise OW).
+    ceil_mode: torch's rounding up of OH and OW (tinyalex.shapes.pool_output_size, where
+    the rule is written; docs/ops/max_pool2d.md explains it).
     return_indices: also return the argmax of each window as int64 h*W + w in its input
     plane (torch's indices, never a padding cell), a tensor without gradient.
     """
     op = "max_pool2d"
-    _check_tensor(op, "input", input, (3, 4))
-    _check_float_tensors(op, input=input)
-    kernel = _pair(op, "kernel_size", kernel_size, 1)
-    stride = kernel if stride is None or stride == [] else _pair(op, "stride", stride, 1)
-    padding = _pair(op, "padding", padding, 0)
+    kernel, stride, padding = _pool_geometry(op, input, kernel_size, stride, padding, ceil_mode)
     _only_default(op, "dilation", dilation, 1)
-    _check_bool(op, "ceil_mode", ceil_mode)
     _check_bool(op, "return_indices", return_indices)
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"{op}: padding: expected at most half the kernel size {kernel}, "
-                         f"got {padding}")
     x, unbatched = _batched(input, 4)
-    _output_size(op, x.shape, kernel, stride, padding)
     indices = [] if return_indices else None
     y = MaxPool2d.apply(x, kernel_size=kernel, stride=stride, padding=padding,
                         ceil_mode=bool(ceil_mode), indices=indices)
@@ -177,15 +187,64 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return y, Tensor(index.reshape(index.shape[1:]) if unbatched else index)
 
 
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None):
+    """Average pooling over (kh, kw) windows. Same signature as torch.
+
+    y[n, c, oh, ow] = sum of the window of the zero-padded input / divisor[oh, ow], where
+    the divisor is kh*kw (count_include_pad=True, torch's default; a window running past
+    the padding in ceil mode counts only the padded input it covers), the number of the
+    window's real pixels (count_include_pad=False), or divisor_override, a nonzero int.
+    Output size, ceil_mode and the padding limit (at most half the kernel) as in
+    max_pool2d. The rule is written once: tinyalex.shapes.avg_pool_divisors.
+    """
+    op = "avg_pool2d"
+    kernel, stride, padding = _pool_geometry(op, input, kernel_size, stride, padding, ceil_mode)
+    _check_bool(op, "count_include_pad", count_include_pad)
+    if divisor_override is not None and (
+            not isinstance(divisor_override, numbers.Integral) or isinstance(divisor_override, bool)
+            or divisor_override == 0):
+        raise ValueError(f"{op}: divisor_override: expected None or a nonzero int, "
+                         f"got {divisor_override!r}")
+    x, unbatched = _batched(input, 4)
+    y = AvgPool2d.apply(x, kernel_size=kernel, stride=stride, padding=padding,
+                        ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad),
+                        divisor_override=None if divisor_override is None else int(divisor_override))
+    return reshape(y, *y.shape[1:]) if unbatched else y
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Average pooling to a fixed (OH, OW), torch's AdaptiveAvgPool2d. torch averages
+    rows [floor(i*H/OH), ceil((i+1)*H/OH)) into output row i; when OH divides H those are
+    the non-overlapping blocks of H/OH rows, i.e. avg_pool2d with kernel = stride = H/OH,
+    which is what runs here (likewise columns). A None in output_size keeps that size.
+    Sizes that do not divide (windows of unequal, overlapping lengths) are refused.
+    """
+    op = "adaptive_avg_pool2d"
+    _check_tensor(op, "input", input, (3, 4))
+    size = (output_size, output_size) if output_size is None or isinstance(
+        output_size, numbers.Integral) else tuple(output_size)
+    if len(size) != 2:
+        raise TypeError(f"{op}: output_size: expected an int, None or a pair, got {output_size!r}")
+    height, width = input.shape[-2:]
+    size = tuple(given if given is not None else have for given, have in zip(size, (height, width)))
+    if not all(isinstance(s, numbers.Integral) and s >= 1 for s in size):
+        raise ValueError(f"{op}: output_size: expected sizes >= 1, got {output_size!r}")
+    if height % size[0] or width % size[1]:
+        raise ValueError(f"{op}: output_size: only sizes that divide the input's (height, width)"
+                         f" {(height, width)} are supported (torch's windows of unequal length are"
+                         f" not implemented), got {tuple(size)}")
+    block = (height // size[0], width // size[1])
+    return avg_pool2d(input, block, block)
+
+
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     """Local response normalisation across channels, in PyTorch's convention:
 
         y_c = x_c / (k + alpha/size * sum_{c'=c-size//2}^{c+(size-1)//2} x_{c'}^2)^beta
 
-    Channels outside [0, C) count as zeros, and alpha is divided by size. The 2012 paper
-    (Krizhevsky et al., section 3.3) writes b = a / (k + alpha * sum a^2)^beta without the
-    division, with k=2, n=5, alpha=1e-4, beta=0.75; the same layer here (and in torch) is
-    ``local_response_norm(x, size=5, alpha=5e-4, beta=0.75, k=2.0)``.
+    Channels outside [0, C) count as zeros, and alpha is divided by size. The 2012 paper's
+    constants differ: the mapping is in docs/ops/local_response_norm.md#5-constants-pytorch-the-2012-paper-tinyalex.
     Input (N, C, ...) with at least 3 dims, like torch.
     """
     op = "local_response_norm"
@@ -208,6 +267,35 @@ def relu(input, inplace=False):
     always a new tensor (the backward needs the input's sign)."""
     _check_float_tensors("relu", input=input)
     return ReLU.apply(input)
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    """Mean squared error, reduce_i (input_i - target_i)^2, with 'mean' (default), 'sum' or
+    'none'. Same signature as torch. input and target must have one shape: torch only warns
+    and broadcasts, which is almost always a bug. ``weight`` (input's shape) weighs each
+    squared error, and 'mean' then divides by sum(weight), as in torch. size_average and
+    reduce are torch's deprecated spellings of reduction, mapped the same way."""
+    op = "mse_loss"
+    _check_tensor(op, "input", input)
+    _check_tensor(op, "target", target)
+    _check_float_tensors(op, input=input, target=target, weight=weight)
+    if size_average is not None or reduce is not None:
+        size_average = True if size_average is None else size_average
+        reduction = "none" if reduce is False else ("mean" if size_average else "sum")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+    if target.shape != input.shape:
+        raise ValueError(f"{op}: target: expected shape {input.shape} (the shape of input), "
+                         f"got {target.shape}")
+    if weight is None:
+        return MSELoss.apply(input, target, reduction=reduction)
+    if weight.shape != input.shape:
+        raise ValueError(f"{op}: weight: expected shape {input.shape} (the shape of input), "
+                         f"got {weight.shape}")
+    weighted = MSELoss.apply(input, target, reduction="none") * weight
+    if reduction == "none":
+        return weighted
+    return weighted.sum() if reduction == "sum" else weighted.sum() / weight.sum()
 
 
 def dropout(input, p=0.5, training=True, inplace=False):

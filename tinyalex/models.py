@@ -4,8 +4,13 @@
   96-256-384-384-256, LRN after the ReLUs of conv1 and conv2, overlapping 3/2 max-pooling,
   dropout 0.5 in fc6 and fc7, the two-GPU split as ``groups=2`` in conv2, conv4 and conv5,
   and the paper's init (section 5).
-- :class:`AlexNet`: torchvision's layout (64-192-384-256-256, no LRN), with torchvision's
-  state_dict keys, so weights exported from torchvision load (:func:`load_weights`).
+- :class:`AlexNet`: the container every variant uses, with torchvision's block names
+  (``features``, ``avgpool``, ``classifier``), so state_dict keys read 'features.0.weight'
+  as in torchvision.
+- :func:`torchvision_alexnet`: torchvision's layout, which follows the 2014 "one weird
+  trick" paper rather than the 2012 one: conv 64-192-384-256-256, no LRN, no groups,
+  3x224 input, dropout before fc6 and fc7; weights exported from torchvision load
+  (:func:`load_weights`).
 - :func:`fashion_alexnet`: Dive into Deep Learning's AlexNet for Fashion-MNIST: 1x224
   input, 96-256-384-384-256, no LRN, 10 classes, Xavier init.
 - :func:`cpu_alexnet`: the same 8-layer topology (5 conv with LRN after conv1 and conv2, 3
@@ -15,38 +20,18 @@ import numpy as np
 
 from . import nn
 from .nn import init
-from .ops.basic import reshape
-
-
-class AdaptiveAvgPool2d(nn.Module):
-    """Average pooling to a fixed output size (torchvision's ``avgpool``), for inputs whose
-    height and width are multiples of the output size: each output averages one
-    (H/oh, W/ow) block, exactly as torch does in that case."""
-
-    def __init__(self, output_size):
-        super().__init__()
-        self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-
-    def forward(self, x):
-        (n, c, h, w), (oh, ow) = x.shape, self.output_size
-        if h % oh or w % ow:
-            raise ValueError(f"AdaptiveAvgPool2d: input: expected height and width that are "
-                             f"multiples of {self.output_size}, got {(h, w)}")
-        blocks = reshape(x, n, c, oh, h // oh, ow, w // ow)
-        return blocks.mean(dim=(3, 5))
-
-    def extra_repr(self):
-        return f"output_size={self.output_size}"
 
 
 class AlexNet(nn.Module):
     """AlexNet with named ``features`` / ``avgpool`` / ``classifier`` blocks. The layer
-    indices inside each block give the state_dict keys ('features.0.weight', ...)."""
+    indices inside each block give the state_dict keys ('features.0.weight', ...). avgpool
+    is torchvision's nn.AdaptiveAvgPool2d: the identity when the features already are
+    pool_size x pool_size, as they are at each variant's own input size."""
 
     def __init__(self, features, classifier, pool_size=6):
         super().__init__()
         self.features = features
-        self.avgpool = AdaptiveAvgPool2d(pool_size)
+        self.avgpool = nn.AdaptiveAvgPool2d(pool_size)
         self.classifier = classifier
 
     def forward(self, x):
@@ -73,7 +58,7 @@ def _classifier(in_features, hidden, num_classes, dropout):
 
 
 def _paper_lrn():
-    # the paper's k=2, n=5, alpha=1e-4, beta=0.75; alpha * size in PyTorch's convention
+    # the paper's LRN in PyTorch's convention (docs/ops/local_response_norm.md#5-constants-pytorch-the-2012-paper-tinyalex)
     return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
 
 
@@ -147,6 +132,20 @@ MODELS = {
     "fashion-alexnet": (fashion_alexnet, (1, 224, 224), "d2l's AlexNet for Fashion-MNIST resized to 224"),
     "alexnet2012": (alexnet2012, (3, 227, 227), "the 2012 paper's AlexNet with LRN and groups=2"),
     "torchvision-alexnet": (torchvision_alexnet, (3, 224, 224), "torchvision's AlexNet layout (64-192-384-256-256)"),
+}
+
+
+#: The paper's recipe (section 5): batch 128, learning rate 0.01 divided by 10 when the
+#: validation error stops improving.
+_PAPER = dict(batch_size=128, lr=0.01, lr_schedule="plateau", lr_step=30)
+#: model -> the settings it trains with unless told otherwise. The paper's recipe, except
+#: cpu-alexnet, which must reach 0.88 on Fashion-MNIST within minutes on 2 cores: more,
+#: smaller steps (batch 64, lr 0.02) and one epoch at lr/10 at the end.
+PRESETS = {
+    "cpu-alexnet": dict(epochs=3, batch_size=64, lr=0.02, lr_schedule="step", lr_step=2),
+    "fashion-alexnet": dict(_PAPER, epochs=10),
+    "alexnet2012": dict(_PAPER, epochs=90),
+    "torchvision-alexnet": dict(_PAPER, epochs=90),
 }
 
 

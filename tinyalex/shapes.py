@@ -3,6 +3,7 @@
 The functional layer validates what users pass; these guard what the kernels assume, in
 words that name the argument, whatever array module holds the data.
 """
+import numpy as np
 
 
 def conv_output_size(size, kernel, stride, padding, dilation=1):
@@ -18,7 +19,7 @@ def conv_output_size(size, kernel, stride, padding, dilation=1):
 
 
 def pool_output_size(x_shape, kernel_size, stride, padding, ceil_mode=False):
-    """(OH, OW) of max-pooling x (N, C, H, W), torch's rule. Padding may be at most half the
+    """(OH, OW) of max- or average-pooling x (N, C, H, W), torch's rule. Padding may be at most half the
     kernel, so that no window lies entirely in the -inf padding.
 
     Floor mode: (H + 2*ph - kh) // sh + 1. ceil_mode: ceil((H + 2*ph - kh) / sh) + 1, less
@@ -33,6 +34,30 @@ def pool_output_size(x_shape, kernel_size, stride, padding, ceil_mode=False):
                  for size, k, s, p in ((x_shape[2], kh, sh, ph), (x_shape[3], kw, sw, pw)))
 
 
+def avg_pool_divisors(x_shape, kernel_size, stride, padding, ceil_mode=False,
+                      count_include_pad=True, divisor_override=None):
+    """The divisor of every average-pooling window, torch's rule, as a float64 (OH, OW) array.
+
+    Window (oh, ow) starts at row h0 = oh*sh - ph. Along rows it spans
+    [h0, min(h0 + kh, H + ph)) of the zero-padded input (ceil mode's extra rows past the
+    padding are not counted), of which [max(h0, 0), min(h0 + kh, H)) are real pixels;
+    likewise columns. The divisor is divisor_override if given, else the product of the
+    two padded spans (count_include_pad=True) or of the two real spans (False). Being a
+    product of one length per row and one per column, it is an outer product.
+    """
+    OH, OW = pool_output_size(x_shape, kernel_size, stride, padding, ceil_mode)
+    if divisor_override is not None:
+        return np.full((OH, OW), float(divisor_override))
+    spans = []
+    for size, k, s, p, out in ((x_shape[2], kernel_size[0], stride[0], padding[0], OH),
+                               (x_shape[3], kernel_size[1], stride[1], padding[1], OW)):
+        start = np.arange(out) * s - p
+        stop = np.minimum(start + k, size + p)
+        spans.append(stop - start if count_include_pad
+                     else np.minimum(stop, size) - np.maximum(start, 0))
+    return np.multiply.outer(spans[0], spans[1]).astype(np.float64)
+
+
 def _pool_length(size, kernel, stride, padding, ceil_mode):
     out = conv_output_size(size, kernel, stride, padding)          # floor mode; checks the fit
     if ceil_mode:
@@ -40,6 +65,22 @@ def _pool_length(size, kernel, stride, padding, ceil_mode):
         if (out - 1) * stride >= size + padding:                   # the last window would start in the padding
             out -= 1
     return out
+
+
+def batch_chunks(n, bytes_per_sample, budget):
+    """Split range(n) into balanced (start, stop) chunks of whole samples whose per-sample
+    bytes fit `budget`, at least one sample per chunk (the conv workspaces of the numba and
+    cupy sets). Balanced: 16 samples of which 10 fit give 8 + 8, not 10 + 6.
+
+    An empty batch is one empty chunk [(0, 0)], so a loop over the chunks still runs once
+    and writes what its first chunk writes (zero weight gradients, for conv).
+    """
+    if n == 0:
+        return [(0, 0)]
+    most = max(1, budget // max(1, bytes_per_sample))
+    count = -(-n // most)                                          # ceil(n / most)
+    size = -(-n // count)
+    return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
 def same_dtype(a, a_name, b, b_name):

@@ -1,6 +1,7 @@
 """Per-layer statistics during training (``tinyalex train --grad-stats``).
 
-Every `every` steps, for each Conv2d and Linear layer: the mean and std of its output, the
+Every `every` steps (chosen from the run's length: about TARGET_POINTS samples per run,
+every step of a short one), for each Conv2d and Linear layer: the mean and std of its output, the
 fraction of zeros after the ReLU that follows it (dead units), the mean and std of its
 weight gradient, and the update-to-weight ratio ||dW|| / ||W|| of the SGD step (around
 1e-3 is healthy; much larger means the learning rate is too high). Collected with forward
@@ -15,20 +16,35 @@ import numpy as np
 from . import device as _device
 from . import nn
 
+#: Samples per run the interval aims at: a readable curve whatever the run's length.
+TARGET_POINTS = 100
+#: Lines with at most this many points are drawn with markers: a lone point shows.
+MARKERS_UP_TO = 30
+#: The panels' lower edge, as a fraction of the figure's height: the legend lives below.
+PANELS_BOTTOM = 0.3
+
+
+def sampling_interval(total_steps, points=TARGET_POINTS):
+    """Steps between samples so that `total_steps` give about `points` of them (between half
+    and twice as many), and every step when the run is shorter than that."""
+    return max(1, round(total_steps / points))
+
 
 def _host(array):
     return _device.to_device(array, "cpu")
 
 
 class GradStats:
-    """Collects the statistics of `model` every `every` steps into the JSON lines file `path`.
+    """Collects the statistics of `model` into the JSON lines file `path`, every
+    sampling_interval(total_steps) steps of a run of `total_steps`.
 
     A run resumed at step `start_step` (epoch `start_epoch`) keeps the rows of the steps
     before it and drops any later ones (written before a kill, and about to be redone), so
     the file holds each sampled step once and the step numbers run on."""
 
-    def __init__(self, model, path, every=50, start_step=0, start_epoch=0):
-        self.path, self.every, self.step, self.epoch = path, every, start_step, start_epoch
+    def __init__(self, model, path, total_steps, start_step=0, start_epoch=0):
+        self.every = sampling_interval(total_steps)
+        self.path, self.step, self.epoch = path, start_step, start_epoch
         self.layers = [(name, m) for name, m in model.named_modules()
                        if isinstance(m, (nn.Conv2d, nn.Linear))]
         self.current = {}
@@ -92,7 +108,8 @@ class GradStats:
 
     def plot(self, path):
         """Update ratio, gradient std, activation std and dead-ReLU fraction per layer, as
-        a PNG (path: a file name or a binary file)."""
+        a PNG (path: a file name or a binary file). One panel each, the layers' legend below
+        them; markers when a line has few points."""
         if not self.samples:
             return
         import matplotlib
@@ -100,16 +117,18 @@ class GradStats:
         import matplotlib.pyplot as plt
         keys = [("update_ratio", "update / weight", True), ("grad_std", "weight-gradient std", True),
                 ("act_std", "activation std", True), ("relu_zero_frac", "zeros after ReLU", False)]
-        fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.4))
         for ax, (key, title, log) in zip(axes, keys):
             for name, _ in self.layers:
                 rows = [r for r in self.samples if r["layer"] == name and key in r]
                 if rows:
-                    ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=name)
+                    ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=name,
+                            marker="o" if len(rows) <= MARKERS_UP_TO else None, markersize=3)
             ax.set(title=title, xlabel="step", yscale="log" if log else "linear")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=7)
+        fig.subplots_adjust(left=0.05, right=0.98, top=0.9, bottom=PANELS_BOTTOM, wspace=0.3)
         fig.savefig(path, dpi=100, format="png")
         plt.close(fig)
 

@@ -9,11 +9,11 @@ after a parallel region, so that the next region starts fast:
 - GNU libgomp (Numba's 'omp' threading layer) spins GOMP_SPINCOUNT = 300000 rounds;
 - OpenBLAS spins up to 2**OPENBLAS_THREAD_TIMEOUT = 2**28 cycles (~0.1 s).
 
-A worker spinning in one pool steals a core from the other pool's next region. On a
-2-core machine at batch 16 (min of 7 runs, float32), AlexNet's conv3 backward takes 92 ms
-with the defaults and 59 ms with both spins shortened (conv2 forward 121 -> 95 ms),
-while a tiny op such as ReLU on (16, 4096) keeps its ~10 us (libgomp still spins
-briefly before it sleeps, so back-to-back Numba kernels still start fast).
+A worker spinning in one pool steals a core from the other pool's next region. With both
+spins shortened the conv layers run markedly faster on a 2-core machine, while a tiny op
+such as ReLU keeps its start-up time (libgomp still spins briefly before it sleeps, so
+back-to-back Numba kernels still start fast); the measurements are in
+benchmarks/results/cpu_design_notes.md.
 
 Both settings are environment variables that each runtime reads once, when it is
 loaded. `shorten_spin_waits()` sets the ones whose runtime is not loaded yet (and that
@@ -22,9 +22,6 @@ which is in time for OpenBLAS when tinyalex is imported before numpy (the ``tiny
 command always is); tinyalex.cpu calls it again on import, in time for libgomp (Numba loads
 it at its first parallel loop) unless torch, which shares it, was imported before. A
 program that imports numpy first can set OPENBLAS_THREAD_TIMEOUT=4 in the environment.
-On the Fashion-MNIST CPU model at batch 64 (median of 12 steps, two runs each), a
-training step ran at 372-408 images/s with the short spins, 339-344 with OpenBLAS on one
-thread, and 160-173 with both runtimes' default spins.
 """
 import os
 import sys

@@ -11,16 +11,21 @@ and on Ctrl-C), ``best.npz`` (the best test accuracy so far), ``metrics.jsonl`` 
 object per epoch), ``curves.png`` (loss and accuracy), and ``grad_stats.jsonl`` with
 ``--grad-stats``. Each is written atomically, in an order that lets a run killed at any
 instant resume with nothing lost (see _Run.end_epoch and repair_best).
+
+The run directory, the settings and the loop live here; the parts with a concern of their
+own live beside it, and the names they define are imported here too, so
+``tinyalex.train.load_checkpoint`` and the like keep working: checkpoint files and atomic
+writes (tinyalex.checkpoint), evaluation (tinyalex.evaluation), the progress bar
+(tinyalex.progress), Ctrl-C between batches (tinyalex.interrupt), the loss curves
+(tinyalex.viz.plot_curves), each model's training preset (tinyalex.models.PRESETS) and
+TrainingError (tinyalex.errors).
 """
 import dataclasses
 import json
 import math
 import os
 import shutil
-import signal
-import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -30,23 +35,20 @@ from . import distributed as _dist
 from . import functional as F
 from . import models
 from . import random as _random
-from .autograd import no_grad, tensor
+from .autograd import tensor
+from .checkpoint import (CHECKPOINT_FORMAT, TEMP_PREFIX, atomic_write, checkpoint_arrays,  # noqa: F401
+                         load_checkpoint, read_checkpoint_meta, save_checkpoint)
 from .data import transforms as T
 from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from .data.image_folder import ImageFolder, UnreadableImageError
 from .data.loader import DataLoader
-from .errors import ValueRuntimeError
+from .errors import TrainingError
+from .evaluation import evaluate
+from .interrupt import DeferredInterrupt
+from .models import PRESETS
 from .optim import SGD, lr_scheduler
-
-CHECKPOINT_FORMAT = 1
-
-
-class TrainingError(ValueRuntimeError):
-    """A problem the user can fix: a bad setting, missing or bad data, an unwritable or full
-    --out, divergence. The CLI prints it as one line, without a traceback. It is a ValueError
-    (a bad setting passed to train()) and a RuntimeError (a run that cannot go on), so code
-    that catches either, as it would around a torch call, catches it."""
-
+from .progress import Progress
+from .viz import plot_curves
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -78,17 +80,6 @@ class TrainConfig:
 #: The settings no preset decides (the paper's SGD recipe and the data set).
 DEFAULTS = dict(dataset="fashion-mnist", momentum=0.9, weight_decay=5e-4, seed=0,
                 ten_crop=False, grad_stats=False, skip_bad_images=False, workers=0)
-
-_PAPER = dict(batch_size=128, lr=0.01, lr_schedule="plateau", lr_step=30)
-#: model -> the settings it trains with unless told otherwise. The paper's recipe, except
-#: cpu-alexnet, which must reach 0.88 on Fashion-MNIST within minutes on 2 cores: more,
-#: smaller steps (batch 64, lr 0.02) and one epoch at lr/10 at the end.
-PRESETS = {
-    "cpu-alexnet": dict(epochs=3, batch_size=64, lr=0.02, lr_schedule="step", lr_step=2),
-    "fashion-alexnet": dict(_PAPER, epochs=10),
-    "alexnet2012": dict(_PAPER, epochs=90),
-    "torchvision-alexnet": dict(_PAPER, epochs=90),
-}
 
 LR_SCHEDULES = ("plateau", "step", "none")
 
@@ -347,224 +338,7 @@ def transforms_for(model_name, train, ten_crop=False):
     return T.Compose(steps + [T.Normalize(T.IMAGENET_MEAN, T.IMAGENET_STD)])
 
 
-# --- checkpoints -------------------------------------------------------------------------
-#: Every temporary file tinyalex writes in --out starts with this; train() removes the ones
-#: a killed save left behind (and those of older versions, .checkpoint-*.npz).
-TEMP_PREFIX = ".tmp-"
-
-
-def atomic_write(path, write):
-    """Write a file atomically: `write(f)` fills a temporary file (binary) in the same
-    directory, which is flushed to disk, then renamed over `path`, and the rename is flushed
-    too. A crash at any instant leaves either the old file or the new one, never half of
-    one, plus at worst an orphaned TEMP_PREFIX file (removed on the next start)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; these are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    """Make a rename in `directory` durable (where the OS allows opening a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(path, model, optimizer, scheduler, meta):
-    """Write model, optimizer and run state to `path` atomically (atomic_write)."""
-    arrays = checkpoint_arrays(model, optimizer, scheduler, meta)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def checkpoint_arrays(model, optimizer, scheduler, meta):
-    """What a checkpoint holds, as the arrays of an .npz: the model's state, the momentum
-    buffers, and `meta` with the parameter groups and schedule state, as JSON."""
-    arrays = {f"model/{k}": _device.to_device(v.array, "cpu") for k, v in model.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    for i, state in opt_state["state"].items():
-        arrays[f"optim/{i}/momentum_buffer"] = state["momentum_buffer"]
-    meta = dict(meta, format=CHECKPOINT_FORMAT, param_groups=opt_state["param_groups"],
-                scheduler=scheduler.state_dict() if scheduler else None)
-    arrays["meta"] = np.array(json.dumps(meta))
-    return arrays
-
-
-def _open_checkpoint(path):
-    """np.load of a checkpoint file, or a TrainingError saying why it cannot be one."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise TrainingError(f"checkpoint: {path} does not exist, expected a .npz file written by "
-                            "tinyalex train (OUT/best.npz or OUT/checkpoint.npz)")
-    if os.path.isdir(path):
-        raise TrainingError(f"checkpoint: {path} is a directory, expected a .npz file written by "
-                            "tinyalex train (OUT/best.npz or OUT/checkpoint.npz)")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise TrainingError(f"checkpoint: {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
-
-
-def _parse_meta(path, raw):
-    """The JSON meta of a checkpoint, checked to be of this CHECKPOINT_FORMAT."""
-    try:
-        meta = json.loads(str(raw))
-    except Exception as exc:
-        raise TrainingError(f"checkpoint: {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise TrainingError(f"checkpoint: {path}: expected format {CHECKPOINT_FORMAT}, got {got}")
-    return meta
-
-
-def read_checkpoint_meta(path):
-    """A checkpoint's meta (settings, position, history) without reading its arrays."""
-    try:
-        with _open_checkpoint(path) as archive:
-            raw = archive["meta"]
-    except TrainingError:
-        raise
-    except Exception as exc:
-        raise TrainingError(f"checkpoint: {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
-    return _parse_meta(path, raw)
-
-
-def load_checkpoint(path):
-    """(model state, optimizer state, meta) from a checkpoint; a clear error if the file is
-    missing, truncated or not a tinyalex checkpoint."""
-    try:
-        with _open_checkpoint(path) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-        raw = arrays.pop("meta")
-    except TrainingError:
-        raise
-    except Exception as exc:
-        raise TrainingError(f"checkpoint: {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
-    meta = _parse_meta(path, raw)
-    model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
-    optim_state = {"param_groups": meta["param_groups"],
-                   "state": {int(k.split("/")[1]): {"momentum_buffer": v}
-                             for k, v in arrays.items() if k.startswith("optim/")}}
-    return model_state, optim_state, meta
-
-
-# --- evaluation --------------------------------------------------------------------------
-def evaluate(model, loader, device, ten_crop_size=None, reduce=None):
-    """(mean loss, top-1 accuracy, top-5 accuracy) over a loader, in eval mode. With
-    ten_crop_size, each image's logits average its 10 crops (paper section 4.1).
-    reduce: turns this process's [loss sum, top-1, top-5, seen] into the job's (data-parallel
-    ranks each evaluate a shard and allreduce the four sums)."""
-    model.eval()
-    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
-    with no_grad():
-        for images, labels in loader:
-            if len(labels) == 0:  # --skip-bad-images left out a whole batch
-                continue
-            if ten_crop_size:
-                crops = T.TenCrop(ten_crop_size)(images)
-                logits = T.average_ten_crops(_device.to_device(
-                    model(tensor(crops, device=device)).array, "cpu"))
-                logits_t = tensor(logits)
-            else:
-                logits_t = model(tensor(images, device=device))
-                logits = _device.to_device(logits_t.array, "cpu")
-            loss = F.cross_entropy(logits_t, tensor(labels, device=logits_t.device), reduction="sum")
-            loss_sum += loss.item()
-            ranked = np.argsort(-logits, axis=1)[:, :5]
-            top1 += int((ranked[:, 0] == labels).sum())
-            top5 += int((ranked == labels[:, None]).any(axis=1).sum())
-            seen += len(labels)
-    model.train()
-    if reduce is not None:
-        loss_sum, top1, top5, seen = reduce([loss_sum, top1, top5, seen])
-    return loss_sum / seen, top1 / seen, top5 / seen
-
-
-def _allreduce_sums(world):
-    """A reduce for evaluate(): the four sums over the ranks, in float64."""
-    def reduce(values):
-        return [float(v) for v in world.allreduce_(np.asarray(values, dtype=np.float64))]
-    return reduce
-
-
 # --- the training loop -------------------------------------------------------------------
-class Progress:
-    """One status line: epoch, batch, loss, accuracy and images/s; redrawn in place on a
-    terminal, printed every 20% otherwise (logs stay short)."""
-
-    def __init__(self, epoch, epochs, total, stream=None):
-        self.epoch, self.epochs, self.total = epoch, epochs, total
-        self.stream = sys.stderr if stream is None else stream
-        self.tty = self.stream.isatty()
-        self.last_draw, self.last_fifth = 0.0, -1
-
-    def update(self, batch, loss, acc, images_per_sec, final=False):
-        now = time.monotonic()
-        fifth = 5 * batch // max(self.total, 1)
-        if self.tty and (final or now - self.last_draw > 0.25):
-            width = 24
-            filled = int(width * batch / max(self.total, 1))
-            bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\repoch {self.epoch + 1}/{self.epochs} [{bar}] {batch}/{self.total} "
-                              f"loss {loss:.4f} acc {acc:.4f} {images_per_sec:.0f} img/s")
-            self.stream.write("\n" if final else "")
-            self.stream.flush()
-            self.last_draw = now
-        elif not self.tty and (final or fifth > self.last_fifth):
-            self.stream.write(f"epoch {self.epoch + 1}/{self.epochs} {batch}/{self.total} "
-                              f"loss {loss:.4f} acc {acc:.4f} {images_per_sec:.0f} img/s\n")
-            self.stream.flush()
-            self.last_fifth = fifth
-
-
-class DeferredInterrupt:
-    """Turn Ctrl-C into a request honoured between batches, so a checkpoint never holds a
-    half-applied SGD step; a second Ctrl-C interrupts at once. A process that ignores
-    SIGINT (started with it ignored, as `nohup` and background jobs are) keeps ignoring it."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = None
-
-    def __enter__(self):
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def raise_if_requested(self):
-        if self.requested:
-            raise KeyboardInterrupt
-
-
 def check_writable(out):
     """Refuse an --out directory that cannot be created or written, before any training."""
     try:
@@ -908,6 +682,7 @@ class _Run:
         if self.config.grad_stats and self.main:
             from .stats import GradStats
             self.stats = GradStats(self.model, self.paths["grad_stats.jsonl"],
+                                   self.config.epochs * len(self.train_loader),
                                    start_step=self.start_epoch * len(self.train_loader) + self.start_batch,
                                    start_epoch=self.start_epoch)
 
@@ -1090,6 +865,13 @@ def _weights_finite(model):
     return all(bool(_device.array_module(p.array).isfinite(p.array).all()) for p in model.parameters())
 
 
+def _allreduce_sums(world):
+    """A reduce for evaluate(): the four sums over the ranks, in float64."""
+    def reduce(values):
+        return [float(v) for v in world.allreduce_(np.asarray(values, dtype=np.float64))]
+    return reduce
+
+
 def _distributed_step(run, images, labels, first_row, stop):
     """One data-parallel SGD step on this rank's rows [first_row, ...) of a global batch:
     backward of the summed loss, one allreduce of the flat buffer (gradient sums and the
@@ -1156,28 +938,3 @@ def _step(model, optimizer, images, labels, device, stats):
         stats.after_step()
     predictions = _device.to_device(logits.array.argmax(axis=1), "cpu")
     return loss.item(), int((predictions == labels).sum())
-
-
-def plot_curves(history, path):
-    """Loss and accuracy per epoch, train and test, as a PNG (path: a file name or a binary
-    file)."""
-    if not history:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [m["epoch"] for m in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "test"):
-        ax_loss.plot(epochs, [m[f"{split}_loss"] for m in history], marker="o", label=split)
-        ax_acc.plot(epochs, [m[f"{split}_acc"] for m in history], marker="o", label=split)
-    ax_acc.plot(epochs, [m["test_top5"] for m in history], marker=".", linestyle=":", label="test top-5")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.set_xticks(epochs)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)

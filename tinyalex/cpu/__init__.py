@@ -24,7 +24,9 @@ from .conv import col2im, conv2d_backward, conv2d_forward, im2col  # noqa: E402
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
 from .lrn import lrn_backward, lrn_forward  # noqa: E402
-from .pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_indices  # noqa: E402
+from .mse_loss import mse_loss_backward, mse_loss_forward  # noqa: E402
+from .pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,  # noqa: E402
+                   max_pool2d_forward, max_pool2d_indices)
 from .relu import relu_backward, relu_forward  # noqa: E402
 
 __all__ = list(KERNEL_API)  # the contract every kernel set implements

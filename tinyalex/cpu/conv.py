@@ -14,8 +14,9 @@ whose inner or column dimension is B*L:
     backward  gW_g += gy_t @ cols_t^T,   gcols_t = W_g^T @ gy_t,   gx = col2im(gcols_t)
 
 With the public layout B GEMMs with L columns would write NCHW directly; L is only 144 at
-AlexNet's conv3-5, where the single wide GEMM is ~10% faster than B narrow ones, more
-than the transposing pass costs (and that pass adds the bias). Besides:
+AlexNet's conv3-5, where the single wide GEMM is faster than B narrow ones by more than
+the transposing pass costs (and that pass adds the bias; measured in
+benchmarks/results/cpu_design_notes.md). Besides:
 
 - im2col and col2im are `prange` loops over disjoint outputs (no races, no atomics);
 - the GEMMs are numpy.matmul, i.e. multithreaded BLAS, called from Python BETWEEN the
@@ -33,7 +34,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ..shapes import check_conv_operands, conv_output_size, same_dtype, same_shape
+from ..shapes import batch_chunks, check_conv_operands, conv_output_size, same_dtype, same_shape
 from ._checks import float_array
 
 #: Budget for the column workspace of one conv call. The batch is cut into chunks of
@@ -43,25 +44,12 @@ from ._checks import float_array
 WORKSPACE_BYTES = 128 * 2**20
 
 
-def batch_chunks(n, bytes_per_sample):
-    """Split range(n) into balanced (start, stop) chunks of at most WORKSPACE_BYTES of columns.
-
-    An empty batch is one empty chunk, so the callers' loops still produce zero gradients.
-    """
-    if n == 0:
-        return [(0, 0)]
-    most = max(1, WORKSPACE_BYTES // bytes_per_sample)
-    count = -(-n // most)                                          # ceil(n / most)
-    size = -(-n // count)                                          # balanced: 16 -> 8 + 8, not 11 + 5
-    return [(start, min(n, start + size)) for start in range(0, n, size)]
-
-
 class _Scratch(threading.local):
     """Reusable per-thread buffers: the columns, and y or gy in the batch-inner layout.
 
     A fresh np.empty of ~100 MB is not free: the OS hands out zeroed pages on first
-    touch, which costs ~7 ms per call at AlexNet's conv2 (104 MB of columns at batch 16),
-    over half of what im2col itself costs. So the buffers are kept between calls and
+    touch, which at AlexNet's conv2 costs over half of what im2col itself costs
+    (benchmarks/results/cpu_design_notes.md). So the buffers are kept between calls and
     regrown only when a call needs more: per Python thread, the columns take at most
     WORKSPACE_BYTES (or one sample's columns, if larger), plus a chunk of y or gy.
     """
@@ -99,7 +87,7 @@ def _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, batch_inner):
     Parallel over the N*C*kh*kw rows of cols: each iteration writes its own row, so the
     writes are disjoint. The iterations are ordered as the rows lie in memory, (n, r) or
     (r, n), so each thread's share is one contiguous stretch of cols (in the batch-inner
-    layout the other order is 15-20% slower: every row would land on a different page).
+    layout the other order is slower: every row would land on a different page).
     """
     N, C, H, W = x.shape
     OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
@@ -139,7 +127,8 @@ def _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, batch_inner):
     every column entry of its channel, so overlapping windows accumulate inside one
     iteration and no two iterations touch the same pixel (no race, no atomics; the sum
     order is fixed, so the result is bitwise repeatable). As in im2col, the iterations
-    run in the order the rows of cols lie in memory (batch-inner: 1.4-1.7x faster).
+    run in the order the rows of cols lie in memory (faster, batch-inner; the numbers are
+    in benchmarks/results/cpu_design_notes.md).
     """
     N, C, H, W = x.shape
     OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
@@ -260,7 +249,7 @@ def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
     y3 = y.reshape(N, OC, L)
     bias_or_zeros = bias if bias is not None else np.zeros(OC, dtype=x.dtype)
 
-    chunks = batch_chunks(N, C * kh * kw * L * x.itemsize)
+    chunks = batch_chunks(N, C * kh * kw * L * x.itemsize, WORKSPACE_BYTES)
     most = chunks[0][1] - chunks[0][0]
     cols_space = _scratch.get("cols", most * C * kh * kw * L, x.dtype)
     y_space = _scratch.get("y_t", most * OC * L, x.dtype)
@@ -307,7 +296,7 @@ def conv2d_backward(gy, cache, need_gx=True):
     weight_g_t = weight.reshape(G, OCg, K).transpose(0, 2, 1)      # (G, K, OCg), BLAS transposes
     gx = np.empty_like(x) if need_gx else None
 
-    chunks = batch_chunks(N, C * kh * kw * L * x.itemsize)
+    chunks = batch_chunks(N, C * kh * kw * L * x.itemsize, WORKSPACE_BYTES)
     most = chunks[0][1] - chunks[0][0]
     cols_space = _scratch.get("cols", most * C * kh * kw * L, x.dtype)
     gy_space = _scratch.get("y_t", most * OC * L, x.dtype)      # the forward's y_t buffer

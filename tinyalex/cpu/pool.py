@@ -1,14 +1,15 @@
-"""2-D max pooling on the CPU: parallel Numba kernels over (n, c) planes.
+"""2-D max and average pooling on the CPU: parallel Numba kernels over (n, c) planes.
 
-Semantics as in tinyalex.reference.pool (floor or ceil mode, -inf padding, the argmax is
-the first maximum among the window's real pixels in row-major order, like PyTorch). Both
-kernels run one (n, c) plane per `prange` iteration: pooling never mixes planes, so
+Semantics as in tinyalex.reference.pool (floor or ceil mode; max: -inf padding, the argmax
+is the first maximum among the window's real pixels in row-major order, like PyTorch;
+average: zero padding, torch's divisors from tinyalex.shapes.avg_pool_divisors). Every
+kernel runs one (n, c) plane per `prange` iteration: pooling never mixes planes, so
 iterations share nothing.
 """
 import numpy as np
 from numba import njit, prange
 
-from ..shapes import pool_output_size, same_shape
+from ..shapes import avg_pool_divisors, pool_output_size, same_shape
 from ._checks import float_array
 
 
@@ -41,7 +42,7 @@ def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
     window of -inf. OH and OW come from the caller, so ceil mode needs nothing more here.
     The scan uses a plain strict `>` (the first of tied maxima wins) and only flags NaNs;
     the rare window holding one is redone by _window_max_nan_aware. Testing for NaN in
-    the scan's branch instead makes the whole kernel 2.4x slower.
+    the scan's branch instead slows the whole kernel down (benchmarks/results/cpu_design_notes.md).
     """
     for p in prange(x.shape[0]):
         plane, y_plane, arg_plane = x[p], y[p], argmax[p]
@@ -115,3 +116,82 @@ def max_pool2d_backward(gy, cache):
 def max_pool2d_indices(cache):
     """torch's return_indices: the saved argmax (h*W + w in the input plane) as int64 (N, C, OH, OW)."""
     return cache[0].astype(np.int64)
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, divisor, y):
+    """y[p, oh, ow] = (sum of the window's real pixels) / divisor[oh, ow]; x (P, H*W), y (P, OH, OW).
+
+    Zero padding adds nothing, so the window is clipped to the image. The sum runs in
+    float64 whatever the dtype. Parallel over the planes (disjoint outputs).
+    """
+    OH, OW = divisor.shape
+    for p in prange(x.shape[0]):
+        plane = x[p]
+        for oh in range(OH):
+            h0, h1 = max(oh * sh - ph, 0), min(oh * sh - ph + kh, H)
+            for ow in range(OW):
+                w0, w1 = max(ow * sw - pw, 0), min(ow * sw - pw + kw, W)
+                total = 0.0
+                for h in range(h0, h1):
+                    for at in range(h * W + w0, h * W + w1):
+                        total += plane[at]
+                y[p, oh, ow] = total / divisor[oh, ow]
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool_backward(share, H, W, kh, kw, sh, sw, ph, pw, gx):
+    """gx[p, h*W + w] = sum of share[p, oh, ow] over the windows covering (h, w).
+
+    share = gy / divisor (P, OH, OW). A gather: each input pixel loops over the windows
+    that cover it, window oh covering padded rows [oh*sh, oh*sh + kh), so every gx element
+    is written once, in a fixed order. Parallel over the planes.
+    """
+    OH, OW = share.shape[1], share.shape[2]
+    for p in prange(gx.shape[0]):
+        for h in range(H):
+            hp = h + ph                                            # padded coordinates
+            oh_lo = 0 if hp < kh else (hp - kh) // sh + 1
+            oh_hi = min(hp // sh + 1, OH)
+            for w in range(W):
+                wp = w + pw
+                ow_lo = 0 if wp < kw else (wp - kw) // sw + 1
+                ow_hi = min(wp // sw + 1, OW)
+                total = 0.0
+                for oh in range(oh_lo, oh_hi):
+                    for ow in range(ow_lo, ow_hi):
+                        total += share[p, oh, ow]
+                gx[p, h * W + w] = total
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, count_include_pad=True,
+                       divisor_override=None):
+    """y = mean over each (kh, kw) window with torch's divisor; x (N, C, H, W) -> y (N, C, OH, OW).
+
+    Saved for backward: the divisors (OH, OW) in x's dtype, x's shape and the geometry.
+    """
+    x = float_array(x, "x", 4)
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    divisor = avg_pool_divisors(x.shape, kernel_size, stride, padding, ceil_mode,
+                                count_include_pad, divisor_override).astype(x.dtype)
+    OH, OW = divisor.shape
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    _avg_pool_forward(x.reshape(N * C, H * W), H, W, kh, kw, sh, sw, ph, pw, divisor,
+                      y.reshape(N * C, OH, OW))
+    return y, (divisor, x.shape, kernel_size, stride, padding)
+
+
+def avg_pool2d_backward(gy, cache):
+    """gx: each window sends gy / divisor to every pixel it covers; gy (N, C, OH, OW) -> gx (N, C, H, W)."""
+    divisor, x_shape, (kh, kw), (sh, sw), (ph, pw) = cache
+    gy = float_array(gy, "gy", 4)
+    N, C, H, W = x_shape
+    OH, OW = divisor.shape
+    same_shape(gy, "gy", (N, C, OH, OW), "the shape of y")
+    if gy.dtype != divisor.dtype:
+        raise TypeError(f"gy: expected dtype {divisor.dtype} (the dtype of x), got {gy.dtype}")
+    gx = np.empty(x_shape, dtype=gy.dtype)
+    share = (gy / divisor).reshape(N * C, OH, OW)
+    _avg_pool_backward(share, H, W, kh, kw, sh, sw, ph, pw, gx.reshape(N * C, H * W))
+    return gx

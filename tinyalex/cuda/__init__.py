@@ -17,14 +17,20 @@ gradients are bitwise repeatable: no float atomics (docs/pitfalls.md#determinist
 
 Importing this package needs no GPU; the first kernel call asks tinyalex.device for
 CuPy and raises its RuntimeError, which says why, where CUDA cannot be used.
-`import tinyalex` never imports this package: tinyalex.dispatch loads it on demand.
+`import tinyalex` never imports this package: tinyalex.dispatch loads it on demand, and
+so does the first use of ``tinyalex.cuda``, which answers torch.cuda's questions too:
+``is_available()`` and ``device_count()``.
 """
+from ..device import cuda_is_available as is_available
+from ..device import device_count
 from ..dispatch import KERNEL_API
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dropout import dropout_backward, dropout_forward
 from .lrn import lrn_backward, lrn_forward
-from .pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_indices
+from .mse_loss import mse_loss_backward, mse_loss_forward
+from .pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
+                   max_pool2d_forward, max_pool2d_indices)
 from .relu import relu_backward, relu_forward
 from .sgd import sgd_update
 

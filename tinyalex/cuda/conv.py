@@ -23,7 +23,7 @@ Memory (docs/pitfalls.md#im2col-memory): the batch is cut into chunks of whole s
 WORKSPACE_BYTES, and one column workspace and one transposition workspace serve every
 chunk, so the peak is one chunk's, not the batch's (about 2 GB for AlexNet at batch 128).
 """
-from ..shapes import check_conv_operands, conv_output_size, same_dtype, same_shape
+from ..shapes import batch_chunks, check_conv_operands, conv_output_size, same_dtype, same_shape
 from ._checks import float_array, i32, i64
 from .loader import cupy, get_kernel, launch_1d, matmul
 
@@ -31,16 +31,6 @@ from .loader import cupy, get_kernel, launch_1d, matmul
 #: AlexNet's largest columns (conv2: 2400 x 729 floats, 7 MB each), so batch 128 runs in
 #: two chunks of 64, and smaller layers in one.
 WORKSPACE_BYTES = 512 * 2**20
-
-
-def batch_chunks(n, bytes_per_sample, budget):
-    """Split range(n) into balanced (start, stop) chunks of at most budget // bytes_per_sample."""
-    if n == 0:
-        return []
-    most = max(1, budget // max(1, bytes_per_sample))
-    count = -(-n // most)                                          # ceil(n / most)
-    size = -(-n // count)                                          # balanced: 128 -> 64 + 64
-    return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
 def _output_hw(x_shape, kernel_size, stride, padding, dilation):

@@ -33,7 +33,8 @@ from ..device import cupy_module
 #: file in kernels/ -> the kernels it defines, each a template on T (float, double).
 KERNEL_FILES = {
     "im2col.cu": ("im2col", "col2im"),
-    "pool.cu": ("max_pool2d_forward", "max_pool2d_backward"),
+    "pool.cu": ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
+                "avg_pool2d_backward"),
     "lrn.cu": ("lrn_forward", "lrn_backward"),
     "relu.cu": ("relu_forward", "relu_backward"),
     "dropout.cu": ("dropout",),

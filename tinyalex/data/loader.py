@@ -45,12 +45,14 @@ class DataLoader:
         over through shared memory (tinyalex.data.workers); 0 loads in this process.
     rank, world_size: this data-parallel rank's rows of every batch (see the module
         docstring); len(), set_epoch and the order are the whole batches'.
+    collate: for datasets that are not image/label pairs: ``collate(get_batch(indices))``
+        is yielded as is, with no transform (tinyalex.utils.data.DataLoader uses this).
 
     Iterating twice without :meth:`set_epoch` in between replays the same epoch.
     """
 
     def __init__(self, dataset, batch_size, shuffle=False, seed=0, drop_last=False,
-                 transform=None, prefetch=2, workers=0, rank=0, world_size=1):
+                 transform=None, prefetch=2, collate=None, workers=0, rank=0, world_size=1):
         if not hasattr(dataset, "__len__") or not callable(getattr(dataset, "get_batch", None)):
             raise TypeError("dataset: expected an object with __len__ and get_batch(indices),"
                             f" got {type(dataset).__name__}")
@@ -60,6 +62,9 @@ class DataLoader:
         _check_int(workers, "workers", minimum=0)
         _check_int(world_size, "world_size", minimum=1)
         _check_int(rank, "rank", minimum=0)
+        if workers and collate is not None:
+            raise ValueError(f"workers: expected 0 with a collate function (worker processes hand "
+                             f"over image and label arrays only), got {workers!r}")
         if rank >= world_size:
             raise ValueError(f"rank: expected an int < world_size={world_size}, got {rank!r}")
         for name, value in (("shuffle", shuffle), ("drop_last", drop_last)):
@@ -68,6 +73,9 @@ class DataLoader:
         if transform is not None and not callable(transform):
             raise TypeError("transform: expected a callable t(images, rng) or None,"
                             f" got {type(transform).__name__}")
+        if collate is not None and (not callable(collate) or transform is not None):
+            raise TypeError("collate: expected a callable, and no transform with it,"
+                            f" got collate={collate!r}, transform={transform!r}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -77,6 +85,7 @@ class DataLoader:
         self.prefetch = int(prefetch)
         self.workers = int(workers)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.collate = collate
         self.epoch = 0
         self.start_batch = 0
         self._pool = None
@@ -127,7 +136,8 @@ class DataLoader:
         order = self.order(epoch)
         for b in range(start_batch, len(self)):
             indices, positions = self.batch_spec(order, epoch, b)
-            yield build_batch(self.dataset, self.transform, self.seed, epoch, indices, positions)
+            yield build_batch(self.dataset, self.transform, self.seed, epoch, indices, positions,
+                              self.collate)
 
     def close(self):
         """Stop the worker processes (if any); the loader restarts them if iterated again."""
@@ -177,10 +187,14 @@ def _put(batches, item, stop):
     return False
 
 
-def build_batch(dataset, transform, seed, epoch, indices, positions):
+def build_batch(dataset, transform, seed, epoch, indices, positions, collate=None):
     """Load samples `indices` and transform them with the draws of their epoch positions:
-    float32 (B, C, H, W) images and int64 (B,) labels. The same in a worker process."""
-    images, labels = dataset.get_batch(indices)
+    float32 (B, C, H, W) images and int64 (B,) labels. The same in a worker process.
+    With `collate`, its result on get_batch's is returned as is (no transform)."""
+    batch = dataset.get_batch(indices)
+    if collate is not None:
+        return collate(batch)
+    images, labels = batch
     if transform is not None:
         if len(labels) != len(positions):  # the dataset left out unreadable images
             positions = positions[:len(labels)]

@@ -1,8 +1,15 @@
-"""Neural-network modules (like torch.nn)."""
+"""Neural-network modules (like torch.nn). ``tinyalex.nn.functional`` is
+:mod:`tinyalex.functional` itself, so ``import tinyalex.nn.functional as F`` works as in torch."""
+import sys
+
+from .. import functional
 from . import init
-from .layers import (Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, LocalResponseNorm,
-                     MaxPool2d, ReLU, Sequential)
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, CrossEntropyLoss, Dropout, Flatten,
+                     Linear, LocalResponseNorm, MaxPool2d, MSELoss, ReLU, Sequential)
 from .module import Module, Parameter
 
-__all__ = ["Module", "Parameter", "Conv2d", "Linear", "MaxPool2d", "LocalResponseNorm", "ReLU",
-           "Dropout", "Flatten", "Sequential", "CrossEntropyLoss", "init"]
+sys.modules[__name__ + ".functional"] = functional
+
+__all__ = ["Module", "Parameter", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d",
+           "AdaptiveAvgPool2d", "LocalResponseNorm", "ReLU",
+           "Dropout", "Flatten", "Sequential", "CrossEntropyLoss", "MSELoss", "init", "functional"]

@@ -39,8 +39,8 @@ class Conv2d(Module):
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
-                raise ValueError(f"Conv2d: padding: expected an int, a pair, 'same' or 'valid',"
-                                 f" got {padding!r}")
+                raise ValueError(f"Conv2d: Invalid padding string {padding!r}, should be one of"
+                                 f" ('valid', 'same'), an int or a pair")
             if padding == "same" and self.stride != (1, 1):
                 raise ValueError(f"Conv2d: padding='same' is not supported for strided"
                                  f" convolutions (expected stride 1), got stride {self.stride}")
@@ -62,7 +62,7 @@ class Conv2d(Module):
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
-        s += f", padding={self.padding}" if self.padding != (0, 0) else ""
+        s += f", padding={self.padding}" if self.padding not in ((0, 0), "valid") else ""
         s += f", dilation={self.dilation}" if self.dilation != (1, 1) else ""
         s += f", groups={self.groups}" if self.groups != 1 else ""
         return s + (", bias=False" if self.bias is None else "")
@@ -102,9 +102,43 @@ class MaxPool2d(Module):
                 f" dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
 
+class AvgPool2d(Module):
+    """torch.nn.AvgPool2d; see tinyalex.functional.avg_pool2d for the divisor rule."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """torch.nn.AdaptiveAvgPool2d (torchvision AlexNet's ``avgpool``): average pooling to a
+    fixed output size, for inputs whose height and width the output size divides; see
+    tinyalex.functional.adaptive_avg_pool2d."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
 class LocalResponseNorm(Module):
-    """See tinyalex.functional.local_response_norm for the formula and the mapping of the
-    2012 paper's constants (paper alpha=1e-4 is alpha=5e-4 here with size=5)."""
+    """See tinyalex.functional.local_response_norm for the formula; the 2012 paper's
+    constants map onto these as docs/ops/local_response_norm.md#5-constants-pytorch-the-2012-paper-tinyalex shows."""
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
@@ -171,6 +205,17 @@ class Sequential(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+class MSELoss(Module):
+    """Mean squared error, ``F.mse_loss(input, target, reduction=self.reduction)``."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__()
+        self.size_average, self.reduce, self.reduction = size_average, reduce, reduction
+
+    def forward(self, input, target):
+        return F.mse_loss(input, target, self.size_average, self.reduce, self.reduction)
 
 
 class CrossEntropyLoss(Module):

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 
 from .. import device as _device
-from ..autograd import Function, RemovableHandle, Tensor, _as_array
+from ..autograd import Function, RemovableHandle, Tensor, _as_array, parse_to_args
 from ..errors import KeyRuntimeError, ValueRuntimeError
 
 
@@ -158,9 +158,11 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def to(self, device=None, dtype=None):
-        """Move (and/or cast) every parameter and buffer in place; returns self."""
-        device = None if device is None else _device.parse_device(device)
+    def to(self, *args, **kwargs):
+        """Move (and/or cast) every parameter and buffer in place; returns self. Takes
+        torch's forms: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)``;
+        only floating tensors change dtype."""
+        device, dtype, _ = parse_to_args(args, kwargs)
         for t in itertools.chain(self.parameters(), (b for _, b in self.named_buffers())):
             array = t.array if device is None else _device.to_device(t.array, device)
             if dtype is not None and array.dtype.kind == "f":

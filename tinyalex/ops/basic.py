@@ -2,10 +2,13 @@
 and regularisers. Each op is written on the array module of its input (NumPy or CuPy), so
 no kernel set is involved; gradients of broadcast operands are summed back to their shape.
 """
+import collections
+
 import numpy as np
 
 from .. import device as _device
 from ..autograd import Function, Tensor, _as_array
+from ..errors import ValueRuntimeError
 
 
 # --- operand handling --------------------------------------------------------------------
@@ -175,7 +178,8 @@ def abs(x):
 def compare(a, b, ufunc):
     """Elementwise comparison; a bool tensor with no gradient."""
     a, b = _operands(a, b, ufunc)
-    return Tensor(getattr(_device.array_module(a.array), ufunc)(a.array, b.array))
+    xp = _device.array_module(a.array)
+    return Tensor(xp.asarray(getattr(xp, ufunc)(a.array, b.array)))
 
 
 # --- matrix product ----------------------------------------------------------------------
@@ -210,14 +214,31 @@ def matmul(a, b):
 
 
 # --- reductions --------------------------------------------------------------------------
+def dim_or_axis(dim, axis):
+    """torch accepts NumPy's ``axis=`` for ``dim=`` (``y_hat.argmax(axis=1)``)."""
+    if axis is not None and dim is not None:
+        raise TypeError(f"expected dim or axis, not both; got dim={dim!r}, axis={axis!r}")
+    return dim if axis is None else axis
+
+
+def _dim(dim, ndim):
+    """One dim as an index in [0, ndim) (a 0-d tensor has dims 0 and -1, as in torch)."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim: expected an int, got {dim!r}")
+    n = ndim if ndim else 1           # (`max` below is the tensor op, not the builtin)
+    if not -n <= dim < n:  # IndexError, as torch raises
+        raise IndexError(f"dim: expected a value in [{-n}, {n - 1}], got {dim}")
+    return int(dim) % n
+
+
 def _axes(dim, ndim):
     if dim is None:
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    for d in dims:
-        if not -ndim <= d < max(ndim, 1):
-            raise ValueError(f"dim: expected a value in [{-ndim}, {ndim}), got {d}")
-    return tuple(sorted(d % max(ndim, 1) for d in dims))
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    axes = tuple(sorted({_dim(d, ndim) for d in dims}))
+    if len(axes) != len(dims):
+        raise ValueRuntimeError(f"dim: expected distinct dims, got {dim!r}")
+    return axes if ndim else ()
 
 
 def _unreduce(gy, shape, axes, keepdim):
@@ -236,7 +257,7 @@ class Sum(Function):
 
     @staticmethod
     def forward(x, axes, keepdim):
-        y = _device.array_module(x).asarray(x.sum(axis=axes, keepdims=keepdim))
+        y = _device.array_module(x).asarray(x.sum(axis=axes, keepdims=keepdim))  # 0-d, not a scalar
         return y, (x.shape, axes, keepdim)
 
     @staticmethod
@@ -263,7 +284,8 @@ class Mean(Function):
     @staticmethod
     def backward(gy, cache, needs_input_grad):
         shape, axes, keepdim, count = cache
-        return (_unreduce(gy / gy.dtype.type(max(count, 1)), shape, axes, keepdim),)
+        # count 0 means an empty gy: any divisor will do (this module's max() is the op's)
+        return (_unreduce(gy / gy.dtype.type(count or 1), shape, axes, keepdim),)
 
 
 def sum(x, dim=None, keepdim=False):
@@ -276,12 +298,109 @@ def mean(x, dim=None, keepdim=False):
     return Mean.apply(x, axes=_axes(dim, x.ndim), keepdim=keepdim)
 
 
-def argmax(x, dim=None, keepdim=False):
+#: What ``max(dim)`` and ``min(dim)`` return, like torch.return_types.max: a named tuple,
+#: so both ``_, predicted = torch.max(outputs, 1)`` and ``.values``/``.indices`` work.
+max_result = collections.namedtuple("max", "values indices")
+min_result = collections.namedtuple("min", "values indices")
+
+
+def _arg_extreme(x, dim, keepdim, which):
+    """Indices (int64) of the first maximum or minimum along dim, or in the flattened x."""
     xp = _device.array_module(x.array)
+    if x.numel() == 0:
+        raise ValueRuntimeError(f"{which}: expected a non-empty tensor, got shape {x.shape}")
+    if x.ndim == 0 and dim is not None:
+        _dim(dim, 0)
+        return Tensor(xp.zeros((), np.int64))
     if dim is None:
-        return Tensor(xp.asarray(x.array.argmax()).astype(np.int64))
-    y = x.array.argmax(axis=dim)
-    return Tensor((xp.expand_dims(y, dim) if keepdim else y).astype(np.int64))
+        i = xp.asarray(getattr(x.array, which)()).astype(np.int64)
+        return Tensor(i.reshape((1,) * x.ndim) if keepdim else i)
+    axis = _dim(dim, x.ndim)
+    i = xp.asarray(getattr(x.array, which)(axis=axis)).astype(np.int64)
+    return Tensor(xp.expand_dims(i, axis) if keepdim else i)
+
+
+def argmax(x, dim=None, keepdim=False):
+    """Index of the first maximum, over the flattened tensor or along dim (int64)."""
+    return _arg_extreme(x, dim, keepdim, "argmax")
+
+
+def argmin(x, dim=None, keepdim=False):
+    return _arg_extreme(x, dim, keepdim, "argmin")
+
+
+class SelectAlongDim(Function):
+    """y = x taken at `indices` along `axis` (one per output element); gx scatters gy back
+    to those indices, so max(dim)'s gradient goes to the element it returned, as in torch.
+
+    Shapes: x (..., n, ...), indices and y as x with dim `axis` of size 1 (keepdims).
+    """
+
+    @staticmethod
+    def forward(x, indices, axis):
+        index = _along(indices, axis)
+        return x[index], (x.shape, index)
+
+    @staticmethod
+    def backward(gy, cache, needs_input_grad):
+        shape, index = cache
+        gx = _device.array_module(gy).zeros(shape, dtype=gy.dtype)
+        gx[index] = gy  # one index per slice: no repeats, so assignment is exact
+        return (gx,)
+
+
+def _along(indices, axis):
+    """The advanced index that picks indices[..., 0, ...] along `axis` in every slice
+    (NumPy's take_along_axis, written out so that CuPy runs the same code)."""
+    xp = _device.array_module(indices)
+    grid = [xp.arange(n).reshape([n if i == k else 1 for i in range(indices.ndim)])
+            for k, n in enumerate(indices.shape)]
+    grid[axis] = indices
+    return tuple(grid)
+
+
+class ExtremeAll(Function):
+    """y = max (or min) of all of x; gx shares gy evenly among the elements equal to y, as
+    torch does for the reduction without dim (a tie of k elements gives each gy / k)."""
+
+    @staticmethod
+    def forward(x, which):
+        xp = _device.array_module(x)
+        y = xp.asarray(getattr(x, which)())
+        return y, (x == y, )
+
+    @staticmethod
+    def backward(gy, cache, needs_input_grad):
+        (hits,) = cache
+        return ((hits * (gy / hits.sum())).astype(gy.dtype),)
+
+
+def _extreme(x, dim, keepdim, which):
+    if x.numel() == 0:
+        raise ValueRuntimeError(f"{which}: expected a non-empty tensor, got shape {x.shape}")
+    if dim is None:
+        if keepdim:
+            raise TypeError(f"{which}: keepdim needs dim")
+        return ExtremeAll.apply(x, which=which)
+    axis, result = _dim(dim, x.ndim), max_result if which == "max" else min_result
+    if x.ndim == 0:  # one element: itself, at index 0
+        return result(reshape(x, ()), Tensor(_device.array_module(x.array).zeros((), np.int64)))
+    indices = _arg_extreme(x, axis, True, "arg" + which).array
+    values = SelectAlongDim.apply(x, indices=indices, axis=axis)
+    if not keepdim:
+        values, indices = squeeze(values, axis), indices.squeeze(axis)
+    return result(values, Tensor(indices))
+
+
+def max(x, dim=None, keepdim=False):
+    """torch.max(x): the largest element (0-d); torch.max(x, dim, keepdim=False): the named
+    tuple (values, indices) of each slice's first maximum along dim."""
+    return _extreme(x, dim, keepdim, "max")
+
+
+def min(x, dim=None, keepdim=False):
+    """Like :func:`max`, for the smallest element."""
+    return _extreme(x, dim, keepdim, "min")
 
 
 # --- shapes ------------------------------------------------------------------------------
@@ -300,17 +419,30 @@ def reshape(x, *shape):
         shape = tuple(shape[0])
     try:
         np.empty(x.shape, dtype=np.bool_).reshape(shape)  # validate without touching the data
-    except ValueError:
-        raise ValueError(f"reshape: cannot view shape {x.shape} ({x.numel()} elements) as {shape}") from None
-    return Reshape.apply(x, shape=shape)
+    except (ValueError, TypeError):
+        raise ValueRuntimeError(f"reshape: cannot view shape {x.shape} ({x.numel()} elements) as {shape}") from None
+    return Reshape.apply(x, shape=tuple(int(n) for n in shape))
+
+
+def squeeze(x, dim=None):
+    """Drop dims of size 1: all of them, or those named in dim (an int or a tuple); a named
+    dim of another size is left alone, as in torch."""
+    axes = set(range(x.ndim)) if dim is None else set(_axes(dim, x.ndim))
+    return reshape(x, tuple(n for i, n in enumerate(x.shape) if not (i in axes and n == 1)))
+
+
+def unsqueeze(x, dim):
+    """Insert a dim of size 1 at position dim, in [-ndim - 1, ndim]."""
+    axis = _dim(dim, x.ndim + 1)
+    return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
 def flatten(x, start_dim=0, end_dim=-1):
     if x.ndim == 0:
         return reshape(x, 1)
-    start, end = start_dim % x.ndim, end_dim % x.ndim
+    start, end = _dim(start_dim, x.ndim), _dim(end_dim, x.ndim)
     if start > end:
-        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
+        raise ValueRuntimeError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
     merged = int(np.prod(x.shape[start:end + 1]))                 # not -1: ambiguous for 0 elements
     return reshape(x, *x.shape[:start], merged, *x.shape[end + 1:])
 
@@ -326,13 +458,18 @@ class Permute(Function):
 
 
 def permute(x, dims):
-    dims = tuple(d % x.ndim for d in dims)
+    if len(dims) != x.ndim:
+        raise ValueRuntimeError(f"permute: dims: expected a permutation of {x.ndim} axes, got {tuple(dims)}")
+    dims = tuple(_dim(d, x.ndim) for d in dims)
     if sorted(dims) != list(range(x.ndim)):
-        raise ValueError(f"permute: dims: expected a permutation of {x.ndim} axes, got {dims}")
+        raise ValueRuntimeError(f"permute: dims: expected a permutation of {x.ndim} axes, got {dims}")
     return Permute.apply(x, dims=dims)
 
 
 def transpose(x, dim0, dim1):
+    if x.ndim == 0:
+        return x
+    dim0, dim1 = _dim(dim0, x.ndim), _dim(dim1, x.ndim)
     dims = list(range(x.ndim))
     dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
     return permute(x, dims)
@@ -343,7 +480,8 @@ class GetItem(Function):
 
     @staticmethod
     def forward(x, index):
-        return x[index], (x.shape, x.dtype, index)
+        y = x[index]  # a view for basic indices; an integer index gives a NumPy scalar
+        return (y if y.ndim else _device.array_module(x).asarray(y)), (x.shape, x.dtype, index)
 
     @staticmethod
     def backward(gy, cache, needs_input_grad):
@@ -382,6 +520,20 @@ class Convert(Function):
     def backward(gy, cache, needs_input_grad):
         device, dtype = cache
         return (_device.to_device(gy, device).astype(dtype, copy=False),)
+
+
+class Clone(Function):
+    @staticmethod
+    def forward(x):
+        return x.copy(), None
+
+    @staticmethod
+    def backward(gy, cache, needs_input_grad):
+        return (gy,)
+
+
+def clone(x):
+    return Clone.apply(x)
 
 
 def convert(x, device=None, dtype=None):

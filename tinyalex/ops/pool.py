@@ -1,4 +1,4 @@
-"""max_pool2d as an autograd Function."""
+"""max_pool2d and avg_pool2d as autograd Functions."""
 from ..autograd import Function
 from ..dispatch import kernels_for
 
@@ -8,8 +8,8 @@ class MaxPool2d(Function):
 
     Forward saves the argmax of every window (the first maximum among its real pixels in
     row-major order, as PyTorch does); backward routes each gy to that one input pixel,
-    adding where windows overlap. Shapes: x (N, C, H, W), y (N, C, OH, OW),
-    OH = floor((H + 2*ph - kh) / sh) + 1, or torch's ceil-mode size with ceil_mode.
+    adding where windows overlap. Shapes: x (N, C, H, W), y (N, C, OH, OW), the sizes of
+    tinyalex.shapes.pool_output_size (floor, or torch's ceil mode).
 
     return_indices: a Function gives one output, so when `indices` is a list the forward
     appends the argmax to it as torch's int64 indices (h*W + w in the input plane), taken
@@ -27,3 +27,24 @@ class MaxPool2d(Function):
     @staticmethod
     def backward(gy, cache, needs_input_grad):
         return (kernels_for(gy).max_pool2d_backward(gy, cache),)
+
+
+class AvgPool2d(Function):
+    """y[n, c, oh, ow] = sum of the (kh, kw) window at (oh*sh - ph, ow*sw - pw) / divisor[oh, ow].
+
+    Zero padding; divisor is torch's (kh*kw, or the window's real pixels with
+    count_include_pad=False, or divisor_override; tinyalex.shapes.avg_pool_divisors).
+    Forward saves the divisors and x's shape, not x: the op is linear. Backward sends
+    gy / divisor to every pixel of the window, adding where windows overlap.
+    Shapes: x (N, C, H, W), y (N, C, OH, OW), OH and OW as for MaxPool2d.
+    """
+
+    @staticmethod
+    def forward(x, *, kernel_size, stride, padding, ceil_mode=False, count_include_pad=True,
+                divisor_override=None):
+        return kernels_for(x).avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode,
+                                                 count_include_pad, divisor_override)
+
+    @staticmethod
+    def backward(gy, cache, needs_input_grad):
+        return (kernels_for(gy).avg_pool2d_backward(gy, cache),)

@@ -15,7 +15,9 @@ from .conv import col2im, conv2d_backward, conv2d_forward, im2col
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dropout import dropout_backward, dropout_forward
 from .lrn import lrn_backward, lrn_forward
-from .pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_indices
+from .mse_loss import mse_loss_backward, mse_loss_forward
+from .pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
+                   max_pool2d_forward, max_pool2d_indices)
 from .relu import relu_backward, relu_forward
 
 __all__ = list(KERNEL_API)  # the contract every kernel set implements

@@ -1,9 +1,13 @@
-"""2-D max pooling (the reference). AlexNet uses overlapping pooling: kernel 3, stride 2
-(paper section 3.4), so one pixel can be the maximum of two windows."""
+"""2-D max and average pooling (the reference). AlexNet uses overlapping max pooling:
+kernel 3, stride 2 (paper section 3.4), so one pixel can be the maximum of two windows.
+torchvision's AlexNet ends its features with average pooling (AdaptiveAvgPool2d).
+
+The output size, the padding limit and ceil mode are shared by both ops and every kernel
+set: tinyalex.shapes.pool_output_size; the average's divisors: tinyalex.shapes.avg_pool_divisors."""
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..shapes import pool_output_size
+from ..shapes import avg_pool_divisors, pool_output_size
 
 
 def max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False):
@@ -77,3 +81,61 @@ def max_pool2d_indices(cache):
     Shapes: -> (N, C, OH, OW) int64.
     """
     return cache[0]
+
+
+def _pool_windows(x_pad, kernel_size, stride, out_hw):
+    """Every pooling window of x_pad as a view (N, C, OH, OW, kh, kw)."""
+    (kh, kw), (sh, sw), (OH, OW) = kernel_size, stride, out_hw
+    return sliding_window_view(x_pad, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :OH, :OW]
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, count_include_pad=True,
+                       divisor_override=None):
+    """y[n, c, oh, ow] = sum_{i<kh, j<kw} x_pad[n, c, oh*sh + i, ow*sw + j] / divisor[oh, ow]
+
+    x_pad is x padded with zeros (ph rows above, ph below, plus ceil mode's rows past the
+    padding; likewise columns), so padding adds nothing to a sum. divisor (OH, OW) is
+    torch's (tinyalex.shapes.avg_pool_divisors): kh*kw for an inner window, fewer where
+    count_include_pad=False or the window runs past the padding, or divisor_override.
+    OH, OW as for max pooling (floor or torch's ceil mode).
+
+    Shapes: x (N, C, H, W) -> y (N, C, OH, OW), same dtype.
+    Saved for backward: the divisors (in x's dtype), x's shape and the geometry. Not x:
+    the average is linear, so its gradient does not depend on x.
+    """
+    # x (N, C, H, W) -> y (N, C, OH, OW)
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    OH, OW = pool_output_size(x.shape, kernel_size, stride, padding, ceil_mode)
+    divisor = avg_pool_divisors(x.shape, kernel_size, stride, padding, ceil_mode,
+                                count_include_pad, divisor_override).astype(x.dtype)
+    below = ph + max(0, (OH - 1) * sh + kh - (H + 2 * ph))         # ceil mode: rows past the padding
+    right = pw + max(0, (OW - 1) * sw + kw - (W + 2 * pw))
+    x_pad = np.pad(x, ((0, 0), (0, 0), (ph, below), (pw, right)))
+    y = _pool_windows(x_pad, kernel_size, stride, (OH, OW)).sum(axis=(-2, -1)) / divisor
+    cache = (divisor, x.shape, kernel_size, stride, padding)
+    return y, cache
+
+
+def avg_pool2d_backward(gy, cache):
+    """gx[n, c, h, w] = sum over the windows (oh, ow) covering (h, w) of gy[n, c, oh, ow] / divisor[oh, ow]
+
+    Derivation: dy[oh, ow] / dx_pad[oh*sh + i, ow*sw + j] = 1 / divisor[oh, ow] for every
+    tap (i, j) of the window, so each tap of x_pad receives gy / divisor, and a pixel under
+    several windows (stride < kernel) sums what each sends. The loop runs over the kh*kw
+    taps: for one tap (i, j) the windows hit distinct pixels (rows i, i + sh, ...), so a
+    strided slice `+=` never repeats an index. The padding's share is cropped.
+
+    Shapes: gy (N, C, OH, OW) -> gx (N, C, H, W), same dtype as gy.
+    """
+    # gy (N, C, OH, OW) -> gx (N, C, H, W)
+    divisor, (N, C, H, W), (kh, kw), (sh, sw), (ph, pw) = cache
+    OH, OW = divisor.shape
+    share = gy / divisor                                           # what each tap of a window gets
+    rows = max(H + 2 * ph, (OH - 1) * sh + kh)                     # the padded input, ceil mode's rows too
+    cols = max(W + 2 * pw, (OW - 1) * sw + kw)
+    gx_pad = np.zeros((N, C, rows, cols), dtype=gy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            gx_pad[:, :, i:i + (OH - 1) * sh + 1:sh, j:j + (OW - 1) * sw + 1:sw] += share
+    return np.ascontiguousarray(gx_pad[:, :, ph:ph + H, pw:pw + W])
