@@ -207,8 +207,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _number(name):
-    """An argparse type for the numeric setting `name`, checked against train.NUMBER_RULES."""
-    from .train import NUMBER_RULES, check_number
+    """An argparse type for the numeric setting `name`, checked against train_config.NUMBER_RULES."""
+    from .train_config import NUMBER_RULES, check_number
     kind, _, expected = NUMBER_RULES[name]
 
     def parse(text):
@@ -241,8 +241,8 @@ def _per_model(key):
 
 
 def _resume_table(width=88):
-    """The --help epilog: what --resume does with each changed setting (train.ON_RESUME)."""
-    from .train import ON_RESUME, flag
+    """The --help epilog: what --resume does with each changed setting (train_config.ON_RESUME)."""
+    from .train_config import ON_RESUME, flag
     column = max(len(flag(name)) for name in ON_RESUME) + 6
     lines = textwrap.wrap("--resume continues the run in --out from its checkpoint.npz. A setting "
                           "not given takes the checkpoint's value; a setting given a new value is:",

@@ -12,20 +12,25 @@ object per epoch), ``curves.png`` (loss and accuracy), and ``grad_stats.jsonl`` 
 ``--grad-stats``. Each is written atomically, in an order that lets a run killed at any
 instant resume with nothing lost (see _Run.end_epoch and repair_best).
 
-The run directory, the settings and the loop live here; the parts with a concern of their
-own live beside it, and the names they define are imported here too, so
-``tinyalex.train.load_checkpoint`` and the like keep working: checkpoint files and atomic
-writes (tinyalex.checkpoint), evaluation (tinyalex.evaluation), the progress bar
-(tinyalex.progress), Ctrl-C between batches (tinyalex.interrupt), the loss curves
-(tinyalex.viz.plot_curves), each model's training preset (tinyalex.models.PRESETS) and
-TrainingError (tinyalex.errors).
+The loop lives here: build (model, optimizer, schedule), train (the order of the checks,
+the lock and the epochs), _Run (one run's state, an epoch, the writes after it) and _step.
+Each part with a concern of its own lives beside it, and every name it defines is imported
+here too, so ``tinyalex.train.load_checkpoint`` and the like keep working:
+
+- tinyalex.train_config: TrainConfig, DEFAULTS, the setting checks, ON_RESUME
+- tinyalex.train_data: --dataset, --limit-*, --skip-bad-images, transforms_for
+- tinyalex.run_dir: the files in --out, OutLock, atomic run writes, repair_best
+- tinyalex.data_parallel: the step with several ranks (_distributed_step)
+- tinyalex.checkpoint (checkpoint files, atomic writes), tinyalex.evaluation,
+  tinyalex.progress (the progress bar), tinyalex.interrupt (Ctrl-C between batches),
+  tinyalex.viz.plot_curves, tinyalex.models.PRESETS, tinyalex.errors.TrainingError.
+
+The loop looks up load_datasets, DataLoader, evaluate, _step and _distributed_step in this
+module's globals, so a test that replaces ``tinyalex.train.<name>`` changes what it calls.
 """
 import dataclasses
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -38,366 +43,26 @@ from . import random as _random
 from .autograd import tensor
 from .checkpoint import (CHECKPOINT_FORMAT, TEMP_PREFIX, atomic_write, checkpoint_arrays,  # noqa: F401
                          load_checkpoint, read_checkpoint_meta, save_checkpoint)
-from .data import transforms as T
-from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
-from .data.image_folder import ImageFolder, UnreadableImageError
+from .data import transforms as T  # noqa: F401
+from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist  # noqa: F401
+from .data.image_folder import ImageFolder, UnreadableImageError  # noqa: F401
 from .data.loader import DataLoader
+from .data_parallel import _allreduce_sums, _distributed_step, _nccl, _skip_dropout_seeds  # noqa: F401
 from .errors import TrainingError
 from .evaluation import evaluate
 from .interrupt import DeferredInterrupt
-from .models import PRESETS
+from .models import PRESETS  # noqa: F401
 from .optim import SGD, lr_scheduler
 from .progress import Progress
-from .viz import plot_curves
-
-@dataclasses.dataclass
-class TrainConfig:
-    """A run's settings. None means "not given": a new run takes the model's preset (PRESETS)
-    or DEFAULTS; a resumed run (--resume) takes the checkpoint's value (see ON_RESUME)."""
-    model: str = None            # None: chosen for the device (see choose_defaults)
-    dataset: str = None          # "fashion-mnist" or "imagefolder:PATH" (PATH/train and PATH/val)
-    data_dir: str = None
-    epochs: int = None           # None: the model's preset (PRESETS), and likewise below
-    batch_size: int = None
-    lr: float = None
-    momentum: float = None       # None: DEFAULTS, and likewise below
-    weight_decay: float = None
-    lr_schedule: str = None      # "plateau" (the paper's), "step", or "none"
-    lr_step: int = None          # epochs between divisions with --lr-schedule step
-    device: str = None           # None: cuda when available, else cpu
-    out: str = "runs/tinyalex"
-    seed: int = None
-    resume: bool = False         # continue the run in `out` from its checkpoint.npz
-    overwrite: bool = False      # delete the run in `out` and start over
-    ten_crop: bool = None        # RGB models: average the paper's 10 crops at test time
-    grad_stats: bool = None
-    skip_bad_images: bool = None  # leave undecodable images out (counted) instead of refusing
-    workers: int = None          # worker processes that decode and augment (0: in-process)
-    limit_train: int = None      # use only the first N training images (quick runs, tests)
-    limit_test: int = None
-
-
-#: The settings no preset decides (the paper's SGD recipe and the data set).
-DEFAULTS = dict(dataset="fashion-mnist", momentum=0.9, weight_decay=5e-4, seed=0,
-                ten_crop=False, grad_stats=False, skip_bad_images=False, workers=0)
-
-LR_SCHEDULES = ("plateau", "step", "none")
-
-#: setting -> (type, accepted?, what the error message says is expected). Checked before
-#: anything is loaded, by train() and by the CLI's argument parser (tinyalex.cli).
-NUMBER_RULES = {
-    "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
-    "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
-    "lr": (float, lambda v: 0 < v < math.inf, "a finite number > 0"),
-    "momentum": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (float, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    "lr_step": (int, lambda v: v >= 1, "an integer >= 1"),
-    "seed": (int, lambda v: v >= 0, "an integer >= 0"),
-    "limit_train": (int, lambda v: v >= 1, "an integer >= 1"),
-    "limit_test": (int, lambda v: v >= 1, "an integer >= 1"),
-    "workers": (int, lambda v: v >= 0, "an integer >= 0"),
-}
-
-#: What --resume does with a setting given a value other than the checkpoint's: "refuse"
-#: (and say why), or "apply" from now on and log it, as a torch user who edits
-#: param_group['lr'] between epochs expects. A setting not given takes the checkpoint's.
-ON_RESUME = {
-    "model": ("refuse", "the checkpoint's weights have its model's shapes"),
-    "dataset": ("refuse", "the classes and the images of an epoch come from it"),
-    "batch_size": ("refuse", "the position in the epoch is counted in batches of its size"),
-    "seed": ("refuse", "the data order, augmentation and dropout masks are drawn from it"),
-    "limit_train": ("refuse", "it decides which images an epoch holds"),
-    "lr_schedule": ("refuse", "the saved schedule state belongs to its rule; --lr can still "
-                              "set the rate"),
-    "lr_step": ("refuse", "the saved step schedule counts epochs in its steps; --lr can "
-                          "still set the rate"),
-    "epochs": ("apply", "trains to the new total; not below the epochs already done"),
-    "lr": ("apply", "sets every parameter group's lr now, as editing param_group['lr'] "
-                    "does; the schedule divides it from there"),
-    "momentum": ("apply", "sets the parameter groups' momentum; the buffers are kept"),
-    "weight_decay": ("apply", "sets the parameter groups' weight decay"),
-    "data_dir": ("apply", "reads the same data set from its new place"),
-    "limit_test": ("apply", "evaluates on that many test images from now on"),
-    "ten_crop": ("apply", "evaluates that way from now on"),
-    "grad_stats": ("apply", "logs per-layer statistics from now on, or stops"),
-    "skip_bad_images": ("apply", "decides what undecodable images do from now on"),
-    "device": ("apply", "moves the run; results then match a run that stayed only to "
-                        "rounding"),
-    "workers": ("apply", "loads data with that many processes; the batches are the same"),
-}
-
-#: The files of a run in --out; --overwrite deletes them.
-RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png", "grad_stats.jsonl",
-             "grad_stats.png")
-
-
-def flag(name):
-    """The command-line spelling of a TrainConfig field: batch_size -> --batch-size."""
-    return "--" + name.replace("_", "-")
-
-
-def check_number(name, value):
-    """The error message for a numeric setting out of range (or of the wrong type), else None."""
-    kind, accepted, expected = NUMBER_RULES[name]
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and (kind is float or isinstance(value, int)) and accepted(value))
-    return None if ok else f"{flag(name)}: expected {expected}, got {value!r}"
-
-
-def check_config(config):
-    """Refuse a setting that cannot work, naming it: every check that needs no data, so a
-    mistake costs nothing (no data loaded, no --out touched). None means "not given"."""
-    for name in NUMBER_RULES:
-        value = getattr(config, name)
-        if value is not None and check_number(name, value):
-            raise TrainingError(check_number(name, value))
-    if config.model is not None and config.model not in models.MODELS:
-        raise TrainingError(f"--model: expected one of {', '.join(models.MODELS)}, got {config.model!r}")
-    if config.lr_schedule is not None and config.lr_schedule not in LR_SCHEDULES:
-        raise TrainingError(f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)}, "
-                            f"got {config.lr_schedule!r}")
-    if config.resume and config.overwrite:
-        raise TrainingError("--resume and --overwrite: expected at most one of them, got both "
-                            "(--resume continues the run in --out, --overwrite deletes it)")
-    if not config.out:
-        raise TrainingError(f"--out: expected a directory, got {config.out!r}")
-    check_data_location(config.dataset, config.data_dir)
-    if config.device is not None:
-        check_device(config.device)
-
-
-def check_data_location(dataset, data_dir):
-    """Refuse a data set name or place that does not exist, before anything is read."""
-    if dataset is None or dataset == "fashion-mnist":
-        if data_dir is not None and not os.path.isdir(data_dir):
-            raise TrainingError(f"--data-dir: expected a directory holding the Fashion-MNIST "
-                                f"files, got {data_dir!r}, which is not a directory")
-    elif dataset.startswith("imagefolder:"):
-        root = dataset.split(":", 1)[1]
-        for split in ("train", "val"):
-            if not os.path.isdir(os.path.join(root, split)):
-                raise TrainingError(f"--dataset imagefolder:{root}: expected class folders under "
-                                    f"{os.path.join(root, split)}, got no such directory")
-    elif dataset.startswith("shards:"):
-        root = dataset.split(":", 1)[1]
-        for split in ("train", "val"):
-            manifest = os.path.join(root, split, "manifest.json")
-            if not os.path.isfile(manifest):
-                raise TrainingError(f"--dataset shards:{root}: expected shards written by "
-                                    f"`tinyalex prepare`, got no {manifest}")
-    else:
-        raise TrainingError(f"--dataset: expected 'fashion-mnist', 'imagefolder:PATH' or "
-                            f"'shards:PATH', got {dataset!r}")
-
-
-def check_device(device, option="--device cuda"):
-    """'cpu' or 'cuda' for a device spec; refuses cuda on a machine without a usable GPU
-    (`option`: how the error names what asked for it)."""
-    try:
-        device = _device.parse_device(device)
-    except ValueError as exc:
-        raise TrainingError(f"--device: expected 'cpu' or 'cuda', got {device!r}") from exc
-    if device == "cuda" and not _device.cuda_is_available():
-        try:
-            _device.cupy_module()
-            reason = "it vanished"
-        except RuntimeError as exc:
-            reason = str(exc)
-        raise TrainingError(f"{option}: expected a usable CUDA GPU, got none ({reason})")
-    return device
-
-
-def choose_defaults(config):
-    """Fill in device, model, the preset and DEFAULTS; returns (config, [reasons to print])."""
-    reasons = []
-    if config.device is None:
-        config.device = _device.default_device()
-        reasons.append(f"device {config.device}: " + (
-            "a CUDA GPU is available" if config.device == "cuda" else "no CUDA GPU found"))
-    config.device = check_device(config.device)
-    if config.dataset is None:
-        config.dataset = DEFAULTS["dataset"]
-    if config.model is None:
-        if config.dataset != "fashion-mnist":
-            config.model = "alexnet2012"
-            reasons.append("model alexnet2012: the 2012 paper's network for RGB image folders")
-        elif config.device == "cuda":
-            config.model = "fashion-alexnet"
-            reasons.append("model fashion-alexnet: d2l's AlexNet on Fashion-MNIST at 224 px fits a GPU")
-        else:
-            config.model = "cpu-alexnet"
-            reasons.append("model cpu-alexnet: AlexNet's 8 layers scaled to 28 px, so a 2-core CPU "
-                           "trains it in minutes (fashion-alexnet at 224 px needs ~5.6 GFLOP per image)")
-    if config.model not in models.MODELS:
-        raise TrainingError(f"--model: expected one of {', '.join(models.MODELS)}, got {config.model!r}")
-    preset = {k: v for k, v in PRESETS[config.model].items() if getattr(config, k) is None}
-    for key, value in preset.items():
-        setattr(config, key, value)
-    if preset:
-        reasons.append(f"the {config.model} preset: " + ", ".join(f"{k} {v}" for k, v in preset.items()))
-    for key, value in DEFAULTS.items():
-        if getattr(config, key) is None:
-            setattr(config, key, value)
-    return config, reasons
-
-
-# --- data --------------------------------------------------------------------------------
-def load_datasets(config, log=None):
-    """(train, test) datasets for config.dataset, limited if asked. An ImageFolder's files
-    are checked first (ImageFolder.find_unreadable): any undecodable image refuses the run,
-    listed, unless config.skip_bad_images, which leaves them out and logs how many."""
-    check_data_location(config.dataset, config.data_dir)
-    if config.dataset == "fashion-mnist":
-        try:
-            train, test = (load_fashion_mnist(split, config.data_dir) for split in ("train", "test"))
-        except (OSError, ValueError) as exc:  # missing, unreadable or corrupt files: say which
-            raise TrainingError(str(exc)) from exc
-    elif config.dataset.startswith("shards:"):
-        from .data.shards import ShardDataset
-        root = config.dataset.split(":", 1)[1]
-        try:
-            train, test = (ShardDataset(os.path.join(root, split)) for split in ("train", "val"))
-        except (OSError, ValueError, KeyError) as exc:
-            raise TrainingError(f"--dataset {config.dataset}: {exc}") from exc
-    else:
-        root = config.dataset.split(":", 1)[1]
-        try:
-            train, test = (ImageFolder(os.path.join(root, split), skip_bad=bool(config.skip_bad_images))
-                           for split in ("train", "val"))
-        except (OSError, ValueError) as exc:
-            raise TrainingError(str(exc)) from exc
-        for folder in (train, test):
-            _drop_unreadable(folder, config, log or (lambda line: None))
-    return _limit(train, config.limit_train), _limit(test, config.limit_test)
-
-
-def _drop_unreadable(folder, config, log):
-    """Refuse an ImageFolder holding undecodable images, or leave them out with a warning."""
-    bad = folder.find_unreadable()
-    if not bad:
-        return
-    listed = ", ".join(f"{path} ({reason})" if i == 0 else path for i, (path, reason) in enumerate(bad[:3]))
-    listed += f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-    if not config.skip_bad_images:
-        raise TrainingError(f"--dataset {config.dataset}: expected only decodable images, got "
-                            f"{len(bad)} that {'is' if len(bad) == 1 else 'are'} not: {listed}; "
-                            "remove them, or pass --skip-bad-images to train without them")
-    folder.remove(path for path, _ in bad)
-    if not folder.samples:
-        raise TrainingError(f"--dataset {config.dataset}: expected decodable images in "
-                            f"{folder.root}, got none")
-    log(f"warning: --skip-bad-images: left out {len(bad)} undecodable image"
-        f"{'' if len(bad) == 1 else 's'} of {folder.root}: {listed}")
-
-
-def skipped_images(dataset):
-    """{path: reason} of the images an ImageFolder (or a limit of one) left out mid-epoch."""
-    return getattr(getattr(dataset, "dataset", dataset), "skipped", {})
-
-
-class _Subset:
-    def __init__(self, dataset, n):
-        self.dataset, self.n, self.classes = dataset, n, dataset.classes
-
-    def __len__(self):
-        return self.n
-
-    def get_batch(self, indices):
-        return self.dataset.get_batch(indices)
-
-
-class _Shard:
-    """Samples [first, stop) of a dataset: one rank's part of the test set."""
-
-    def __init__(self, dataset, first, stop):
-        self.dataset, self.first, self.stop = dataset, first, stop
-        self.classes = dataset.classes
-
-    def __len__(self):
-        return self.stop - self.first
-
-    def get_batch(self, indices):
-        return self.dataset.get_batch(np.asarray(indices) + self.first)
-
-
-def _limit(dataset, n):
-    return dataset if n is None or n >= len(dataset) else _Subset(dataset, n)
-
-
-def transforms_for(model_name, train, ten_crop=False):
-    """The preprocessing of each model: normalise, resize or crop, augment in training.
-    With ten_crop the test images stay whole (256 px) for TenCrop after the loader."""
-    channels, height, _ = models.MODELS[model_name][1]
-    if channels == 1:  # Fashion-MNIST, as d2l prepares it: normalised, resized, no augmentation
-        steps = [T.ToFloat(FASHION_MNIST_MEAN, FASHION_MNIST_STD)]
-        return T.Compose(steps + ([T.Resize(height)] if height != 28 else []))
-    # RGB (ImageFolder gives 256x256): the paper's random crops, flips and PCA lighting
-    crop = [T.RandomCrop(height)] if train else ([] if ten_crop else [T.CenterCrop(height)])
-    steps = crop + ([T.RandomHorizontalFlip()] if train else []) + [T.ToFloat()]
-    steps += [T.PCALighting()] if train else []
-    return T.Compose(steps + [T.Normalize(T.IMAGENET_MEAN, T.IMAGENET_STD)])
-
-
-# --- the training loop -------------------------------------------------------------------
-def check_writable(out):
-    """Refuse an --out directory that cannot be created or written, before any training."""
-    try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=TEMP_PREFIX + "write-test-"):
-            pass
-    except OSError as exc:
-        raise TrainingError(f"--out {out}: cannot write there ({exc.strerror or exc}), expected a "
-                            "directory this user can create and write") from exc
-
-
-class OutLock:
-    """An exclusive lock on OUT/.lock while a run uses --out, so that a second run cannot
-    interleave its writes with the first's, or lose its temporary files to the first's
-    clean-up. The OS drops the lock when the process dies, even by SIGKILL."""
-
-    def __init__(self, out):
-        self.path, self.file = os.path.join(out, ".lock"), None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return self
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "?"
-            self.file.close()
-            raise TrainingError(f"--out {os.path.dirname(self.path)}: expected no other run using "
-                                f"it, got one (process {holder} holds {self.path}); wait for it or "
-                                "choose another --out") from exc
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"{os.getpid()}\n")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc):
-        if self.file is not None:
-            try:
-                os.unlink(self.path)  # still holding the lock, so no other run is between
-            except FileNotFoundError:  # --out was deleted meanwhile
-                pass
-            self.file.close()
-
-
-def remove_orphans(out, log):
-    """Delete the temporary files that a killed save left in --out (never anything else)."""
-    names = [name for name in os.listdir(out)
-             if name.startswith(TEMP_PREFIX) or name == "metrics.jsonl.tmp"
-             or (name.startswith(".checkpoint-") and name.endswith(".npz"))]  # older versions'
-    for name in names:
-        os.unlink(os.path.join(out, name))
-    if names:
-        log(f"removed {len(names)} temporary file{'s' if len(names) > 1 else ''} left in {out} "
-            f"by an interrupted save: {', '.join(sorted(names))}")
+from .run_dir import (RUN_FILES, OutLock, _metrics_text, _NoLock, _position, _write_curves,  # noqa: F401
+                      _write_error, _write_run_file, best_epoch, check_writable, checkpoint_to_resume,
+                      refuse_existing_run, remove_orphans, repair_best, run_paths)
+from .train_config import (DEFAULTS, LR_SCHEDULES, NUMBER_RULES, ON_RESUME, TrainConfig,  # noqa: F401
+                           check_config, check_data_location, check_device, check_epochs_on_resume,
+                           check_number, choose_defaults, flag, settings_on_resume)
+from .train_data import (_drop_unreadable, _limit, _Shard, _Subset, load_datasets,  # noqa: F401
+                         skipped_images, transforms_for)
+from .viz import plot_curves  # noqa: F401
 
 
 def build(config, num_classes):
@@ -480,155 +145,6 @@ def train(config, log=print):
 
 def _quiet(*args, **kwargs):
     """The log of ranks other than 0: they print nothing."""
-
-
-class _NoLock:
-    """Ranks other than 0 never write in --out, so they take no lock on it."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def run_paths(out):
-    """{file name: path} of the files of a run in --out."""
-    return {name: os.path.join(out, name) for name in RUN_FILES}
-
-
-def checkpoint_to_resume(config, paths):
-    """The meta of OUT/checkpoint.npz, or a TrainingError saying why there is none."""
-    path = paths["checkpoint.npz"]
-    if not os.path.exists(path):
-        hint = ("start it again without --resume: it was stopped before its first checkpoint"
-                if os.path.isdir(config.out) else "check --out")
-        raise TrainingError(f"--resume: expected a checkpoint at {path}, got no such file; {hint}")
-    return read_checkpoint_meta(path)
-
-
-def refuse_existing_run(config, paths):
-    """A new run must not write over a run's results: refuse unless config.overwrite."""
-    found = [name for name in ("checkpoint.npz", "best.npz") if os.path.exists(paths[name])]
-    metrics = paths["metrics.jsonl"]
-    if os.path.isfile(metrics) and os.path.getsize(metrics) > 0:
-        found.append("metrics.jsonl")
-    if not found or config.overwrite:
-        return
-    progress = ""
-    if "checkpoint.npz" in found:
-        try:
-            meta = read_checkpoint_meta(paths["checkpoint.npz"])
-            progress = f", {meta['epoch']} of {meta['config']['epochs']} epochs done"
-        except (TrainingError, KeyError, TypeError):
-            progress = ""
-    raise TrainingError(f"--out {config.out}: expected a directory without a run, got one "
-                        f"({', '.join(found)}{progress}); pass --resume to continue it, or "
-                        "--overwrite to delete it and start over")
-
-
-def settings_on_resume(config, meta):
-    """Settings not given (None) take the checkpoint's; a changed one is refused or applied
-    as ON_RESUME says. Returns [(name, checkpoint's value, new value)] to apply."""
-    saved, changes = meta["config"], []
-    for name, (rule, why) in ON_RESUME.items():
-        old, new = saved.get(name), getattr(config, name)
-        if new is None:
-            if name != "device":  # the device is this machine's choice (choose_defaults)
-                setattr(config, name, old)
-        elif new != old:
-            if rule == "refuse":
-                raise TrainingError(f"--resume: {flag(name)} cannot change ({why}), expected the "
-                                    f"checkpoint's {old!r}, got {new!r}")
-            if name != "device":  # logged once the device is chosen, in train()
-                changes.append((name, old, new))
-    return changes
-
-
-def check_epochs_on_resume(config, meta):
-    """--epochs on resume may grow or shrink the run, but not below what is done."""
-    done, started = meta["epoch"], meta["batch"] > 0
-    minimum = done + 1 if started else done
-    if config.epochs < minimum:
-        raise TrainingError(f"--epochs: expected at least {minimum}, the epochs the checkpoint has "
-                            f"{'started' if started else 'done'}, got {config.epochs}")
-
-
-def best_epoch(history):
-    """The epoch (1-based) best.npz must hold: the first with the highest test accuracy."""
-    best = None
-    for metrics in history:
-        if best is None or metrics["test_acc"] > best["test_acc"]:
-            best = metrics
-    return None if best is None else best["epoch"]
-
-
-def repair_best(paths, meta, log):
-    """Make best.npz hold the best epoch of the checkpoint's history.
-
-    The invariant: best.npz holds the state after best_epoch(history), for the history in
-    checkpoint.npz. end_epoch writes checkpoint.npz and then best.npz, so the only state a
-    kill can leave that breaks it is a checkpoint at the end of a new best epoch with an
-    older best.npz (or none, or an orphaned temporary). That checkpoint holds exactly what
-    best.npz should (both are written from the same state), so it is copied."""
-    best = best_epoch(meta["history"])
-    if best is None or meta["batch"] != 0 or meta["epoch"] != best:
-        return
-    path = paths["best.npz"]
-    try:
-        current = read_checkpoint_meta(path)["epoch"] if os.path.exists(path) else None
-    except TrainingError:
-        current = None
-    if current == best:
-        return
-
-    def copy(f):
-        with open(paths["checkpoint.npz"], "rb") as source:
-            shutil.copyfileobj(source, f)
-    _write_run_file(paths, "best.npz", copy, meta)
-    log(f"repaired {path}: it now holds epoch {best}, the best so far (a stop had cut its write)")
-
-
-def _position(meta):
-    """Where a checkpoint stands (its meta, or just its epoch and batch), in words."""
-    if meta is None:
-        return None
-    if meta["batch"] == 0:
-        return f"after epoch {meta['epoch']}"
-    return f"epoch {meta['epoch'] + 1}, batch {meta['batch']}"
-
-
-def _write_run_file(paths, name, content, last_saved):
-    """Write a file of the run atomically; an OSError becomes one line that names the file
-    and says what is intact. content: bytes, or a function that writes to a binary file."""
-    write = content if callable(content) else (lambda f: f.write(content))
-    try:
-        atomic_write(paths[name], write)
-    except OSError as exc:
-        raise _write_error(paths, name, exc, last_saved) from exc
-
-
-def _write_error(paths, name, exc, last_saved):
-    """The TrainingError for an OSError writing file `name` of a run (a full disk, a
-    read-only or vanished --out): the path, the reason, and which checkpoint is intact."""
-    where = _position(last_saved)
-    intact = (f"the last checkpoint, {paths['checkpoint.npz']} ({where}), is intact: free some "
-              "space (or fix --out), then run again with --resume" if where else
-              "no checkpoint had been written yet: free some space (or fix --out), then run again")
-    return TrainingError(f"--out {os.path.dirname(paths[name]) or '.'}: cannot write {name}, expected "
-                         f"a writable directory with free space, got [Errno {exc.errno}] "
-                         f"{exc.strerror or exc}; {intact}")
-
-
-def _metrics_text(history):
-    """metrics.jsonl's content: one JSON object per epoch done, as bytes."""
-    return "".join(json.dumps(m) + "\n" for m in history).encode()
-
-
-def _write_curves(paths, history, last_saved):
-    """curves.png, atomically (none before the first epoch)."""
-    if history:
-        _write_run_file(paths, "curves.png", lambda f: plot_curves(history, f), last_saved)
 
 
 class _Run:
@@ -863,66 +379,6 @@ class _Run:
 def _weights_finite(model):
     """True if no parameter holds an inf or a nan."""
     return all(bool(_device.array_module(p.array).isfinite(p.array).all()) for p in model.parameters())
-
-
-def _allreduce_sums(world):
-    """A reduce for evaluate(): the four sums over the ranks, in float64."""
-    def reduce(values):
-        return [float(v) for v in world.allreduce_(np.asarray(values, dtype=np.float64))]
-    return reduce
-
-
-def _distributed_step(run, images, labels, first_row, stop):
-    """One data-parallel SGD step on this rank's rows [first_row, ...) of a global batch:
-    backward of the summed loss, one allreduce of the flat buffer (gradient sums and the
-    EXTRAS), gradients divided by the global count, then the update. Returns (global mean
-    loss, global correct, global count, whether any rank asked to stop)."""
-    model, optimizer, device, buffer = run.model, run.optimizer, run.config.device, run.buffer
-    optimizer.zero_grad()
-    count, loss_sum, correct = len(labels), 0.0, 0
-    if count:
-        with _random.batch_rows(first_row):       # dropout: this slice's masks of the whole batch
-            logits = model(tensor(images, device=device))
-        loss = F.cross_entropy(logits, tensor(labels, device=device), reduction="sum")
-        loss.backward()
-        loss_sum = loss.item()
-        predictions = _device.to_device(logits.array.argmax(axis=1), "cpu")
-        correct = int((predictions == labels).sum())
-    else:  # an empty slice (a last batch smaller than the ranks): keep the seed stream in step
-        _skip_dropout_seeds(model)
-    buffer.pack(dict(loss_sum=loss_sum, correct=correct, count=count, stop=float(bool(stop))))
-    if buffer.xp is np:
-        run.world.allreduce_(buffer.flat)
-    else:
-        nccl = _nccl(run)
-        nccl.allreduce_(buffer.flat, buffer.buckets(nccl.bucket_bytes))
-    totals = buffer.extras()
-    total = int(round(totals["count"]))
-    if total:
-        buffer.unpack(1.0 / total)
-        if run.stats is not None:
-            run.stats.before_step()
-        optimizer.step()
-        if run.stats is not None:
-            run.stats.after_step()
-    mean = totals["loss_sum"] / total if total else 0.0
-    return mean, int(round(totals["correct"])), total, totals["stop"] > 0
-
-
-def _nccl(run):
-    """The run's NCCL communicator (made on first use: GPU ranks)."""
-    if getattr(run, "nccl", None) is None:
-        run.nccl = _dist.NcclAllreduce(run.world)
-    return run.nccl
-
-
-def _skip_dropout_seeds(model):
-    """Draw the seeds the model's dropout layers would draw in a forward, as a rank with no
-    rows must, so that its generator stays in step with the other ranks'."""
-    from .nn import Dropout
-    for module in model.modules():
-        if isinstance(module, Dropout) and module.training and module.p > 0:
-            _random.next_seed()
 
 
 def _step(model, optimizer, images, labels, device, stats):
