@@ -10,6 +10,7 @@ shorten_spin_waits()  # first: OpenBLAS reads its setting when numpy loads (see 
 from . import functional, nn, optim  # noqa: E402
 from .autograd import (Function, Tensor, bool_, enable_grad, float32, float64, int64,
                        is_grad_enabled, no_grad, tensor)
+from .conv_algorithms import conv_algorithm, get_conv_algorithm, set_conv_algorithm  # noqa: E402
 from .device import cuda_is_available
 from .dispatch import use_kernels
 from .gradcheck import GradcheckError, gradcheck

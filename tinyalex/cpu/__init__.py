@@ -20,9 +20,10 @@ from ..threads import shorten_spin_waits
 # Before Numba loads libgomp, when tinyalex/__init__.py came too late (see threads.py).
 shorten_spin_waits()
 
-from .conv import col2im, conv2d_backward, conv2d_forward, im2col  # noqa: E402
+from .conv import CONV2D_ALGORITHMS, col2im, conv2d_backward, conv2d_forward, im2col  # noqa: E402
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
+from .blas import matmul  # noqa: E402
 from .lrn import lrn_backward, lrn_forward  # noqa: E402
 from .pool import max_pool2d_backward, max_pool2d_forward, max_pool2d_indices  # noqa: E402
 from .relu import relu_backward, relu_forward  # noqa: E402
