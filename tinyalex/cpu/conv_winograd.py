@@ -75,9 +75,9 @@ def _transform_input(x, ph, pw, m, TH, TW, BT, V, parts):
 
     Parallel over the C*B (c, n) planes, c outer so that each thread's writes cluster in
     V's rows: the iteration owns V[:, c, tiles of n], so the writes are disjoint. Inside,
-    the plane is copied into a zero-bordered buffer P, every tile gathered into D (a*a, TT),
-    then both 1-D transforms run as loops over all TT tiles of the plane (long, unit-stride,
-    vectorised); zero entries of BT are skipped.
+    the plane is copied into a zero-bordered buffer P; the row transform reads the tiles
+    straight from P (stride m), the column transform writes V with unit stride, both as
+    loops over all TT tiles of the plane; zero entries of BT are skipped.
     """
     B, C, H, W = x.shape
     a = BT.shape[0]
@@ -86,36 +86,35 @@ def _transform_input(x, ph, pw, m, TH, TW, BT, V, parts):
     h_lo, h_hi = max(0, ph), min(rows, H + ph)                     # buffer rows/columns that hold x
     w_lo, w_hi = max(0, pw), min(cols, W + pw)
     P = np.zeros((parts, rows, cols), dtype=V.dtype)               # per-part buffers, allocated once
-    D = np.empty((parts, a * a, TT), dtype=V.dtype)                # D[u*a + v, t] = tile t at (u, v)
-    E = np.empty((parts, a * a, TT), dtype=V.dtype)                # E[u*a + j] = sum_v BT[j, v] D[u*a + v]
+    E = np.empty((parts, a * a, TT), dtype=V.dtype)                # E[u*a + j, t] = (d_t B)[u, j]
     for part in prange(parts):
         for it in range(part * C * B // parts, (part + 1) * C * B // parts):
             c, n = it // B, it % B
             plane = x[n, c]
-            Pp, Dp, Ep = P[part], D[part], E[part]
+            Pp, Ep = P[part], E[part]
             for h in range(h_lo, h_hi):
-                Pp[h, w_lo:w_hi] = plane[h - ph, w_lo - pw:w_hi - pw]
-            for th in range(TH):
-                for tw in range(TW):
-                    t = th * TW + tw
-                    for u in range(a):
-                        for v in range(a):
-                            Dp[u * a + v, t] = Pp[th * m + u, tw * m + v]
-            for u in range(a):
+                dst, src = Pp[h], plane[h - ph]
+                for w in range(w_lo, w_hi):
+                    dst[w] = src[w - pw]
+            for u in range(a):                                     # E[u*a + j] = sum_v BT[j, v] d[u, v]
                 for j in range(a):
                     e = Ep[u * a + j]
-                    e[:] = 0
+                    for t in range(TT):
+                        e[t] = 0
                     for v in range(a):
                         b = BT[j, v]
                         if b != 0:
-                            d = Dp[u * a + v]
-                            for t in range(TT):
-                                e[t] += b * d[t]
+                            for th in range(TH):
+                                src = Pp[th * m + u]
+                                t0 = th * TW
+                                for tw in range(TW):
+                                    e[t0 + tw] += b * src[tw * m + v]
             t0 = n * TT
             for i in range(a):                                         # V[i*a + j] = sum_u BT[i, u] E[u*a + j]
                 for j in range(a):
                     out = V[i * a + j, c, t0:t0 + TT]
-                    out[:] = 0
+                    for t in range(TT):
+                        out[t] = 0
                     for u in range(a):
                         b = BT[i, u]
                         if b != 0:
