@@ -93,12 +93,12 @@ _dgemm_i32 = _cblas("tinyalex_dgemm_i32", types.float64, 32)
 
 def _make_kernel(sgemm, dgemm):
     @njit(parallel=True, cache=True)
-    def tasks(a, b, c, ta, tb, lda, ldb, beta, parts_m, parts_n, M, N, K, sa, sb, sc, double):
+    def tasks(a, b, c, ta, tb, lda, ldb, ldc, beta, parts_m, parts_n, M, N, K, sa, sb, sc, double):
         """Task t of G*parts_m*parts_n: block (rows m0:m1, columns n0:n1) of c[g] = a[g] @ b[g].
 
         a, b, c are 1-D views starting at the first element of each operand; sa, sb, sc
-        the element strides between the G matrices; c's rows are N apart. The blocks of
-        c are disjoint, so the tasks never write the same element.
+        the element offsets of the G matrices; c's rows are ldc apart. The blocks of c are
+        disjoint, so the tasks never write the same element.
         """
         size = 8 if double else 4
         per_g = parts_m * parts_n
@@ -110,16 +110,16 @@ def _make_kernel(sgemm, dgemm):
                 continue
             a_first = sa[g] + (m0 if ta else m0 * lda)            # row m0 of op(a)
             b_first = sb[g] + (n0 * ldb if tb else n0)            # column n0 of op(b)
-            c_first = sc[g] + m0 * N + n0
+            c_first = sc[g] + m0 * ldc + n0
             pa = a.ctypes.data + a_first * size
             pb = b.ctypes.data + b_first * size
             pc = c.ctypes.data + c_first * size
             if double:
                 dgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS,
-                      m1 - m0, n1 - n0, K, 1.0, pa, lda, pb, ldb, beta, pc, N)
+                      m1 - m0, n1 - n0, K, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
             else:
                 sgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS,
-                      m1 - m0, n1 - n0, K, 1.0, pa, lda, pb, ldb, beta, pc, N)
+                      m1 - m0, n1 - n0, K, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
     return tasks
 
 
@@ -161,9 +161,10 @@ def _split(G, M, N, K):
 def gemm(a, b, out, accumulate=False):
     """out[g] = a[g] @ b[g] (or out[g] += ... with accumulate), on Numba's pool.
 
-    Shapes: a (G, M, K), b (G, K, N), out (G, M, N) C-contiguous; 2-D operands are one
-    matrix (G = 1). a and b may be transposed views (W.T, cols.transpose(0, 2, 1)) of
-    row-major arrays: BLAS transposes them while it reads. One dtype, float32 or float64.
+    Shapes: a (G, M, K), b (G, K, N), out (G, M, N); 2-D operands are one matrix (G = 1).
+    a and b may be transposed views (W.T, cols.transpose(0, 2, 1)) of row-major arrays:
+    BLAS transposes them while it reads; out may be a block of a larger array whose rows
+    are contiguous (M[:, :, columns]). One dtype, float32 or float64.
     Returns out.
     """
     squeeze = out.ndim == 2
@@ -171,9 +172,12 @@ def gemm(a, b, out, accumulate=False):
         a, b, out = a[None], b[None], out[None]
     G, M, N = out.shape
     K = a.shape[2]
-    if a.shape != (G, M, K) or b.shape != (G, K, N) or not out.flags.c_contiguous:
+    item = out.itemsize
+    rows_contiguous = out.size == 0 or (out.strides[2] == item and out.strides[1] % item == 0
+                                        and out.strides[1] >= N * item)
+    if a.shape != (G, M, K) or b.shape != (G, K, N) or not rows_contiguous:
         raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {out.shape} do not match"
-                         " (or out is not C-contiguous)")
+                         " (or the rows of out are not contiguous)")
     if not (a.dtype == b.dtype == out.dtype) or out.dtype not in (np.float32, np.float64):
         raise TypeError(f"gemm: expected one float dtype, got {a.dtype}, {b.dtype}, {out.dtype}")
     if not ON_NUMBA_POOL or min(G, M, N) == 0 or K == 0:
@@ -189,7 +193,6 @@ def gemm(a, b, out, accumulate=False):
     if layout_b is None:
         b = np.ascontiguousarray(b)
         layout_b = (False, max(1, N))
-    item = out.itemsize
     starts = [np.arange(G, dtype=np.int64) * (m.strides[0] // item) for m in (a, b, out)]
     flat = [np.lib.stride_tricks.as_strided(m, shape=(1,), strides=(item,)) for m in (a, b, out)]
     parts_m, parts_n = _split(G, M, N, K)
@@ -198,7 +201,7 @@ def gemm(a, b, out, accumulate=False):
     try:
         kernel = _tasks_i64 if _names[4] == 64 else _tasks_i32
         kernel(flat[0], flat[1], flat[2], layout_a[0], layout_b[0], layout_a[1], layout_b[1],
-               1.0 if accumulate else 0.0, parts_m, parts_n, M, N, K,
+               max(1, out.strides[1] // item), 1.0 if accumulate else 0.0, parts_m, parts_n, M, N, K,
                starts[0], starts[1], starts[2], out.dtype == np.float64)
     finally:
         _set_threads(previous)

@@ -18,10 +18,9 @@ AlexNet's conv3-5, where the single wide GEMM is ~10% faster than B narrow ones,
 than the transposing pass costs (and that pass adds the bias). Besides:
 
 - im2col and col2im are `prange` loops over disjoint outputs (no races, no atomics);
-- the GEMMs are numpy.matmul, i.e. multithreaded BLAS, called from Python BETWEEN the
-  njit kernels. Numba's threads and BLAS's threads therefore never run at the same time,
-  and each pool can use every core without oversubscription (docs/pitfalls.md#oversubscription; threads.py
-  keeps either pool's idle workers from spinning on the cores the other needs);
+- the GEMMs run on Numba's own pool, one single-threaded BLAS call per task inside a
+  prange loop (tinyalex.cpu.blas): one pool for everything, so no idle BLAS worker spins
+  against the next Numba kernel, whatever was imported first (docs/pitfalls.md#oversubscription);
 - the batch is processed in chunks whose columns fit in WORKSPACE_BYTES, and one
   workspace is reused for every chunk and every call: the full column matrix of AlexNet
   at batch 128 would take GBs (docs/pitfalls.md#im2col-memory);
@@ -33,9 +32,9 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from ..conv_algorithms import WinogradCache
 from ..shapes import check_conv_operands, conv_output_size, same_dtype, same_shape
 from ._checks import float_array
-from ..conv_algorithms import WinogradCache
 from .blas import gemm
 
 #: The algorithms this set's conv2d_forward implements (tinyalex.conv_algorithms).

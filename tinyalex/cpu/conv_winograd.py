@@ -1,24 +1,28 @@
 """Winograd convolution on the CPU: parallel Numba transforms around a*a BLAS GEMMs.
 
 The math is tinyalex.reference.conv_winograd's (derivation: docs/ops/conv2d_winograd.md).
-Per chunk of B samples, with T = B*TH*TW tiles of m x m outputs and a = m + r - 1:
+Per chunk of B samples, with T = B*TH*TW tiles of m x m outputs and a = m + r - 1, the
+transform domain keeps the channels innermost, so every transform loop runs along
+contiguous channels (long, vectorised loops even where a plane holds only 6 x 6 tiles):
 
-    U (a*a, OC, Cg)  = G W G^T                 _transform_filter, parallel over o
-    V (a*a, C, T)    = BT d B, every tile       _transform_input, parallel over (c, n)
-    M (a*a, OC, T)   = U @ V                    a*a*groups GEMMs (tinyalex.cpu.blas, Numba's pool)
-    y (B, OC, OH, OW) = AT M A + b              _transform_output, parallel over (o, n)
+    U (a*a, OC, Cg)   = G W G^T                _transform_filter, parallel over o
+    X (B, rows, cols, C) = x zero-padded, channels last      _pad_channels_last
+    V (a*a, T, C)     = BT d B, every tile      _transform_input, parallel over rows of tiles
+    M (a*a, T, OC)    = V @ U^T                 a*a GEMMs per group (tinyalex.cpu.blas, Numba's pool)
+    y (B, OC, OH, OW) = AT M A + b              _transform_output, parallel over rows of tiles
 
 Race-free by construction: each parallel iteration writes only its own slice (U[:, o],
-V[:, c, tiles of n], the plane y[n, o]); the GEMMs write disjoint matrices. Sums run in
-a fixed order, so results are bitwise repeatable.
+a row of X, V[:, tiles of a row], the output rows of a row of tiles); the GEMMs write
+disjoint blocks. Sums run in a fixed order, so results are bitwise repeatable.
 
 Workspace: V and M of one chunk, in the per-thread scratch buffers of the GEMM path,
 with the batch cut into chunks of at most WORKSPACE_BYTES (docs/pitfalls.md#im2col-memory).
 Backward: gx is the same routine applied to gy with the flipped, channel-swapped weight
-and padding r - 1 - p; gW and gb come from the GEMM path (tinyalex.cpu.conv).
+and padding r - 1 - p; gW runs the three transforms transposed around a*a GEMMs that
+sum over the tiles (winograd_weight_gradient).
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from ..conv_algorithms import WINOGRAD_TILES, WinogradCache, winograd_refusal
 from ..reference.conv_winograd import flipped_transposed, winograd_matrices
@@ -69,106 +73,220 @@ def _transform_filter(weight, G, U):
 
 
 @njit(parallel=True, cache=True)
-def _transform_input(x, ph, pw, m, TH, TW, BT, V, parts):
-    """V[xi*a + nu, c, n*TH*TW + th*TW + tw] = (BT d B)[xi, nu], d the a x a tile of the
-    zero-padded x[n, c] at (th*m - ph, tw*m - pw) (ph, pw may be negative: a crop).
+def _pad_channels_last(x, ph, pw, X):
+    """X[n, h, w, c] = x[n, c, h - ph, w - pw], zero outside x: the input, zero-padded, with
+    the channels innermost, so that every transform below runs along contiguous channels.
 
-    Parallel over the C*B (c, n) planes, c outer so that each thread's writes cluster in
-    V's rows: the iteration owns V[:, c, tiles of n], so the writes are disjoint. Inside,
-    the plane is copied into a zero-bordered buffer P; the row transform reads the tiles
-    straight from P (stride m), the column transform writes V with unit stride, both as
-    loops over all TT tiles of the plane; zero entries of BT are skipped.
+    x (B, C, H, W) -> X (B, rows, cols, C). Parallel over the B*rows rows of X, each its own.
     """
     B, C, H, W = x.shape
-    a = BT.shape[0]
-    TT = TH * TW
-    rows, cols = (TH - 1) * m + a, (TW - 1) * m + a
-    h_lo, h_hi = max(0, ph), min(rows, H + ph)                     # buffer rows/columns that hold x
+    rows, cols = X.shape[1], X.shape[2]
     w_lo, w_hi = max(0, pw), min(cols, W + pw)
-    P = np.zeros((parts, rows, cols), dtype=V.dtype)               # per-part buffers, allocated once
-    E = np.empty((parts, a * a, TT), dtype=V.dtype)                # E[u*a + j, t] = (d_t B)[u, j]
-    for part in prange(parts):
-        for it in range(part * C * B // parts, (part + 1) * C * B // parts):
-            c, n = it // B, it % B
-            plane = x[n, c]
-            Pp, Ep = P[part], E[part]
-            for h in range(h_lo, h_hi):
-                dst, src = Pp[h], plane[h - ph]
-                for w in range(w_lo, w_hi):
-                    dst[w] = src[w - pw]
-            for u in range(a):                                     # E[u*a + j] = sum_v BT[j, v] d[u, v]
-                for j in range(a):
-                    e = Ep[u * a + j]
-                    for t in range(TT):
-                        e[t] = 0
-                    for v in range(a):
-                        b = BT[j, v]
-                        if b != 0:
-                            for th in range(TH):
-                                src = Pp[th * m + u]
-                                t0 = th * TW
-                                for tw in range(TW):
-                                    e[t0 + tw] += b * src[tw * m + v]
-            t0 = n * TT
-            for i in range(a):                                         # V[i*a + j] = sum_u BT[i, u] E[u*a + j]
-                for j in range(a):
-                    out = V[i * a + j, c, t0:t0 + TT]
-                    for t in range(TT):
-                        out[t] = 0
-                    for u in range(a):
-                        b = BT[i, u]
-                        if b != 0:
-                            e = Ep[u * a + j]
-                            for t in range(TT):
-                                out[t] += b * e[t]
+    for it in prange(B * rows):
+        n, h = it // rows, it % rows
+        out = X[n, h]
+        if h - ph < 0 or h - ph >= H:
+            out[:, :] = 0
+            continue
+        out[:w_lo, :] = 0
+        out[w_hi:, :] = 0
+        for c in range(C):
+            src = x[n, c, h - ph]
+            for w in range(w_lo, w_hi):
+                out[w, c] = src[w - pw]
 
 
 @njit(parallel=True, cache=True)
-def _transform_output(M, AT, bias, TH, TW, y, parts):
-    """y[n, o, th*m + i, tw*m + j] = (AT M_t A)[i, j] + bias[o] for tile t of sample n,
-    inside the output (the last tiles may hang over its edge: that part is dropped).
+def _transform_input(X, m, TH, TW, BT, V):
+    """V[xi*a + nu, n*TH*TW + th*TW + tw, c] = (BT d B)[xi, nu] for the a x a tile d of
+    channel c at (th*m, tw*m) of the padded, channels-last X (B, rows, cols, C).
 
-    Parallel over the OC*B (o, n) planes of y, each written by one iteration only.
-    Both 1-D transforms are loops over all TT tiles of the plane, reading M contiguously.
+    Parallel over the B*TH rows of tiles: an iteration writes V[:, tiles of its row, :]
+    only. Every inner loop runs along the C contiguous channels (vectorised); zero entries
+    of BT are skipped.
+    """
+    B, C = X.shape[0], X.shape[3]
+    a = BT.shape[0]
+    TT = TH * TW
+    for it in prange(B * TH):
+        n, th = it // TH, it % TH
+        E = np.empty((a, a, C), dtype=V.dtype)                     # E[u, j] = sum_v BT[j, v] d[u, v]
+        for tw in range(TW):
+            for u in range(a):
+                row = X[n, th * m + u]
+                for j in range(a):
+                    e = E[u, j]
+                    e[:] = 0
+                    for v in range(a):
+                        b = BT[j, v]
+                        if b != 0:
+                            src = row[tw * m + v]
+                            for c in range(C):
+                                e[c] += b * src[c]
+            t = n * TT + th * TW + tw
+            for i in range(a):                                     # V[i*a + j] = sum_u BT[i, u] E[u, j]
+                for j in range(a):
+                    out = V[i * a + j, t]
+                    out[:] = 0
+                    for u in range(a):
+                        b = BT[i, u]
+                        if b != 0:
+                            e = E[u, j]
+                            for c in range(C):
+                                out[c] += b * e[c]
+
+
+@njit(parallel=True, cache=True)
+def _transform_output(M, AT, bias, TH, TW, y):
+    """y[n, o, th*m + i, tw*m + j] = (AT M_t A)[i, j] + bias[o] for tile t = (n, th, tw),
+    M (a*a, T, OC) channels last; the part of the last tiles past the output is dropped.
+
+    Parallel over the B*TH rows of tiles: an iteration writes output rows th*m .. th*m + m - 1
+    of every channel of sample n, which no other iteration touches. The transforms run
+    along the OC contiguous channels of M.
     """
     B, OC, OH, OW = y.shape
     m, a = AT.shape
     TT = TH * TW
-    Qs = np.empty((parts, m * a, TT), dtype=y.dtype)               # Q[i*a + v] = sum_u AT[i, u] M[u*a + v]
-    Ys = np.empty((parts, m * m, TT), dtype=y.dtype)               # Y[i*m + j] = b + sum_v AT[j, v] Q[i*a + v]
-    for part in prange(parts):
-        for it in range(part * OC * B // parts, (part + 1) * OC * B // parts):
-            o, n = it // B, it % B
-            out = y[n, o]
-            t0 = n * TT
-            Q, Y = Qs[part], Ys[part]
+    for it in prange(B * TH):
+        n, th = it // TH, it % TH
+        Q = np.empty((m, a, OC), dtype=y.dtype)                    # Q[i, v] = sum_u AT[i, u] M[u*a + v]
+        Y = np.empty(OC, dtype=y.dtype)
+        for tw in range(TW):
+            t = n * TT + th * TW + tw
             for i in range(m):
                 for v in range(a):
-                    q = Q[i * a + v]
+                    q = Q[i, v]
                     q[:] = 0
                     for u in range(a):
                         coef = AT[i, u]
                         if coef != 0:
-                            src = M[u * a + v, o, t0:t0 + TT]
-                            for t in range(TT):
-                                q[t] += coef * src[t]
-            for i in range(m):
-                for j in range(m):
-                    Yij = Y[i * m + j]
-                    Yij[:] = bias[o]
+                            src = M[u * a + v, t]
+                            for o in range(OC):
+                                q[o] += coef * src[o]
+            for i in range(min(m, OH - th * m)):
+                for j in range(min(m, OW - tw * m)):
+                    Y[:] = bias
                     for v in range(a):
                         coef = AT[j, v]
                         if coef != 0:
-                            q = Q[i * a + v]
-                            for t in range(TT):
-                                Yij[t] += coef * q[t]
-            for th in range(TH):                                       # scatter, dropping the overhang
-                for i in range(min(m, OH - th * m)):
-                    row = out[th * m + i]
-                    for tw in range(TW):
-                        t = th * TW + tw
-                        for j in range(min(m, OW - tw * m)):
-                            row[tw * m + j] = Y[i * m + j, t]
+                            q = Q[i, v]
+                            for o in range(OC):
+                                Y[o] += coef * q[o]
+                    h, w = th * m + i, tw * m + j
+                    for o in range(OC):
+                        y[n, o, h, w] = Y[o]
+
+
+@njit(parallel=True, cache=True)
+def _transform_output_adjoint(GY, AT, TH, TW, gM):
+    """gM[x*a + y, t, o] = sum_{i, j} AT[i, x] AT[j, y] gy_t[i, j]: the adjoint (transpose)
+    of the output transform, for the weight gradient. GY (B, TH*m, TW*m, OC) is gy
+    channels last, zero past the output (the overhang of the last tiles gets no gradient).
+
+    Parallel over the B*TH rows of tiles, each writing gM[:, tiles of its row, :] only.
+    """
+    B, OC = GY.shape[0], GY.shape[3]
+    m, a = AT.shape
+    TT = TH * TW
+    for it in prange(B * TH):
+        n, th = it // TH, it % TH
+        Q = np.empty((a, m, OC), dtype=gM.dtype)                   # Q[x, j] = sum_i AT[i, x] gy[i, j]
+        for tw in range(TW):
+            for x in range(a):
+                for j in range(m):
+                    q = Q[x, j]
+                    q[:] = 0
+                    for i in range(m):
+                        coef = AT[i, x]
+                        if coef != 0:
+                            src = GY[n, th * m + i, tw * m + j]
+                            for o in range(OC):
+                                q[o] += coef * src[o]
+            t = n * TT + th * TW + tw
+            for x in range(a):
+                for y in range(a):
+                    out = gM[x * a + y, t]
+                    out[:] = 0
+                    for j in range(m):
+                        coef = AT[j, y]
+                        if coef != 0:
+                            q = Q[x, j]
+                            for o in range(OC):
+                                out[o] += coef * q[o]
+
+
+@njit(parallel=True, cache=True)
+def _transform_filter_adjoint(gU, G, gW):
+    """gW[o, c] = G^T gU[:, o, c] G (gU viewed (a, a)): the adjoint of the filter transform.
+    Parallel over o, each writing gW[o] only; vectorised over c."""
+    OC, Cg, r, _ = gW.shape
+    a = G.shape[0]
+    for o in prange(OC):
+        tmp = np.zeros((r, a, Cg), dtype=gW.dtype)                 # tmp[i, y] = sum_x G[x, i] gU[x*a + y]
+        for i in range(r):
+            for x in range(a):
+                g = G[x, i]
+                if g != 0:
+                    for y in range(a):
+                        src, t = gU[x * a + y, o], tmp[i, y]
+                        for c in range(Cg):
+                            t[c] += g * src[c]
+        acc = np.empty(Cg, dtype=gW.dtype)
+        for i in range(r):
+            for j in range(r):
+                acc[:] = 0
+                for y in range(a):
+                    g = G[y, j]
+                    if g != 0:
+                        t = tmp[i, y]
+                        for c in range(Cg):
+                            acc[c] += g * t[c]
+                for c in range(Cg):
+                    gW[o, c, i, j] = acc[c]
+
+
+def winograd_weight_gradient(x, gy, weight_shape, padding, groups, m):
+    """gW (OC, Cg, r, r) of y = correlate(x padded, W) by the transposed transforms:
+
+        V  (a*a, T, C)  = BT d B                 the forward's input transform, recomputed
+        gM (a*a, T, OC) = A gy_t AT              adjoint of the output transform
+        gU (a*a, OC, Cg) = sum_t gM^T @ V        a*a GEMMs per group, summed over chunks
+        gW              = G^T gU G               adjoint of the filter transform
+    """
+    N, C, H, W = x.shape
+    OC, Cg, r, _ = weight_shape
+    AT, G, BT = matrices(m, r, x.dtype)
+    a, (OH, OW) = m + r - 1, gy.shape[2:]
+    TH, TW = -(-OH // m), -(-OW // m)
+    TT, A2, OCg = TH * TW, a * a, OC // groups
+    rows, cols = (TH - 1) * m + a, (TW - 1) * m + a
+    gU = np.empty((A2, OC, Cg), dtype=x.dtype)
+    per_sample = (rows * cols * C + TH * m * TW * m * OC + A2 * TT * (C + OC)) * x.itemsize
+    chunks = gemm_conv.batch_chunks(N, per_sample)
+    most = chunks[0][1] - chunks[0][0]
+    X_space = gemm_conv._scratch.get("winograd_x", most * rows * cols * C, x.dtype)
+    GY_space = gemm_conv._scratch.get("winograd_gy", most * TH * m * TW * m * OC, x.dtype)
+    V_space = gemm_conv._scratch.get("cols", A2 * most * TT * C, x.dtype)
+    M_space = gemm_conv._scratch.get("y_t", A2 * most * TT * OC, x.dtype)
+    for index, (n0, n1) in enumerate(chunks):
+        B = n1 - n0
+        T = B * TT
+        X = X_space[:B * rows * cols * C].reshape(B, rows, cols, C)
+        GY = GY_space[:B * TH * m * TW * m * OC].reshape(B, TH * m, TW * m, OC)
+        V = V_space[:A2 * T * C].reshape(A2, T, C)
+        gM = M_space[:A2 * T * OC].reshape(A2, T, OC)
+        _pad_channels_last(x[n0:n1], padding[0], padding[1], X)
+        _transform_input(X, m, TH, TW, BT, V)
+        _pad_channels_last(gy[n0:n1], 0, 0, GY)
+        _transform_output_adjoint(GY, AT, TH, TW, gM)
+        for g in range(groups):                                    # gU[k] (OCg, Cg) += gM[k]^T @ V[k]
+            cin, cout = slice(g * Cg, (g + 1) * Cg), slice(g * OCg, (g + 1) * OCg)
+            gemm(gM[:, :, cout].transpose(0, 2, 1), V[:, :, cin], gU[:, cout, :],
+                 accumulate=index > 0)
+    gW = np.empty(weight_shape, dtype=x.dtype)
+    _transform_filter_adjoint(gU, G, gW)
+    return gW
 
 
 def winograd_correlate(x, weight, bias, padding, out_size, groups, m):
@@ -180,23 +298,28 @@ def winograd_correlate(x, weight, bias, padding, out_size, groups, m):
     a, OH, OW = m + r - 1, out_size[0], out_size[1]
     TH, TW = -(-OH // m), -(-OW // m)
     TT, A2, OCg = TH * TW, a * a, OC // groups
+    rows, cols = (TH - 1) * m + a, (TW - 1) * m + a
     U = np.empty((A2, OC, Cg), dtype=x.dtype)
     _transform_filter(weight, G, U)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
     bias = bias if bias is not None else np.zeros(OC, dtype=x.dtype)
-    chunks = gemm_conv.batch_chunks(N, A2 * (C + OC) * TT * x.itemsize)
+    chunks = gemm_conv.batch_chunks(N, (rows * cols * C + A2 * TT * (C + OC)) * x.itemsize)
     most = chunks[0][1] - chunks[0][0]
-    V_space = gemm_conv._scratch.get("cols", A2 * C * most * TT, x.dtype)   # the GEMM path's buffers
-    M_space = gemm_conv._scratch.get("y_t", A2 * OC * most * TT, x.dtype)
-    Ug = U.reshape(A2 * groups, OCg, Cg)
-    parts = 4 * get_num_threads()                                # a few per thread: balance
+    X_space = gemm_conv._scratch.get("winograd_x", most * rows * cols * C, x.dtype)
+    V_space = gemm_conv._scratch.get("cols", A2 * most * TT * C, x.dtype)  # the GEMM path's buffers
+    M_space = gemm_conv._scratch.get("y_t", A2 * most * TT * OC, x.dtype)
     for n0, n1 in chunks:
-        T = (n1 - n0) * TT
-        V = V_space[:A2 * C * T].reshape(A2, C, T)
-        M = M_space[:A2 * OC * T].reshape(A2, OC, T)
-        _transform_input(x[n0:n1], padding[0], padding[1], m, TH, TW, BT, V, parts)
-        gemm(Ug, V.reshape(A2 * groups, Cg, T), M.reshape(A2 * groups, OCg, T))
-        _transform_output(M, AT, bias, TH, TW, y[n0:n1], parts)
+        B = n1 - n0
+        T = B * TT
+        X = X_space[:B * rows * cols * C].reshape(B, rows, cols, C)
+        V = V_space[:A2 * T * C].reshape(A2, T, C)
+        M = M_space[:A2 * T * OC].reshape(A2, T, OC)
+        _pad_channels_last(x[n0:n1], padding[0], padding[1], X)
+        _transform_input(X, m, TH, TW, BT, V)
+        for g in range(groups):                                    # M[k] (T, OCg) = V[k] @ U[k]^T
+            cin, cout = slice(g * Cg, (g + 1) * Cg), slice(g * OCg, (g + 1) * OCg)
+            gemm(V[:, :, cin], U[:, cout, :].transpose(0, 2, 1), M[:, :, cout])
+        _transform_output(M, AT, bias, TH, TW, y[n0:n1])
     return y
 
 
@@ -225,14 +348,23 @@ def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
 
 
 def conv2d_backward(gy, cache, need_gx=True):
-    """(gx or None, gW, gb or None): gW, gb by im2col + GEMM; gx by Winograd on gy with
-    the flipped, channel-swapped weight and padding r - 1 - p (a stride-1 convolution)."""
+    """(gx or None, gW, gb or None), all three by Winograd:
+
+    - gW by the transposed transforms (winograd_weight_gradient);
+    - gx = correlate(gy padded by r - 1 - p, W rotated 180 degrees with its in/out
+      channels swapped): a stride-1 convolution, through winograd_correlate;
+    - gb = sum of gy over (n, h, w), in float64.
+    """
     x, weight, has_bias, stride, padding, groups, dilation = cache.gemm_cache
-    _, gW, gb = gemm_conv.conv2d_backward(gy, cache.gemm_cache, need_gx=False)
+    gy = gemm_conv.float_array(gy, "gy", 4)
+    gemm_conv.same_dtype(x, "x", gy, "gy")
+    r = weight.shape[2]
+    out_size = (x.shape[2] + 2 * padding[0] - r + 1, x.shape[3] + 2 * padding[1] - r + 1)
+    gemm_conv.same_shape(gy, "gy", (x.shape[0], weight.shape[0]) + out_size, "the shape of y")
+    gW = winograd_weight_gradient(x, gy, weight.shape, padding, groups, cache.tile)
+    gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype) if has_bias else None
     if not need_gx:
         return None, gW, gb
-    gy = np.ascontiguousarray(gy)
-    r = weight.shape[2]
     flipped = flipped_transposed(weight, groups)
     gx = winograd_correlate(gy, flipped, None, (r - 1 - padding[0], r - 1 - padding[1]),
                             x.shape[2:], groups, cache.tile)

@@ -24,7 +24,8 @@ With groups the GEMMs are per group too: (a*a, G) GEMMs of (OCg, Cg) @ (Cg, T).
 
 Backward (stride 1): the input gradient is itself a stride-1 convolution,
 gx = correlate(pad(gy, r - 1 - p), flip(W) with in/out channels swapped), so it runs
-through the same three transforms; the weight gradient stays on im2col + GEMM.
+through the same three transforms; the weight gradient runs them transposed (the
+adjoint of each), around a*a GEMMs that sum over the tiles.
 """
 from fractions import Fraction
 
@@ -32,7 +33,6 @@ import numpy as np
 
 from ..conv_algorithms import WINOGRAD_TILES, WinogradCache, winograd_refusal
 from ..shapes import conv_output_size
-from . import conv as gemm_conv
 
 #: The finite interpolation points, in the order the transforms use them (a - 1 of them;
 #: the last point is infinity). Small integers and halves keep the transforms' entries
@@ -110,21 +110,12 @@ def winograd_correlate(x, U, padding, out_size, groups, m, AT, BT):
     padding (ph, pw) zeros above/left; it may be negative (rows cropped), as the input
     gradient needs when the forward padded by more than r - 1.
     """
-    N, C, H, W = x.shape
+    N = x.shape[0]
     a = U.shape[0]
     OC, Cg = U.shape[2:]
     OH, OW = out_size
     TH, TW = -(-OH // m), -(-OW // m)                              # tiles per column, per row
-    # Zero-padded input large enough for every tile: tile (th, tw) reads rows th*m .. th*m + a - 1.
-    rows, cols = (TH - 1) * m + a, (TW - 1) * m + a
-    x_pad = np.zeros((N, C, rows, cols), dtype=x.dtype)
-    ph, pw = padding
-    src_h = slice(max(0, -ph), min(H, rows - ph))
-    src_w = slice(max(0, -pw), min(W, cols - pw))
-    x_pad[:, :, src_h.start + ph:src_h.stop + ph, src_w.start + pw:src_w.stop + pw] = x[:, :, src_h, src_w]
-    # d[n, c, th, tw] = the a x a tile whose top-left corner is (th*m, tw*m): overlapping views.
-    d = np.lib.stride_tricks.sliding_window_view(x_pad, (a, a), axis=(2, 3))[:, :, ::m, ::m]
-    V = np.einsum("xu,nchwuv,yv->xycnhw", BT, d, BT).reshape(a * a, groups, Cg, N * TH * TW)
+    V = input_tiles_transformed(x, padding, (TH, TW), m, a, BT).reshape(a * a, groups, Cg, N * TH * TW)
     Ug = U.reshape(a * a, groups, OC // groups, Cg)
     Mt = (Ug @ V).reshape(a, a, OC, N, TH, TW)                     # the a*a*groups GEMMs
     Y = np.einsum("ix,xyonhw,jy->nohiwj", AT, Mt, AT)              # (N, OC, TH, m, TW, m)
@@ -168,22 +159,65 @@ def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
     return y, WinogradCache((x, weight, bias is not None, stride, padding, groups, dilation), m)
 
 
+def winograd_weight_gradient(x, gy, weight_shape, padding, groups, m):
+    """gW (OC, Cg, r, r) by the transposed transforms (each step the adjoint of a forward one):
+
+        V  = BT d B           (a, a, C, T)     the forward's input transform of x
+        gM = A gy_t AT        (a, a, OC, T)    gy cut into m x m tiles, zeros past the edge
+        gU = gM @ V^T         (a, a, OC, Cg)   per group, summed over the T tiles
+        gW = G^T gU G         (OC, Cg, r, r)
+    """
+    N, C, H, W = x.shape
+    OC, Cg, r, _ = weight_shape
+    a = m + r - 1
+    AT, G, BT = winograd_matrices(m, r)
+    OH, OW = gy.shape[2:]
+    TH, TW = -(-OH // m), -(-OW // m)
+    V = input_tiles_transformed(x, padding, (TH, TW), m, a, BT)    # (a, a, C, N, TH, TW)
+    gy_pad = np.zeros((N, OC, TH * m, TW * m), dtype=gy.dtype)
+    gy_pad[:, :, :OH, :OW] = gy
+    tiles = gy_pad.reshape(N, OC, TH, m, TW, m)                    # tiles[n, o, th, i, tw, j]
+    gM = np.einsum("ix,nohiwj,jy->xyonhw", AT, tiles, AT)
+    Vg = V.reshape(a * a, groups, Cg, -1)
+    gMg = gM.reshape(a * a, groups, OC // groups, -1)
+    gU = (gMg @ Vg.transpose(0, 1, 3, 2)).reshape(a, a, OC, Cg)    # sum over the tiles
+    return np.einsum("xi,xyoc,yj->ocij", G, gU, G).astype(x.dtype)
+
+
+def input_tiles_transformed(x, padding, tiles, m, a, BT):
+    """V[xi, nu, c, n, th, tw] = (BT d B)[xi, nu], d the a x a tile of x padded by `padding`
+    (above/left; negative crops) at (th*m, tw*m). The first half of winograd_correlate."""
+    N, C, H, W = x.shape
+    TH, TW = tiles
+    rows, cols = (TH - 1) * m + a, (TW - 1) * m + a
+    x_pad = np.zeros((N, C, rows, cols), dtype=x.dtype)
+    ph, pw = padding
+    src_h = slice(max(0, -ph), min(H, rows - ph))
+    src_w = slice(max(0, -pw), min(W, cols - pw))
+    x_pad[:, :, src_h.start + ph:src_h.stop + ph, src_w.start + pw:src_w.stop + pw] = x[:, :, src_h, src_w]
+    d = np.lib.stride_tricks.sliding_window_view(x_pad, (a, a), axis=(2, 3))[:, :, ::m, ::m]
+    return np.einsum("xu,nchwuv,yv->xycnhw", BT, d, BT)
+
+
 def conv2d_backward(gy, cache, need_gx=True):
-    """(gx or None, gW, gb or None): gW and gb from the GEMM path, gx by Winograd.
+    """(gx or None, gW, gb or None), all by Winograd:
+
+    gW by the transposed transforms (winograd_weight_gradient); gb = sum of gy; and
 
     gx[n, c, h, w] = sum_{o, i, j} gy[n, o, h + ph - i, w + pw - j] W[o, c, i, j]
                    = correlate(gy padded by r - 1 - p, W rotated 180 deg)[n, c, h, w]
+
     with input and output channels swapped per group (flipped_transposed): a stride-1
     convolution of gy (N, OC, OH, OW) into (N, C, H, W), through the same transforms.
     """
     x, weight, has_bias, stride, padding, groups, dilation = cache.gemm_cache
-    _, gW, gb = gemm_conv.conv2d_backward(gy, cache.gemm_cache, need_gx=False)
+    r, m = weight.shape[2], cache.tile
+    gW = winograd_weight_gradient(x, gy, weight.shape, padding, groups, m)
+    gb = gy.sum(axis=(0, 2, 3)) if has_bias else None
     if not need_gx:
         return None, gW, gb
-    r, m = weight.shape[2], cache.tile
     AT, G, BT = winograd_matrices(m, r)
     U = transform_filter(flipped_transposed(weight, groups), G)
     gx = winograd_correlate(gy, U, (r - 1 - padding[0], r - 1 - padding[1]), x.shape[2:],
                             groups, m, AT, BT)
     return gx, gW, gb
-
