@@ -88,25 +88,13 @@ NUM_CLASSES = 10
 SGD_SETTINGS = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
 SEED = 0
 CHECK_RTOL = 1e-4                      # float32 losses of ~2.3 after a 938 M multiply-add forward
-SGEMM_SIZE, SGEMM_REPEATS = 2048, 10
 GOAL_TIME, GOAL_MEMORY = 0.85, 1.2     # tinyalex numba (default algorithm) / torch, at most
 MB = 2**20
 
 
 # --- 1. the machine's SGEMM rate -------------------------------------------------------
 
-def sgemm_gflops(n=SGEMM_SIZE, repeats=SGEMM_REPEATS):
-    """GFLOP/s of numpy.matmul on two float32 (n, n) matrices: 2*n^3 flops, median of repeats."""
-    rng = np.random.default_rng(SEED)
-    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
-    out = np.empty((n, n), dtype=np.float32)
-    np.matmul(a, b, out=out)                                    # warm-up: BLAS threads start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.matmul(a, b, out=out)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+# sgemm_gflops lives in bench_ops_cpu.py (loaded as `ops` in main): one definition.
 
 
 # --- 2. the FLOPs of one step ----------------------------------------------------------
@@ -382,7 +370,7 @@ def method_lines(sgemm, flops, macs, losses, check_batch, steps):
     per_layer = ", ".join(f"{name} {m / 1e6:.1f}" for name, m in macs)
     loss_text = "; ".join(f"{LABELS[lib]} {a:.6f} -> {b:.6f}" for lib, (a, b) in losses.items())
     return [
-        f"- SGEMM: numpy.matmul float32 {SGEMM_SIZE}^3, median of {SGEMM_REPEATS}:"
+        f"- SGEMM: numpy.matmul float32 2048^3, median of 10 (bench_ops_cpu.sgemm_gflops):"
         f" **{sgemm:.1f} GFLOP/s** (the denominator of '% of SGEMM')",
         f"- FLOPs per image: forward {forward / 1e9:.3f} + backward {backward / 1e9:.3f}"
         f" = {(forward + backward) / 1e9:.3f} GFLOP (2 per multiply-add; backward = gW for every"
@@ -476,7 +464,7 @@ def main(argv=None):
     import torch                    # for the report's thread line and --ops, as numba's count
     torch.set_num_threads(numba.get_num_threads())
     ops = bench_ops_module()
-    sgemm = sgemm_gflops()
+    sgemm = ops.sgemm_gflops()
     print(f"SGEMM {sgemm:.1f} GFLOP/s", file=sys.stderr, flush=True)
     macs = layer_macs(make_model(), INPUT_SHAPE)
     flops = step_flops(macs)

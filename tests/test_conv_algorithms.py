@@ -212,7 +212,9 @@ def test_call_module_and_global_settings(chosen):
     ((64, 3, 3, 3), (1, 1), (1, 1), 1, (32, 32), "gemm"),         # 3 input channels: narrow
     ((64, 16, 3, 3), (1, 1), (1, 1), 4, (32, 32), "gemm"),        # 16 per group: narrow
     ((256, 64, 3, 3), (1, 1), (1, 1), 2, (32, 32), "winograd"),   # 64 and 128 per group
-    ((256, 256, 3, 3), (1, 1), (1, 1), 1, (4, 4), "gemm"),        # tiny planes
+    ((256, 256, 3, 3), (1, 1), (1, 1), 1, (2, 3), "gemm"),        # tiny planes
+    ((256, 256, 3, 3), (1, 1), (1, 1), 1, (4, 4), "winograd"),
+    ((64, 32, 3, 3), (1, 1), (1, 1), 1, (26, 26), "gemm"),        # 32 input channels: narrow
     ((256, 256, 3, 3), (2, 2), (1, 1), 1, (16, 16), "gemm"),      # stride 2
     ((256, 256, 3, 3), (1, 1), (2, 2), 1, (16, 16), "gemm"),      # dilated
     ((256, 256, 3, 1), (1, 1), (1, 1), 1, (16, 16), "gemm"),      # not square

@@ -78,11 +78,17 @@ def winograd_refusal(kernel_size, stride, dilation):
 def choose(weight_shape, stride, dilation, groups, out_size, available=ALGORITHMS):
     """The 'auto' rule: 'winograd' where it was measured faster, else 'gemm'.
 
-    Measured on the numba set (2-core x86, OpenBLAS, float32, batch 16-64, forward +
-    backward): Winograd F(2x2, 3x3) and F(2x2, 5x5) win on layers wide enough for their
-    transform-domain GEMMs to run near BLAS's peak, i.e. at least MIN_CHANNELS input and
-    output channels per group, and output planes of at least MIN_OUTPUT pixels per side
-    (small planes waste a tile's worth of padding at the edges).
+    Measured on the numba set (2-core x86, OpenBLAS, float32, batch 16, forward + backward
+    of a 3x3 'same' conv, C = OC; time winograd / time gemm, 2026-11-30):
+
+        channels        8     16    32    64   256          output side (C = 256)   2     4     6     8
+        12x12 output  2.20  2.15  1.34  0.89    -          ratio                 1.26  0.87  0.70  0.68
+        26x26 output  2.70  2.02  1.10  0.81    -
+        5x5, 26x26      -   1.93  1.02    -     -          AlexNet conv2-5 (C >= 96): 0.5-0.7
+
+    Narrow layers lose (the transforms cost as much as the GEMMs they shrink), as do tiny
+    planes (the last tiles are mostly padding). Hence: at least MIN_CHANNELS input and
+    output channels per group, and outputs of at least MIN_OUTPUT pixels a side.
     """
     OC, Cg, kh, kw = weight_shape
     if "winograd" not in available or winograd_refusal((kh, kw), stride, dilation):
@@ -91,8 +97,8 @@ def choose(weight_shape, stride, dilation, groups, out_size, available=ALGORITHM
     return "winograd" if wide else "gemm"
 
 
-MIN_CHANNELS = 32
-MIN_OUTPUT = 6
+MIN_CHANNELS = 64
+MIN_OUTPUT = 4
 
 
 def resolve(op, requested, weight_shape, stride, dilation, groups, out_size, available,
