@@ -4,8 +4,8 @@
 - 'winograd': Winograd minimal filtering (Lavin & Gray 2016, "Fast Algorithms for
   Convolutional Neural Networks"), tinyalex.reference.conv_winograd and
   docs/ops/conv2d_winograd.md. Square 3x3 or 5x5 kernels, stride 1, no dilation; any
-  padding, groups, float32 and float64. Forward and the input gradient use it; the
-  weight gradient stays on GEMM. Not bit-identical to 'gemm' (see its accuracy section).
+  padding, groups, float32 and float64. Forward, input gradient and weight gradient all
+  use it. Not bit-identical to 'gemm' (see the page's accuracy section).
 - 'auto': `choose()` picks one per layer shape, by a fixed rule measured on the numba
   kernel set (nothing is timed at run time).
 
@@ -23,7 +23,7 @@ import contextlib
 
 ALGORITHMS = ("auto", "gemm", "winograd")
 #: Kernel sizes (square) that 'winograd' handles, and its output tile m for each: F(m x m, r x r).
-WINOGRAD_TILES = {3: 2, 5: 2}
+WINOGRAD_TILES = {3: 4, 5: 4}
 
 _global = "auto"
 
@@ -78,13 +78,14 @@ def winograd_refusal(kernel_size, stride, dilation):
 def choose(weight_shape, stride, dilation, groups, out_size, available=ALGORITHMS):
     """The 'auto' rule: 'winograd' where it was measured faster, else 'gemm'.
 
-    Measured on the numba set (2-core x86, OpenBLAS, float32, batch 16, forward + backward
-    of a 3x3 'same' conv, C = OC; time winograd / time gemm, 2026-11-30):
+    Measured on the numba set with F(4x4, 3x3) and F(4x4, 5x5) (2-core x86, OpenBLAS,
+    float32, batch 16, forward + backward of a 'same' conv with C = OC, interleaved runs;
+    time winograd / time gemm, 2026-11-30):
 
-        channels        8     16    32    64   256          output side (C = 256)   2     4     6     8
-        12x12 output  2.20  2.15  1.34  0.89    -          ratio                 1.26  0.87  0.70  0.68
-        26x26 output  2.70  2.02  1.10  0.81    -
-        5x5, 26x26      -   1.93  1.02    -     -          AlexNet conv2-5 (C >= 96): 0.5-0.7
+        3x3, channels      16    32    64         3x3, C = 256, output side   2     3     4     6
+        12x12 output      1.66  1.12  0.81        ratio                     1.94  1.53  1.17  0.95
+        26x26 output      2.03  1.16  0.80
+        5x5, 26x26          -   0.90  0.63        AlexNet conv2-5 (C >= 96): about 0.5-0.7
 
     Narrow layers lose (the transforms cost as much as the GEMMs they shrink), as do tiny
     planes (the last tiles are mostly padding). Hence: at least MIN_CHANNELS input and
@@ -98,7 +99,7 @@ def choose(weight_shape, stride, dilation, groups, out_size, available=ALGORITHM
 
 
 MIN_CHANNELS = 64
-MIN_OUTPUT = 4
+MIN_OUTPUT = 6
 
 
 def resolve(op, requested, weight_shape, stride, dilation, groups, out_size, available,
