@@ -383,6 +383,7 @@ def main(argv=None):
                         help="seconds of timing rounds per op, all libraries (5 to 50 rounds)")
     args = parser.parse_args(argv)
     dtype = np.dtype(args.dtype).type
+    load_start = os.getloadavg()
     torch.set_num_threads(numba.get_num_threads())
     torch.set_grad_enabled(False)
     sgemm = sgemm_gflops()
@@ -410,8 +411,10 @@ def main(argv=None):
         text += table_lines(rows)
     print("\n".join(text))
     if args.out:
+        load = f"- load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in load_start)};" \
+               f" at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}"
         with open(args.out, "w") as out:
-            out.write("\n".join(machine_lines() + [""] + text) + "\n")
+            out.write("\n".join(machine_lines() + [load, ""] + text) + "\n")
 
 
 if __name__ == "__main__":
