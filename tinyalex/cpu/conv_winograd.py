@@ -111,6 +111,7 @@ def _transform_input(X, m, TH, TW, BT, V):
     for it in prange(B * TH):
         n, th = it // TH, it % TH
         E = np.empty((a, a, C), dtype=V.dtype)                     # E[u, j] = sum_v BT[j, v] d[u, v]
+        acc = np.empty(C, dtype=V.dtype)                           # one row of V, summed in cache
         for tw in range(TW):
             for u in range(a):
                 row = X[n, th * m + u]
@@ -126,14 +127,14 @@ def _transform_input(X, m, TH, TW, BT, V):
             t = n * TT + th * TW + tw
             for i in range(a):                                     # V[i*a + j] = sum_u BT[i, u] E[u, j]
                 for j in range(a):
-                    out = V[i * a + j, t]
-                    out[:] = 0
+                    acc[:] = 0
                     for u in range(a):
                         b = BT[i, u]
                         if b != 0:
                             e = E[u, j]
                             for c in range(C):
-                                out[c] += b * e[c]
+                                acc[c] += b * e[c]
+                    V[i * a + j, t] = acc                          # V is written once, not per term
 
 
 @njit(parallel=True, cache=True)
@@ -192,6 +193,7 @@ def _transform_output_adjoint(GY, AT, TH, TW, gM):
     for it in prange(B * TH):
         n, th = it // TH, it % TH
         Q = np.empty((a, m, OC), dtype=gM.dtype)                   # Q[x, j] = sum_i AT[i, x] gy[i, j]
+        acc = np.empty(OC, dtype=gM.dtype)                         # one row of gM, summed in cache
         for tw in range(TW):
             for x in range(a):
                 for j in range(m):
@@ -206,14 +208,14 @@ def _transform_output_adjoint(GY, AT, TH, TW, gM):
             t = n * TT + th * TW + tw
             for x in range(a):
                 for y in range(a):
-                    out = gM[x * a + y, t]
-                    out[:] = 0
+                    acc[:] = 0
                     for j in range(m):
                         coef = AT[j, y]
                         if coef != 0:
                             q = Q[x, j]
                             for o in range(OC):
-                                out[o] += coef * q[o]
+                                acc[o] += coef * q[o]
+                    gM[x * a + y, t] = acc
 
 
 @njit(parallel=True, cache=True)
