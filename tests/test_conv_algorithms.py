@@ -135,11 +135,15 @@ def test_winograd_and_gemms_do_not_depend_on_thread_count():
     w = rng.standard_normal((8, 3, 5, 5)).astype(np.float32)
     a = rng.standard_normal((3, 40, 70)).astype(np.float32)
     c = rng.standard_normal((3, 70, 50)).astype(np.float32)
+    tall = rng.standard_normal((1, 12, 20000)).astype(np.float32)          # K cut in parts
+    wide = rng.standard_normal((1, 20000, 30)).astype(np.float32)
+    assert blas._split_inner(1, 12, 30, 20000) > 1
 
     def run_all():
         y, cache = cpu.conv2d_forward(x, w, None, (1, 1), (2, 1), 2, (1, 1), "winograd")
         gx, gW, _ = cpu.conv2d_backward(np.cos(y), cache)
-        return y, gx, gW, blas.gemm(a, c, np.empty((3, 40, 50), np.float32)), cpu.matmul(a[0], c[0])
+        return (y, gx, gW, blas.gemm(a, c, np.empty((3, 40, 50), np.float32)), cpu.matmul(a[0], c[0]),
+                blas.gemm(tall, wide, np.empty((1, 12, 30), np.float32)))
 
     everyone = run_all()
     threads = numba.get_num_threads()
@@ -274,7 +278,8 @@ def test_the_cupy_set_keeps_gemm_and_refuses_winograd_cleanly():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("G, M, K, N", [(1, 5, 7, 3), (16, 33, 17, 9), (1, 300, 40, 700),
-                                        (3, 1, 4, 1), (2, 0, 3, 4), (1, 4, 0, 3)])
+                                        (3, 1, 4, 1), (2, 0, 3, 4), (1, 4, 0, 3),
+                                        (1, 12, 20000, 30), (2, 8, 30001, 24)])  # K cut in parts
 def test_gemm_matches_numpy_for_every_operand_layout(dtype, G, M, K, N):
     rng = np.random.default_rng(G + M + K + N)
     a = rng.standard_normal((G, M, K)).astype(dtype)

@@ -93,12 +93,12 @@ _dgemm_i32 = _cblas("tinyalex_dgemm_i32", types.float64, 32)
 
 def _make_kernel(sgemm, dgemm):
     @njit(parallel=True, cache=True)
-    def tasks(a, b, c, ta, tb, lda, ldb, ldc, beta, parts_m, parts_n, M, N, K, sa, sb, sc, double):
+    def tasks(a, b, c, ta, tb, lda, ldb, ldc, beta, parts_m, parts_n, M, N, Ks, sa, sb, sc, double):
         """Task t of G*parts_m*parts_n: block (rows m0:m1, columns n0:n1) of c[g] = a[g] @ b[g].
 
         a, b, c are 1-D views starting at the first element of each operand; sa, sb, sc
-        the element offsets of the G matrices; c's rows are ldc apart. The blocks of c are
-        disjoint, so the tasks never write the same element.
+        the element offsets of the G matrices, Ks their inner dimensions; c's rows are ldc
+        apart. The blocks of c are disjoint, so the tasks never write the same element.
         """
         size = 8 if double else 4
         per_g = parts_m * parts_n
@@ -106,6 +106,7 @@ def _make_kernel(sgemm, dgemm):
             g, r = t // per_g, t % per_g
             m0, m1 = (r // parts_n) * M // parts_m, (r // parts_n + 1) * M // parts_m
             n0, n1 = (r % parts_n) * N // parts_n, (r % parts_n + 1) * N // parts_n
+            K = Ks[g]
             if m1 == m0 or n1 == n0:
                 continue
             a_first = sa[g] + (m0 if ta else m0 * lda)            # row m0 of op(a)
@@ -158,6 +159,16 @@ def _split(G, M, N, K):
     return (min(parts, max(1, M // 8)), 1) if M > N else (1, min(parts, max(1, N // 8)))
 
 
+def _split_inner(G, M, N, K):
+    """How many parts to cut the inner dimension K into: > 1 only for a few products with a
+    long K and a small result (conv1's weight gradient, 96 x 121 summed over B*54*54), where
+    cutting M or N would re-pack the long operand in every task. The partial products are
+    summed after, in a fixed order (shapes decide, not threads)."""
+    if G >= MIN_TASKS or K < 8 * max(M, N) or M * N * K < MIN_TASKS * MIN_TASK_MACS:
+        return 1
+    return max(1, min(-(-MIN_TASKS // G), K // 256))
+
+
 def gemm(a, b, out, accumulate=False):
     """out[g] = a[g] @ b[g] (or out[g] += ... with accumulate), on Numba's pool.
 
@@ -195,14 +206,32 @@ def gemm(a, b, out, accumulate=False):
         layout_b = (False, max(1, N))
     starts = [np.arange(G, dtype=np.int64) * (m.strides[0] // item) for m in (a, b, out)]
     flat = [np.lib.stride_tricks.as_strided(m, shape=(1,), strides=(item,)) for m in (a, b, out)]
-    parts_m, parts_n = _split(G, M, N, K)
+    (ta, lda), (tb, ldb) = layout_a, layout_b
+    kernel = _tasks_i64 if _names[4] == 64 else _tasks_i32
+    double = out.dtype == np.float64
+    parts_k = _split_inner(G, M, N, K)
     previous = _get_threads()
     _set_threads(1)                        # BLAS computes on the calling Numba thread only
     try:
-        kernel = _tasks_i64 if _names[4] == 64 else _tasks_i32
-        kernel(flat[0], flat[1], flat[2], layout_a[0], layout_b[0], layout_a[1], layout_b[1],
-               max(1, out.strides[1] // item), 1.0 if accumulate else 0.0, parts_m, parts_n, M, N, K,
-               starts[0], starts[1], starts[2], out.dtype == np.float64)
+        if parts_k == 1:
+            parts_m, parts_n = _split(G, M, N, K)
+            kernel(flat[0], flat[1], flat[2], ta, tb, lda, ldb, max(1, out.strides[1] // item),
+                   1.0 if accumulate else 0.0, parts_m, parts_n, M, N, np.full(G, K, np.int64),
+                   starts[0], starts[1], starts[2], double)
+        else:                              # K cut in parts_k: partial products, then their sum
+            cuts = np.arange(parts_k + 1) * K // parts_k
+            k0, sizes = cuts[:-1], np.diff(cuts)
+            partial = np.empty((G, parts_k, M, N), dtype=out.dtype)
+            sa = (starts[0][:, None] + k0 * (1 if not ta else lda)).ravel()
+            sb = (starts[1][:, None] + k0 * (ldb if not tb else 1)).ravel()
+            sc = np.arange(G * parts_k, dtype=np.int64) * M * N
+            kernel(flat[0], flat[1], partial.reshape(-1), ta, tb, lda, ldb, N, 0.0, 1, 1, M, N,
+                   np.tile(sizes, G).astype(np.int64), sa, sb, sc, double)
+            total = partial.sum(axis=1)    # a fixed order: the parts depend on shapes only
+            if accumulate:
+                out += total
+            else:
+                out[...] = total
     finally:
         _set_threads(previous)
     return out[0] if squeeze else out
