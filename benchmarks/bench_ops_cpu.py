@@ -1,6 +1,7 @@
 """Every op, forward and backward, on the CPU: numba set vs numpy reference vs PyTorch.
 
-Shapes are the Fashion-MNIST AlexNet's at batch 16 (input 1x224x224):
+Shapes are the Fashion-MNIST AlexNet's (input 1x224x224); the convolutions at batch 16,
+32 and 64 (--batches), the other ops at batch 16:
 
     conv1 96@11x11 s4 p1 -> 54x54, LRN 5, pool 3/2 -> 26
     conv2 256@5x5 p2 -> 26x26,     LRN 5, pool 3/2 -> 12
@@ -8,13 +9,21 @@ Shapes are the Fashion-MNIST AlexNet's at batch 16 (input 1x224x224):
     relu and dropout(0.5) on fc (16, 4096); cross-entropy on (16, 10)
 
 conv1's backward skips gx, as in training (the image needs no gradient). Every result is
-first checked against the numpy reference (check before you time), then the
-three libraries are timed in interleaved rounds after a warm-up call each (JIT
-included). PyTorch runs with as many threads as Numba; BLAS keeps its default (one per
-core): it never runs at the same time as Numba's threads. Reported: the median over the
-rounds, in ms.
+first checked against the numpy reference (check before you time), then the libraries
+are timed in interleaved rounds after a warm-up call each (JIT included). PyTorch runs
+with as many threads as Numba. Reported: the median over the rounds, in ms.
 
-    PYTHONPATH=. python benchmarks/bench_ops_cpu.py [--dtype float32] [--out FILE]
+Convolutions are timed per algorithm of the numba set, beside torch: 'gemm' (im2col +
+GEMM), 'winograd' (where it applies: conv2-5) and which one 'auto' picks, with each
+one's rate as a percentage of the machine's SGEMM rate, counted on the DIRECT
+convolution's FLOPs (2 per multiply-add of the direct sum; backward: gW, plus gx except
+for conv1), so an algorithm doing fewer multiplies can pass 100%.
+
+numpy is imported before tinyalex, as most programs do (no spin-wait variables are set):
+tinyalex's speed must not depend on import order.
+
+    PYTHONPATH=. python benchmarks/bench_ops_cpu.py [--dtype float32] [--batches 16 32 64]
+                                                    [--out FILE]
 """
 import argparse
 import ctypes
@@ -26,30 +35,27 @@ import statistics
 import sys
 import time
 
-# The thread runtimes read their spin-wait settings when loaded, so these must come before
-# numpy (OpenBLAS) and torch (libgomp, shared with Numba) are imported: the values of
-# tinyalex/threads.py, which explains them. torch's timings do not move with them.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import tinyalex.cpu as numba_set  # noqa: E402
-import tinyalex.reference as numpy_set  # noqa: E402
+import tinyalex.cpu as numba_set
+import tinyalex.reference as numpy_set
+from tinyalex.conv_algorithms import choose, winograd_refusal
 
 BATCH = 16
 LIBRARIES = ("numba", "numpy", "torch")
-# name: (x shape, weight shape, stride, padding)
+CONV_LIBRARIES = ("gemm", "winograd", "torch")                   # numba's algorithms, then torch
+# name: (x shape without the batch, weight shape, stride, padding)
 CONVS = {
-    "conv1": ((BATCH, 1, 224, 224), (96, 1, 11, 11), 4, 1),
-    "conv2": ((BATCH, 96, 26, 26), (256, 96, 5, 5), 1, 2),
-    "conv3": ((BATCH, 256, 12, 12), (384, 256, 3, 3), 1, 1),
-    "conv4": ((BATCH, 384, 12, 12), (384, 384, 3, 3), 1, 1),
-    "conv5": ((BATCH, 384, 12, 12), (256, 384, 3, 3), 1, 1),
+    "conv1": ((1, 224, 224), (96, 1, 11, 11), 4, 1),
+    "conv2": ((96, 26, 26), (256, 96, 5, 5), 1, 2),
+    "conv3": ((256, 12, 12), (384, 256, 3, 3), 1, 1),
+    "conv4": ((384, 12, 12), (384, 384, 3, 3), 1, 1),
+    "conv5": ((384, 12, 12), (256, 384, 3, 3), 1, 1),
 }
+SGEMM_SIZE, SGEMM_REPEATS = 2048, 10
 POOLS = {"pool1": (BATCH, 96, 54, 54), "pool2": (BATCH, 256, 26, 26), "pool3": (BATCH, 256, 12, 12)}
 LRNS = {"lrn1": (BATCH, 96, 54, 54), "lrn2": (BATCH, 256, 26, 26)}
 LRN_CONSTANTS = (5, 5e-4, 0.75, 2.0)                               # the paper's, in PyTorch's convention
@@ -65,6 +71,8 @@ class Case:
     direction: str
     calls: dict
     torch_checked: bool = True                                      # False where torch's RNG differs
+    auto: str = ""                                                  # convs: the algorithm 'auto' picks
+    batch: int = BATCH
 
 
 def as_numpy_tuple(result):
@@ -77,8 +85,9 @@ def as_numpy_tuple(result):
 def check(case, dtype):
     """Each library's result against the numpy reference, before anything is timed."""
     expected = as_numpy_tuple(case.calls["numpy"]())
-    others = ["numba"] + (["torch"] if case.torch_checked else [])
+    others = [k for k in case.calls if k not in ("numpy", "torch")] + (["torch"] if case.torch_checked else [])
     tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    tolerance *= 10 if "winograd" in case.calls else 1                  # F(2x2, 5x5): docs/ops/conv2d_winograd.md
     for library in others:
         got = as_numpy_tuple(case.calls[library]())
         for a, e in zip(got, expected, strict=True):
@@ -118,30 +127,56 @@ def interleaved_medians(calls, budget_s):
 
 # --- the cases --------------------------------------------------------------------------
 
-def conv_cases(name, x_shape, w_shape, stride, padding, rng, dtype):
+def sgemm_gflops(n=SGEMM_SIZE, repeats=SGEMM_REPEATS):
+    """GFLOP/s of numpy.matmul on two float32 (n, n) matrices: 2*n^3 flops, median of repeats."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=out)                                    # warm-up: BLAS threads start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def direct_flops(name, batch, direction):
+    """FLOPs of the direct convolution: 2 per multiply-add; backward: gW, and gx but for conv1."""
+    (c, h, w), (oc, _, kh, kw), stride, padding = CONVS[name]
+    oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    macs = batch * oh * ow * oc * c * kh * kw
+    return 2 * macs * (1 if direction == "forward" else (1 if name == "conv1" else 2))
+
+
+def conv_cases(name, batch, rng, dtype):
+    """Forward and backward of conv `name` at `batch`: numba with each algorithm that applies
+    to it, and torch; every result is checked against the numpy reference (gemm)."""
+    x_shape, w_shape, stride, padding = CONVS[name]
     need_gx = name != "conv1"
-    x = rng.standard_normal(x_shape).astype(dtype)
+    x = rng.standard_normal((batch, *x_shape)).astype(dtype)
     fan_in = np.prod(w_shape[1:])
     w = (rng.standard_normal(w_shape) / np.sqrt(fan_in)).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype)
-    pairs = dict(stride=(stride, stride), padding=(padding, padding))
-    y, numba_cache = numba_set.conv2d_forward(x, w, b, groups=1, **pairs)
-    _, numpy_cache = numpy_set.conv2d_forward(x, w, b, groups=1, **pairs)
+    pairs = dict(stride=(stride, stride), padding=(padding, padding), groups=1, dilation=(1, 1))
+    algorithms = [a for a in ("gemm", "winograd")
+                  if a == "gemm" or not winograd_refusal(w_shape[2:], pairs["stride"], (1, 1))]
+    y, numpy_cache = numpy_set.conv2d_forward(x, w, b, **pairs)
+    caches = {a: numba_set.conv2d_forward(x, w, b, **pairs, algorithm=a)[1] for a in algorithms}
     gy = rng.standard_normal(y.shape).astype(dtype)
     xt, wt, bt, gyt = (torch.from_numpy(a) for a in (x, w, b, gy))
-    forward = {
-        "numba": lambda: numba_set.conv2d_forward(x, w, b, groups=1, **pairs)[0],
-        "numpy": lambda: numpy_set.conv2d_forward(x, w, b, groups=1, **pairs)[0],
-        "torch": lambda: F.conv2d(xt, wt, bt, stride, padding),
-    }
-    backward = {
-        "numba": lambda: numba_set.conv2d_backward(gy, numba_cache, need_gx),
-        "numpy": lambda: numpy_set.conv2d_backward(gy, numpy_cache, need_gx),
-        "torch": lambda: torch.ops.aten.convolution_backward(
-            gyt, xt, wt, [w_shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
-            [need_gx, True, True]),
-    }
-    return [Case(name, "forward", forward), Case(name, "backward", backward)]
+    forward = {a: (lambda a=a: numba_set.conv2d_forward(x, w, b, **pairs, algorithm=a)[0])
+               for a in algorithms}
+    forward["numpy"] = lambda: numpy_set.conv2d_forward(x, w, b, **pairs)[0]
+    forward["torch"] = lambda: F.conv2d(xt, wt, bt, stride, padding)
+    backward = {a: (lambda a=a: numba_set.conv2d_backward(gy, caches[a], need_gx)) for a in algorithms}
+    backward["numpy"] = lambda: numpy_set.conv2d_backward(gy, numpy_cache, need_gx)
+    backward["torch"] = lambda: torch.ops.aten.convolution_backward(
+        gyt, xt, wt, [w_shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
+        [need_gx, True, True])
+    auto = choose(w_shape, pairs["stride"], (1, 1), 1, y.shape[2:])
+    return [Case(name, "forward", forward, auto=auto, batch=batch),
+            Case(name, "backward", backward, auto=auto, batch=batch)]
 
 
 def pool_cases(name, x_shape, rng, dtype):
@@ -254,11 +289,12 @@ def cross_entropy_cases(rng, dtype):
     return [Case("cross-entropy", "forward", forward), Case("cross-entropy", "backward", backward)]
 
 
-def all_cases(dtype, only):
+def all_cases(dtype, only, batches):
     rng = np.random.default_rng(0)
     cases = []
-    for name, (x_shape, w_shape, stride, padding) in CONVS.items():
-        cases += conv_cases(name, x_shape, w_shape, stride, padding, rng, dtype)
+    for batch in batches:
+        for name in CONVS:
+            cases += conv_cases(name, batch, rng, dtype)
     for name, shape in LRNS.items():
         cases += lrn_cases(name, shape, rng, dtype)
     for name, shape in POOLS.items():
@@ -310,31 +346,75 @@ def table_lines(rows):
     return lines
 
 
+def conv_table_lines(rows, sgemm):
+    """One line per (conv, batch, direction): each algorithm's ms, ratio to torch and % of
+    SGEMM on the direct FLOPs; 'auto' shows the algorithm the default picks."""
+    lines = ["| conv | batch | direction | auto picks | ms gemm | ms winograd | ms torch"
+             " | gemm / torch | winograd / torch | auto / torch | % SGEMM gemm | % SGEMM winograd"
+             " | % SGEMM torch |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for case, ms in rows:
+        flops = direct_flops(case.op, case.batch, case.direction)
+
+        def cell(key, fmt):
+            return fmt(ms[key]) if key in ms else "-"
+
+        def pct(key):
+            return cell(key, lambda t: f"{100 * flops / (t / 1e3) / 1e9 / sgemm:.0f}%")
+
+        def ratio(key):
+            return cell(key, lambda t: f"{t / ms['torch']:.2f}")
+
+        lines.append(f"| {case.op} | {case.batch} | {case.direction} | {case.auto} |"
+                     f" {cell('gemm', lambda t: f'{t:.1f}')} | {cell('winograd', lambda t: f'{t:.1f}')} |"
+                     f" {ms['torch']:.1f} | {ratio('gemm')} | {ratio('winograd')} | {ratio(case.auto)} |"
+                     f" {pct('gemm')} | {pct('winograd')} | {pct('torch')} |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--out", help="also write the table, with the machine, to this markdown file")
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64],
+                        help="batch sizes of the convolution table")
+    parser.add_argument("--out", help="also write the tables, with the machine, to this markdown file")
     parser.add_argument("--only", nargs="*", default=[], help="ops whose name contains one of these words")
     parser.add_argument("--budget", type=float, default=3.0,
                         help="seconds of timing rounds per op, all libraries (5 to 50 rounds)")
     args = parser.parse_args(argv)
     dtype = np.dtype(args.dtype).type
+    load_start = os.getloadavg()
     torch.set_num_threads(numba.get_num_threads())
     torch.set_grad_enabled(False)
+    sgemm = sgemm_gflops()
 
-    rows = []
-    for case in all_cases(dtype, args.only):
+    conv_rows, rows = [], []
+    for case in all_cases(dtype, args.only, args.batches):
         check(case, dtype)
-        ms = interleaved_medians({library: case.calls[library] for library in LIBRARIES}, args.budget)
-        rows.append((case.op, case.direction, ms))
-        print(f"{case.op:>14} {case.direction:>8}: numba {ms['numba']:9.3f}  numpy {ms['numpy']:9.3f}"
-              f"  torch {ms['torch']:9.3f} ms", file=sys.stderr, flush=True)
+        timed = [k for k in case.calls if k != "numpy"] if case.op in CONVS else LIBRARIES
+        ms = interleaved_medians({library: case.calls[library] for library in timed}, args.budget)
+        if case.op in CONVS:
+            conv_rows.append((case, ms))
+        else:
+            rows.append((case.op, case.direction, ms))
+        print(f"{case.op:>14} {case.batch:3d} {case.direction:>8}: "
+              + "  ".join(f"{k} {v:9.3f}" for k, v in ms.items()) + " ms", file=sys.stderr, flush=True)
 
-    title = f"## CPU ops, numba vs numpy vs torch, batch {BATCH}, {args.dtype}"
-    print("\n".join([title, ""] + table_lines(rows)))
+    text = []
+    if conv_rows:
+        text += [f"## CPU convolutions by algorithm, numba set vs torch, {args.dtype}", "",
+                 f"SGEMM (numpy.matmul float32 {SGEMM_SIZE}^3, median of {SGEMM_REPEATS}):"
+                 f" {sgemm:.1f} GFLOP/s; '% SGEMM' counts the direct convolution's FLOPs.", ""]
+        text += conv_table_lines(conv_rows, sgemm) + [""]
+    if rows:
+        text += [f"## CPU ops, numba vs numpy vs torch, batch {BATCH}, {args.dtype}", ""]
+        text += table_lines(rows)
+    print("\n".join(text))
     if args.out:
+        load = f"- load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in load_start)};" \
+               f" at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}"
         with open(args.out, "w") as out:
-            out.write("\n".join([title, ""] + machine_lines() + [""] + table_lines(rows)) + "\n")
+            out.write("\n".join(machine_lines() + [load, ""] + text) + "\n")
 
 
 if __name__ == "__main__":

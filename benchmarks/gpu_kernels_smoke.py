@@ -183,6 +183,16 @@ def cross_entropy_case(K, at, dtype, rng):
     return out
 
 
+def matmul_case(K, at, dtype, rng):
+    """The linear layer's three products: x @ W.T, gy @ W, gy.T @ x (transposed views)."""
+    x = rng.standard_normal((5, 37)).astype(dtype)
+    w = rng.standard_normal((11, 37)).astype(dtype)
+    gy = rng.standard_normal((5, 11)).astype(dtype)
+    X, Wd, GY = at.put(x), at.put(w), at.put(gy)
+    return {"y": at.get(K.matmul(X, Wd.T)), "gx": at.get(K.matmul(GY, Wd)),
+            "gW": at.get(K.matmul(GY.T, X))}
+
+
 def sgd_reference(param, grad, buf, lr, momentum, weight_decay, nesterov, first_step, dampening=0.0):
     """torch.optim.SGD's rule on NumPy arrays, in place, as tinyalex.cuda.sgd documents it."""
     g = grad + weight_decay * param
@@ -229,6 +239,7 @@ CASES = {
     "cross_entropy": (cross_entropy_case, ("cross_entropy_forward", "cross_entropy_backward")),
     "mse_loss": (mse_loss_case, ("mse_loss_forward", "mse_loss_backward")),
     "sgd_update": (sgd_case, ("sgd_update",)),
+    "matmul": (matmul_case, ("matmul",)),
 }
 
 

@@ -618,3 +618,24 @@ def test_spatial_kernels_accept_an_empty_batch(kernels, op):
         gx = K.lrn_backward(dev(np.zeros(x.shape)), cache)
         y_t = F.local_response_norm(torch.from_numpy(x), 3, 0.5, 0.75, 1.0)
     assert host(y).shape == tuple(y_t.shape) and host(gx).shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M, inner, N", [(5, 7, 3), (33, 17, 9), (4, 0, 3), (0, 3, 2)])
+def test_matmul_matches_numpy_with_transposed_operands(kernels, M, inner, N, dtype):
+    """The linear layer's GEMMs: y = x @ W.T, gx = gy @ W, gW = gy.T @ x, so each operand
+    may arrive as a transposed view."""
+    K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+    rng = np.random.default_rng(M + inner + N)
+    a, b = rng.standard_normal((M, inner)), rng.standard_normal((inner, N))
+    expected = a @ b
+    for left, right in ((a, b), (a.T.copy().T, b), (a, b.T.copy().T)):
+        left_d = dev(np.ascontiguousarray(left).astype(dtype))
+        right_d = dev(np.ascontiguousarray(right).astype(dtype))
+        if not left.flags.c_contiguous:                    # keep the transposed-view layout
+            left_d = dev(np.ascontiguousarray(left.T).astype(dtype)).T
+        if not right.flags.c_contiguous:
+            right_d = dev(np.ascontiguousarray(right.T).astype(dtype)).T
+        y = host(K.matmul(left_d, right_d))
+        assert y.shape == (M, N)
+        assert_close(y, expected, dtype)

@@ -345,3 +345,14 @@ def test_results_do_not_depend_on_thread_count(monkeypatch):
         numba.set_num_threads(threads)
     for a, b in zip(everyone, alone):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matmul_matches_reference(seed):
+    """The numba set's GEMM (single-threaded BLAS calls split over Numba's pool) against the
+    reference, on shapes drawn so the split lands on uneven parts."""
+    rng = np.random.default_rng(seed)
+    M, K, N = (int(v) for v in rng.integers(1, 300, 3))
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K)).astype(np.float32).T            # a transposed view, as W.T
+    np.testing.assert_allclose(cpu.matmul(a, b), reference.matmul(a, b), rtol=1e-5, atol=1e-5 * K)

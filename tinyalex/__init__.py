@@ -16,6 +16,7 @@ from . import device, functional, nn, optim, utils  # noqa: E402
 from .autograd import (Function, Tensor, bool_, enable_grad, float32,  # noqa: E402
                        float64, int64, is_grad_enabled, no_grad, tensor)
 from .errors import KeyRuntimeError, ValueRuntimeError  # noqa: E402
+from .conv_algorithms import conv_algorithm, get_conv_algorithm, set_conv_algorithm  # noqa: E402
 from .device import cuda_is_available  # noqa: E402
 from .dispatch import use_kernels  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck  # noqa: E402

@@ -27,11 +27,16 @@ KERNEL_API = {
               " ow*sw + j*dw]; zero padding; OH = (H + 2*ph - dh*(kh-1) - 1) // sh + 1.",
     "col2im": "col2im(cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)) -> x. The"
               " adjoint of im2col: overlapping windows add.",
-    "conv2d_forward": "conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1))"
-                      " -> (y, cache). weight (OC, C/groups, kh, kw), bias (OC,) or None;"
-                      " y (N,OC,OH,OW); symmetric padding (the functional layer pads 'same'"
-                      " asymmetrically in front).",
+    "conv2d_forward": "conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1),"
+                      " algorithm='gemm') -> (y, cache). weight (OC, C/groups, kh, kw), bias"
+                      " (OC,) or None; y (N,OC,OH,OW); symmetric padding (the functional layer"
+                      " pads 'same' asymmetrically in front). algorithm: one of the set's"
+                      " CONV2D_ALGORITHMS ('gemm', and 'winograd' where implemented: stride 1,"
+                      " no dilation, square 3x3/5x5); anything else is a ValueError. 'auto' is"
+                      " resolved before the call (tinyalex.conv_algorithms.resolve).",
     "conv2d_backward": "conv2d_backward(gy, cache, need_gx=True) -> (gx or None, gW, gb or None).",
+    "matmul": "matmul(a, b) -> a @ b. 2-D float arrays of one dtype (transposed views such as"
+              " W.T allowed): the linear layer's GEMMs, on the set's own thread pool.",
     "max_pool2d_forward": "max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False)"
                           " -> (y, cache). -inf padding (at most half the kernel); OH floor"
                           " (H + 2*ph - kh) // sh + 1, or with ceil_mode torch's ceil size"

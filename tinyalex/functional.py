@@ -8,6 +8,7 @@ import numbers
 
 import numpy as np
 
+from . import conv_algorithms
 from . import device as _device
 from . import random as _random
 from .autograd import FLOAT_DTYPES, Tensor
@@ -106,9 +107,15 @@ def _batched(x, batch_ndim):
 
 
 # --- ops ---------------------------------------------------------------------------------
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm=None):
     """2-D convolution (cross-correlation) of input (N, C, H, W) with weight
-    (OC, C/groups, kh, kw), computed as im2col + GEMM. Same signature as torch.
+    (OC, C/groups, kh, kw). Same signature as torch, plus the keyword `algorithm`.
+
+    algorithm: 'gemm' (im2col + GEMM), 'winograd' (Winograd F(2x2, r x r): square 3x3 or
+    5x5 kernels, stride 1, no dilation; docs/ops/conv2d_winograd.md), 'auto' (a fixed
+    per-shape rule) or None (the global setting, 'auto' unless
+    tinyalex.set_conv_algorithm changed it). See tinyalex.conv_algorithms.
 
     dilation (dh, dw): tap (i, j) reads input pixel (oh*sh - ph + i*dh, ow*sw - pw + j*dw),
     so OH = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1.
@@ -119,6 +126,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     explicit zero pad in front of the convolution.
     """
     op = "conv2d"
+    if algorithm is not None:
+        conv_algorithms.check_name(op, algorithm)
     _check_tensor(op, "input", input, (3, 4))
     _check_tensor(op, "weight", weight, (4,))
     _check_float_tensors(op, input=input, weight=weight, bias=bias)
@@ -158,7 +167,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     _output_size(op, x.shape, span, stride, padding)
     inputs = (x, weight) if bias is None else (x, weight, bias)
     y = Conv2d.apply(*inputs, stride=stride, padding=padding, groups=int(groups),
-                     dilation=dilation)
+                     dilation=dilation, algorithm=algorithm)
     return reshape(y, *y.shape[1:]) if unbatched else y
 
 

@@ -1,10 +1,13 @@
-"""The two thread pools behind the numba kernel set, and why neither may spin for long.
+"""Spin waits of the thread runtimes behind the numba kernel set.
 
-The conv kernels alternate Numba parallel loops (im2col, col2im, the gy transpose) with
-BLAS GEMMs (numpy.matmul, i.e. OpenBLAS), and the other ops are Numba loops run between
-GEMMs. The pools never run at the same time, so each may use every core: no
-oversubscription (docs/pitfalls.md#oversubscription). But each runtime keeps its idle workers busy-waiting
-after a parallel region, so that the next region starts fast:
+Since the numba set runs its GEMMs as single-threaded BLAS calls on Numba's own pool
+(tinyalex/cpu/blas.py), OpenBLAS's pool never starts and its spin no longer matters: the
+speed does not depend on whether numpy was imported before tinyalex. What follows is why
+the settings were needed when the GEMMs ran on OpenBLAS's threads; libgomp's is still
+applied, since Numba's workers spin between its own parallel regions.
+
+Each runtime keeps its idle workers busy-waiting after a parallel region, so that the
+next region starts fast:
 
 - GNU libgomp (Numba's 'omp' threading layer) spins GOMP_SPINCOUNT = 300000 rounds;
 - OpenBLAS spins up to 2**OPENBLAS_THREAD_TIMEOUT = 2**28 cycles (~0.1 s).

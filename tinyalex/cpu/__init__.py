@@ -10,9 +10,13 @@ parallelised and why it is race-free.
 - `prange` runs over DISJOINT outputs only (rows of cols, planes of an image, image rows,
   elements): no two iterations write the same element, so there are no races and no float
   atomics, and every result is bitwise repeatable.
-- Convolution GEMMs go to BLAS through numpy.matmul, called from Python between the
-  Numba kernels, so the two thread pools never compete for the cores; threads.py keeps
-  their idle workers from spinning on the cores the other pool needs next (tinyalex/threads.py).
+- Every GEMM (convolutions, the linear layer's matmul) runs on Numba's own pool, one
+  single-threaded BLAS call per task inside a prange loop (blas.py): BLAS never starts
+  its own threads, so no idle pool spins against the other, whatever the user imported
+  first (docs/pitfalls.md#oversubscription).
+- Convolutions choose an algorithm per call (tinyalex.conv_algorithms): im2col + GEMM
+  (conv.py) or Winograd (conv_winograd.py).
+- sgd.py holds the fused SGD step optim.SGD uses with this set (not part of KERNEL_API).
 """
 from ..dispatch import KERNEL_API
 from ..threads import shorten_spin_waits
@@ -20,7 +24,8 @@ from ..threads import shorten_spin_waits
 # Before Numba loads libgomp, when tinyalex/__init__.py came too late (see threads.py).
 shorten_spin_waits()
 
-from .conv import col2im, conv2d_backward, conv2d_forward, im2col  # noqa: E402
+from .blas import matmul  # noqa: E402
+from .conv import CONV2D_ALGORITHMS, col2im, conv2d_backward, conv2d_forward, im2col  # noqa: E402
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from .dropout import dropout_backward, dropout_forward  # noqa: E402
 from .lrn import lrn_backward, lrn_forward  # noqa: E402

@@ -19,10 +19,9 @@ the transposing pass costs (and that pass adds the bias; measured in
 benchmarks/results/cpu_design_notes.md). Besides:
 
 - im2col and col2im are `prange` loops over disjoint outputs (no races, no atomics);
-- the GEMMs are numpy.matmul, i.e. multithreaded BLAS, called from Python BETWEEN the
-  njit kernels. Numba's threads and BLAS's threads therefore never run at the same time,
-  and each pool can use every core without oversubscription (docs/pitfalls.md#oversubscription; threads.py
-  keeps either pool's idle workers from spinning on the cores the other needs);
+- the GEMMs run on Numba's own pool, one single-threaded BLAS call per task inside a
+  prange loop (tinyalex.cpu.blas): one pool for everything, so no idle BLAS worker spins
+  against the next Numba kernel, whatever was imported first (docs/pitfalls.md#oversubscription);
 - the batch is processed in chunks whose columns fit in WORKSPACE_BYTES, and one
   workspace is reused for every chunk and every call: the full column matrix of AlexNet
   at batch 128 would take GBs (docs/pitfalls.md#im2col-memory);
@@ -34,8 +33,13 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from ..conv_algorithms import WinogradCache
 from ..shapes import batch_chunks, check_conv_operands, conv_output_size, same_dtype, same_shape
 from ._checks import float_array
+from .blas import gemm
+
+#: The algorithms this set's conv2d_forward implements (tinyalex.conv_algorithms).
+CONV2D_ALGORITHMS = ("gemm", "winograd")
 
 #: Budget for the column workspace of one conv call. The batch is cut into chunks of
 #: whole samples whose columns fit in it (at least one sample per chunk). 128 MiB holds
@@ -227,8 +231,9 @@ def _check_conv(x, weight, bias, groups):
     return x, weight, bias
 
 
-def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
-    """y = conv2d(x, W) + b as im2col (numba), one GEMM per group (BLAS), then a transpose.
+def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1), algorithm="gemm"):
+    """y = conv2d(x, W) + b as im2col (numba), one GEMM per group (BLAS), then a transpose;
+    algorithm='winograd' hands the call to tinyalex.cpu.conv_winograd.
 
     Shapes: x (N, C, H, W), weight (OC, C/groups, kh, kw), bias (OC,) or None
             -> y (N, OC, OH, OW). Per chunk of B samples, in the batch-inner layout:
@@ -238,6 +243,12 @@ def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
     Why batch-inner: see the module docstring. Saved for backward: x, weight, whether
     there is a bias, stride, padding, groups, dilation (the columns are rebuilt in backward).
     """
+    if algorithm not in CONV2D_ALGORITHMS:
+        raise ValueError(f"conv2d_forward: algorithm: expected one of {CONV2D_ALGORITHMS}"
+                         f" (resolve 'auto' with tinyalex.conv_algorithms.resolve), got {algorithm!r}")
+    if algorithm == "winograd":
+        from . import conv_winograd                               # it imports this module
+        return conv_winograd.conv2d_forward(x, weight, bias, stride, padding, groups, dilation)
     x, weight, bias = _check_conv(x, weight, bias, groups)
     N, C = x.shape[:2]
     OC, Cg, kh, kw = weight.shape
@@ -258,8 +269,7 @@ def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
         cols_t = cols_space[:C * kh * kw * B * L].reshape(C * kh * kw, B, L)
         y_t = y_space[:OC * B * L].reshape(OC, B, L)
         _im2col_into(x[n0:n1], kh, kw, sh, sw, ph, pw, dh, dw, cols_t, True)
-        # BLAS runs here, after the numba kernel has returned: never both at once.
-        np.matmul(weight_g, cols_t.reshape(G, K, B * L), out=y_t.reshape(G, OCg, B * L))
+        gemm(weight_g, cols_t.reshape(G, K, B * L), y_t.reshape(G, OCg, B * L))
         _from_batch_inner(y_t, bias_or_zeros, y3[n0:n1])
     cache = (x, weight, bias is not None, stride, padding, groups, dilation)
     return y, cache
@@ -280,6 +290,9 @@ def conv2d_backward(gy, cache, need_gx=True):
     gW is a sum over chunks done by BLAS GEMMs and one `+=` per chunk: no parallel loop
     writes it; gb's sums are owned per output channel.
     """
+    if isinstance(cache, WinogradCache):
+        from . import conv_winograd
+        return conv_winograd.conv2d_backward(gy, cache, need_gx)
     x, weight, has_bias, stride, padding, groups, dilation = cache
     gy = float_array(gy, "gy", 4)
     same_dtype(x, "x", gy, "gy")
@@ -300,7 +313,6 @@ def conv2d_backward(gy, cache, need_gx=True):
     most = chunks[0][1] - chunks[0][0]
     cols_space = _scratch.get("cols", most * C * kh * kw * L, x.dtype)
     gy_space = _scratch.get("y_t", most * OC * L, x.dtype)      # the forward's y_t buffer
-    gW_chunk = np.empty_like(gW_g) if len(chunks) > 1 else None
     for index, (n0, n1) in enumerate(chunks):
         B = n1 - n0
         cols_t = cols_space[:C * kh * kw * B * L].reshape(C * kh * kw, B, L)
@@ -309,13 +321,9 @@ def conv2d_backward(gy, cache, need_gx=True):
         _transpose_and_sum(gy3[n0:n1], gy_t, gb_sums)
         cols_g = cols_t.reshape(G, K, B * L)
         gy_g = gy_t.reshape(G, OCg, B * L)
-        if index == 0:
-            np.matmul(gy_g, cols_g.transpose(0, 2, 1), out=gW_g)
-        else:
-            np.matmul(gy_g, cols_g.transpose(0, 2, 1), out=gW_chunk)
-            gW_g += gW_chunk
+        gemm(gy_g, cols_g.transpose(0, 2, 1), gW_g, accumulate=index > 0)
         if need_gx:
-            np.matmul(weight_g_t, gy_g, out=cols_g)                # the columns are spent: reuse
+            gemm(weight_g_t, gy_g, cols_g)                         # the columns are spent: reuse
             _col2im_into(cols_t, kh, kw, sh, sw, ph, pw, dh, dw, gx[n0:n1], True)
     gb = gb_sums.astype(x.dtype) if has_bias else None
     return gx, gW, gb

@@ -24,9 +24,10 @@ so does the first use of ``tinyalex.cuda``, which answers torch.cuda's questions
 from ..device import cuda_is_available as is_available
 from ..device import device_count
 from ..dispatch import KERNEL_API
-from .conv import col2im, conv2d_backward, conv2d_forward, im2col
+from .conv import CONV2D_ALGORITHMS, col2im, conv2d_backward, conv2d_forward, im2col
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dropout import dropout_backward, dropout_forward
+from .linear import matmul
 from .lrn import lrn_backward, lrn_forward
 from .mse_loss import mse_loss_backward, mse_loss_forward
 from .pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,

@@ -105,8 +105,14 @@ def col2im(cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
     return x
 
 
-def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
+#: The algorithms this set's conv2d_forward implements (tinyalex.conv_algorithms): Winograd
+#: is not written for the GPU yet, so 'auto' means 'gemm' here and 'winograd' is refused.
+CONV2D_ALGORITHMS = ("gemm",)
+
+
+def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1), algorithm="gemm"):
     """y = conv2d(x, W) + b: per chunk of samples, im2col then one GEMM per group.
+    algorithm must be 'gemm' (CONV2D_ALGORITHMS); anything else is a ValueError.
 
     Shapes: x (N, C, H, W), weight (OC, C/groups, kh, kw), bias (OC,) or None
             -> y (N, OC, OH, OW), OH = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1 (likewise OW).
@@ -114,6 +120,9 @@ def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
     dilation (as the reference: the columns are rebuilt in backward, not kept).
     """
     # x (N, C, H, W), weight (OC, Cg, kh, kw), bias (OC,) -> y (N, OC, OH, OW)
+    if algorithm not in CONV2D_ALGORITHMS:
+        raise ValueError(f"conv2d_forward: algorithm={algorithm!r} is not available in the"
+                         f" 'cupy' kernel set (it has {CONV2D_ALGORITHMS})")
     cp = cupy()
     x, weight, bias = _check_conv_operands(x, weight, bias, groups)
     N = x.shape[0]

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from .. import conv_algorithms
 from .. import functional as F
 from . import init
 from .module import Module, Parameter
@@ -27,11 +28,18 @@ def _pair(value):
 
 class Conv2d(Module):
     """torch.nn.Conv2d: padding an int, a pair, 'same' (stride 1 only) or 'valid'; dilation an
-    int or a pair. See tinyalex.functional.conv2d for the formula and torch's 'same' rule."""
+    int or a pair. See tinyalex.functional.conv2d for the formula and torch's 'same' rule.
+
+    algorithm (keyword, not in torch): this layer's conv algorithm, 'auto', 'gemm',
+    'winograd', or None to follow tinyalex.set_conv_algorithm; an attribute that may be
+    changed later (tinyalex.conv_algorithms)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True):
+                 dilation=1, groups=1, bias=True, *, algorithm=None):
         super().__init__()
+        if algorithm is not None:
+            conv_algorithms.check_name("Conv2d", algorithm)
+        self.algorithm = algorithm
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must be divisible by groups ({groups})")
@@ -57,7 +65,7 @@ class Conv2d(Module):
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+                        self.groups, algorithm=self.algorithm)
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -65,6 +73,7 @@ class Conv2d(Module):
         s += f", padding={self.padding}" if self.padding not in ((0, 0), "valid") else ""
         s += f", dilation={self.dilation}" if self.dilation != (1, 1) else ""
         s += f", groups={self.groups}" if self.groups != 1 else ""
+        s += f", algorithm={self.algorithm!r}" if self.algorithm is not None else ""
         return s + (", bias=False" if self.bias is None else "")
 
 

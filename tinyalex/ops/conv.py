@@ -1,6 +1,10 @@
 """conv2d as an autograd Function; the kernels (im2col + GEMM) live in each kernel set."""
+from .. import conv_algorithms
 from ..autograd import Function
-from ..dispatch import kernels_for
+from ..dispatch import KERNEL_SETS, kernels_for
+from ..shapes import conv_output_size
+
+_SET_NAMES = {module: name for name, module in KERNEL_SETS.items()}
 
 
 class Conv2d(Function):
@@ -11,11 +15,20 @@ class Conv2d(Function):
     is symmetric (torch's asymmetric 'same' padding adds a ZeroPad2d in front, see
     tinyalex.functional.conv2d). The kernel set decides what to save; the reference saves x
     and W and rebuilds the columns in backward (see tinyalex.reference.conv).
+
+    algorithm: 'auto', 'gemm', 'winograd' or None (the global setting); resolved here, per
+    call, against what the kernel set of x implements (tinyalex.conv_algorithms.resolve).
     """
 
     @staticmethod
-    def forward(x, weight, bias=None, *, stride, padding, groups, dilation=(1, 1)):
-        return kernels_for(x).conv2d_forward(x, weight, bias, stride, padding, groups, dilation)
+    def forward(x, weight, bias=None, *, stride, padding, groups, dilation=(1, 1), algorithm=None):
+        kernels = kernels_for(x)
+        out_size = tuple(conv_output_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i],
+                                          dilation[i]) for i in range(2))
+        name = conv_algorithms.resolve("conv2d", algorithm, weight.shape, stride, dilation, groups,
+                                       out_size, kernels.CONV2D_ALGORITHMS,
+                                       _SET_NAMES.get(kernels.__name__, kernels.__name__))
+        return kernels.conv2d_forward(x, weight, bias, stride, padding, groups, dilation, name)
 
     @staticmethod
     def backward(gy, cache, needs_input_grad):

@@ -1,5 +1,7 @@
-"""linear as an autograd Function: one GEMM, the same on every device (BLAS or cuBLAS)."""
+"""linear as an autograd Function: its GEMMs go through the kernel set's matmul (BLAS on
+Numba's pool, numpy.matmul, or cuBLAS)."""
 from ..autograd import Function
+from ..dispatch import kernels_for
 
 
 class Linear(Function):
@@ -11,7 +13,7 @@ class Linear(Function):
 
     @staticmethod
     def forward(x, weight, bias=None):
-        y = x @ weight.T
+        y = kernels_for(x).matmul(x, weight.T)
         if bias is not None:
             y += bias
         return y, (x, weight)
@@ -19,8 +21,9 @@ class Linear(Function):
     @staticmethod
     def backward(gy, cache, needs_input_grad):
         x, weight = cache
-        gx = gy @ weight if needs_input_grad[0] else None
-        gW = gy.T @ x if needs_input_grad[1] else None
+        matmul = kernels_for(gy).matmul
+        gx = matmul(gy, weight) if needs_input_grad[0] else None
+        gW = matmul(gy.T, x) if needs_input_grad[1] else None
         if len(needs_input_grad) == 2:
             return gx, gW
         return gx, gW, gy.sum(axis=0)

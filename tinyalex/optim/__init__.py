@@ -1,6 +1,12 @@
 """Optimisers with torch.optim's names and update rules."""
 from .. import device as _device
+from ..dispatch import cpu_kernel_set_name
 from . import lr_scheduler
+
+
+def _numba_cpu():
+    """True when CPU parameters are updated by the numba set's fused kernel."""
+    return cpu_kernel_set_name() == "numba"
 
 
 class SGD:
@@ -15,9 +21,10 @@ class SGD:
     Note this is not the 2012 paper's form (v = 0.9 v - 5e-4 lr w - lr g), which puts lr
     inside the velocity; the two agree while lr is constant.
 
-    A parameter on the CPU is updated with array expressions; one on CUDA with the fused
-    kernel tinyalex.cuda.sgd_update (kernels/sgd.cu): the same rule, in one pass over
-    memory instead of five. Both round alike, so they give the same bits.
+    A parameter on the CPU is updated with array expressions under the numpy kernel set,
+    and with the fused kernel tinyalex.cpu.sgd_update under the numba set; one on CUDA
+    with tinyalex.cuda.sgd_update (kernels/sgd.cu): the same rule, in one pass over
+    memory instead of five. All round alike, so they give the same bits.
     """
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
@@ -50,7 +57,7 @@ class SGD:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.device == "cuda":
+                if p.device == "cuda" or _numba_cpu():
                     self._fused_step(p, group)
                     continue
                 # At most one parameter-sized temporary at a time: the update of the largest
@@ -79,8 +86,12 @@ class SGD:
                     p.array -= lr * g
 
     def _fused_step(self, p, group):
-        """One step of CUDA parameter p with the fused kernel (tinyalex/cuda/sgd.py)."""
-        from ..cuda import sgd_update                  # never imported by `import tinyalex`
+        """One step of parameter p with the fused kernel of its kernel set: tinyalex/cuda/sgd.py
+        on CUDA, tinyalex/cpu/sgd.py on the CPU with the numba set (same bits as below)."""
+        if p.device == "cuda":
+            from ..cuda import sgd_update              # never imported by `import tinyalex`
+        else:
+            from ..cpu.sgd import sgd_update
         buf, first_step = None, False
         if group["momentum"]:
             buf = self.state.setdefault(p, {}).get("momentum_buffer")

@@ -21,7 +21,11 @@ writes NCHW directly, with no transposes: the rows of group g are contiguous, so
 """
 import numpy as np
 
+from ..conv_algorithms import WinogradCache
 from ..shapes import conv_output_size
+
+#: The algorithms this set's conv2d_forward implements (tinyalex.conv_algorithms).
+CONV2D_ALGORITHMS = ("gemm", "winograd")
 
 
 def im2col(x, kernel_size, stride, padding, dilation=(1, 1)):
@@ -74,8 +78,11 @@ def col2im(cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
     return np.ascontiguousarray(x_pad[:, :, ph:ph + H, pw:pw + W])
 
 
-def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
+def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1), algorithm="gemm"):
     """y = conv2d(x, W) + b, computed as W @ im2col(x) per group.
+
+    algorithm='winograd' hands the call to tinyalex.reference.conv_winograd (same result
+    up to rounding, fewer multiplies); 'gemm' is what this function computes.
 
     Shapes: x (N, C, H, W), weight (OC, C/groups, kh, kw), bias (OC,) or None
             -> y (N, OC, OH, OW), OH = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1 (likewise OW).
@@ -88,6 +95,9 @@ def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
     PyTorch likewise keeps only the input and the weight.
     """
     # x (N, C, H, W), weight (OC, Cg, kh, kw), bias (OC,) -> y (N, OC, OH, OW)
+    if _other_algorithm(algorithm):
+        from . import conv_winograd                               # it imports this module
+        return conv_winograd.conv2d_forward(x, weight, bias, stride, padding, groups, dilation)
     N, C, H, W = x.shape
     OC, Cg, kh, kw = weight.shape
     G = groups
@@ -119,6 +129,9 @@ def conv2d_backward(gy, cache, need_gx=True):
     Shapes: gy (N, OC, OH, OW); cache from conv2d_forward.
     """
     # gy (N, OC, OH, OW) -> gx (N, C, H, W) or None, gW (OC, Cg, kh, kw), gb (OC,) or None
+    if isinstance(cache, WinogradCache):
+        from . import conv_winograd
+        return conv_winograd.conv2d_backward(gy, cache, need_gx)
     x, weight, has_bias, stride, padding, groups, dilation = cache
     N, OC, OH, OW = gy.shape
     _, Cg, kh, kw = weight.shape
@@ -134,3 +147,11 @@ def conv2d_backward(gy, cache, need_gx=True):
     gcols = (weight_g.transpose(0, 2, 1) @ gy_g).reshape(N, G * Cg * kh * kw, OH * OW)
     gx = col2im(gcols, x.shape, (kh, kw), stride, padding, dilation)
     return gx, gW, gb
+
+
+def _other_algorithm(algorithm):
+    """True for 'winograd', False for 'gemm'; a ValueError for anything else."""
+    if algorithm not in CONV2D_ALGORITHMS:
+        raise ValueError(f"conv2d_forward: algorithm: expected one of {CONV2D_ALGORITHMS}"
+                         f" (resolve 'auto' with tinyalex.conv_algorithms.resolve), got {algorithm!r}")
+    return algorithm != "gemm"
