@@ -366,9 +366,9 @@ def test_the_smoke_run_covers_the_kernel_contract_and_the_fused_sgd_step():
 
 
 def reference_with_sgd(**replacements):
-    """The numpy set plus the SGD rule as sgd_update: a CPU stand-in for the cupy set's functions."""
+    """The numpy set's smoke functions: a CPU stand-in for the cupy set's."""
     reference = load_kernel_set("numpy")
-    functions = dict({name: getattr(reference, name) for name in KERNEL_API}, sgd_update=smoke.sgd_reference)
+    functions = {name: getattr(reference, name) for name in smoke.SMOKE_FUNCTIONS}
     return types.SimpleNamespace(**dict(functions, **replacements))
 
 
@@ -409,7 +409,7 @@ def test_the_smoke_driver_runs_on_the_cpu_reference_set():
     done = subprocess.run([sys.executable, "benchmarks/gpu_kernels_smoke.py", "--kernels", "numpy"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=gpu_check.child_environment())
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1].startswith(f"SMOKE OK: {len(KERNEL_API)} functions of the numpy set")
+    assert done.stdout.splitlines()[-1].startswith(f"SMOKE OK: {len(smoke.SMOKE_FUNCTIONS)} functions of the numpy set")
 
 
 # --- data and the throughput script -----------------------------------------------------------

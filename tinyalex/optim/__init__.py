@@ -1,12 +1,7 @@
 """Optimisers with torch.optim's names and update rules."""
 from .. import device as _device
-from ..dispatch import cpu_kernel_set_name
+from ..dispatch import kernels_for
 from . import lr_scheduler
-
-
-def _numba_cpu():
-    """True when CPU parameters are updated by the numba set's fused kernel."""
-    return cpu_kernel_set_name() == "numba"
 
 
 class SGD:
@@ -21,10 +16,10 @@ class SGD:
     Note this is not the 2012 paper's form (v = 0.9 v - 5e-4 lr w - lr g), which puts lr
     inside the velocity; the two agree while lr is constant.
 
-    A parameter on the CPU is updated with array expressions under the numpy kernel set,
-    and with the fused kernel tinyalex.cpu.sgd_update under the numba set; one on CUDA
-    with tinyalex.cuda.sgd_update (kernels/sgd.cu): the same rule, in one pass over
-    memory instead of five. All round alike, so they give the same bits.
+    Each parameter is updated by the sgd_update of its array's kernel set: array
+    expressions in the numpy set (tinyalex/reference/sgd.py), one fused pass over memory
+    instead of five in the numba set and on CUDA (kernels/sgd.cu). All round alike, so
+    they give the same bits.
     """
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
@@ -51,55 +46,21 @@ class SGD:
                     p.grad.array[...] = 0
 
     def step(self):
+        """One update of every parameter with a gradient, by the sgd_update of the kernel set
+        its array lives on (tinyalex/reference/sgd.py states the rule)."""
         for group in self.param_groups:
-            lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
-            weight_decay, nesterov = group["weight_decay"], group["nesterov"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.device == "cuda" or _numba_cpu():
-                    self._fused_step(p, group)
-                    continue
-                # At most one parameter-sized temporary at a time: the update of the largest
-                # layer (fc6) would otherwise hold several copies of it at once.
-                g, owned = p.grad.array, False    # owned: g is our temporary, scalable in place
-                if weight_decay:
-                    g = p.array * weight_decay
-                    g += p.grad.array
-                    owned = True
-                if momentum:
+                buf, first_step = None, False
+                if group["momentum"]:
                     buf = self.state.setdefault(p, {}).get("momentum_buffer")
-                    if buf is None:
-                        buf = self.state[p]["momentum_buffer"] = g.copy()
-                    else:
-                        buf *= momentum
-                        buf += g if dampening == 0 else (1 - dampening) * g
-                    if nesterov:
-                        g, owned = (g if owned else g.copy()), True
-                        g += momentum * buf
-                    else:
-                        g, owned = buf, False
-                if owned:
-                    g *= lr
-                    p.array -= g
-                else:
-                    p.array -= lr * g
-
-    def _fused_step(self, p, group):
-        """One step of parameter p with the fused kernel of its kernel set: tinyalex/cuda/sgd.py
-        on CUDA, tinyalex/cpu/sgd.py on the CPU with the numba set (same bits as below)."""
-        if p.device == "cuda":
-            from ..cuda import sgd_update              # never imported by `import tinyalex`
-        else:
-            from ..cpu.sgd import sgd_update
-        buf, first_step = None, False
-        if group["momentum"]:
-            buf = self.state.setdefault(p, {}).get("momentum_buffer")
-            if buf is None:                            # the kernel sets it to g on this step
-                buf = _device.array_module(p.array).empty_like(p.array)
-                self.state[p]["momentum_buffer"], first_step = buf, True
-        sgd_update(p.array, p.grad.array, buf, group["lr"], group["momentum"], group["weight_decay"],
-                   group["nesterov"], first_step, group["dampening"])
+                    if buf is None:                    # sgd_update sets it to g on this step
+                        buf = _device.array_module(p.array).empty_like(p.array)
+                        self.state[p]["momentum_buffer"], first_step = buf, True
+                kernels_for(p.array).sgd_update(
+                    p.array, p.grad.array, buf, group["lr"], group["momentum"],
+                    group["weight_decay"], group["nesterov"], first_step, group["dampening"])
 
     def state_dict(self):
         """Hyperparameters and momentum buffers (as CPU arrays), parameters by index."""

@@ -21,4 +21,5 @@ from .pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                    max_pool2d_forward, max_pool2d_indices)
 from .relu import relu_backward, relu_forward
 
-__all__ = list(KERNEL_API)  # the contract every kernel set implements
+from .sgd import sgd_update
+__all__ = list(KERNEL_API) + ["sgd_update"]  # the contract, plus the SGD step optim.SGD calls
