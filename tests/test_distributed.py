@@ -288,13 +288,15 @@ def test_ctrl_c_stops_both_ranks_at_one_batch_and_resume_finishes_the_run(tmp_pa
         assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-6), key
 
 
-def test_each_rank_gets_cores_over_local_ranks_threads():
+def test_each_rank_gets_cores_over_local_ranks_threads(tmp_path):
     mpiexec = _mpiexec()
-    code = ("import tinyalex, os, numba; print(numba.config.NUMBA_NUM_THREADS, "
-            "os.environ['OPENBLAS_NUM_THREADS'])")
+    # each rank writes its own file: mpiexec may interleave the ranks' stdout mid-line
+    code = ("import tinyalex, os, numba, pathlib; pathlib.Path(os.environ['OUT_DIR'],"
+            " os.environ['PMI_RANK']).write_text(f\"{numba.config.NUMBA_NUM_THREADS} "
+            "{os.environ['OPENBLAS_NUM_THREADS']}\")")
     env = {k: v for k, v in _env(threads=None).items()
            if k not in distributed.THREAD_VARIABLES}
-    out = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", code], env=env, timeout=120,
-                         capture_output=True, text=True, check=True).stdout.split("\n")
+    subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", code], env=dict(env, OUT_DIR=str(tmp_path)),
+                   timeout=120, capture_output=True, text=True, check=True)
     expected = str(distributed.rank_threads(distributed.available_cores(), 2))
-    assert sorted(line for line in out if line) == [f"{expected} {expected}"] * 2
+    assert [(tmp_path / r).read_text() for r in ("0", "1")] == [f"{expected} {expected}"] * 2
