@@ -17,6 +17,7 @@ from tinyalex import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_SCRIPT = os.path.join(REPO, "tests", "mpi", "step_script.py")
+ALLREDUCE_SCRIPT = os.path.join(REPO, "tests", "mpi", "allreduce_script.py")
 
 
 # --- without MPI ---------------------------------------------------------------------------
@@ -78,6 +79,104 @@ def test_flat_buffer_packs_gradients_and_extras_and_scales_back():
     buffer.unpack(0.5)
     np.testing.assert_array_equal(layer.weight.grad.array, np.arange(6).reshape(2, 3))
     np.testing.assert_array_equal(layer.bias.grad.array, [0, 0])
+
+
+def test_split_units_deals_whole_micro_batches_in_rank_order():
+    assert [distributed.split_units(12, 3, 2, r) for r in range(2)] == [(0, 6), (6, 12)]
+    assert [distributed.split_units(10, 3, 2, r) for r in range(2)] == [(0, 6), (6, 10)]  # 3+3 | 3+1
+    assert [distributed.split_units(4, 3, 3, r) for r in range(3)] == [(0, 3), (3, 4), (4, 4)]
+    for n, size in ((7, 3), (12, 4), (1, 2)):
+        assert [distributed.split_units(n, 1, size, r) for r in range(size)] == \
+            [distributed.split_rows(n, size, r) for r in range(size)]
+
+
+def _pairwise(arrays):
+    """((a0 + a1) + (a2 + a3)) + ... (the order ranks' sums meet in World.allreduce_)."""
+    while len(arrays) > 1:
+        arrays = [arrays[i] + arrays[i + 1] if i + 1 < len(arrays) else arrays[i]
+                  for i in range(0, len(arrays), 2)]
+    return arrays[0]
+
+
+@pytest.mark.parametrize("batch, micro, ranks", [(12, 3, 2), (12, 3, 4), (12, 6, 2), (9, 3, 2), (8, 1, 8)])
+def test_batch_gradient_of_the_ranks_shares_meets_in_the_one_process_order(batch, micro, ranks):
+    """Without MPI: the ranks' BatchGradient sums, added as the ranks add them, give every bit
+    of the one-process sum over the same micro-batches (9 / 3 with 2 ranks: shares of 2 and 1
+    micro-batches, still the same tree)."""
+    from tinyalex import models
+    from tinyalex import random as _random
+    from tinyalex.data_parallel import BatchGradient
+    _random.manual_seed(1)
+    model = models.create_model("cpu-alexnet", 10)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, batch)
+    state = _random.get_rng_state()
+    one = BatchGradient(model, micro)
+    one.accumulate(images, labels, "cpu")
+    after_one = _random.get_rng_state()
+    shares = []
+    for rank in range(ranks):
+        _random.set_rng_state(state)                       # every rank starts from the same state
+        first, stop = distributed.split_units(batch, micro, ranks, rank)
+        share = BatchGradient(model, micro)
+        share.accumulate(images[first:stop], labels[first:stop], "cpu", first)
+        assert _random.get_rng_state() == after_one        # and draws the same seeds
+        shares.append(share.buffer.flat.copy())
+    np.testing.assert_array_equal(_pairwise(shares), one.buffer.flat)
+    extras = one.buffer.extras()
+    assert extras["count"] == batch and extras["stop"] == 0
+
+
+@pytest.mark.cuda_emulated
+def test_batch_gradient_on_cuda_arrays_meets_in_the_one_process_order(emulated_cuda):
+    """The GPU ranks' path (cupy buffers, here the emulated cupy set): a small network with
+    dropout, 8 rows in micro-batches of 2, one process against 2 ranks' shares."""
+    from tinyalex import nn
+    from tinyalex import random as _random
+    from tinyalex.data_parallel import BatchGradient
+    _random.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 5))
+    model.to("cuda")
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((8, 3, 4)).astype(np.float32)
+    labels = rng.integers(0, 5, 8)
+    state = _random.get_rng_state()
+    one = BatchGradient(model, 2)
+    one.accumulate(images, labels, "cuda")
+    shares = []
+    for rank in range(2):
+        _random.set_rng_state(state)
+        first, stop = distributed.split_units(8, 2, 2, rank)
+        share = BatchGradient(model, 2)
+        share.accumulate(images[first:stop], labels[first:stop], "cuda", first)
+        shares.append(share.buffer.flat.get())
+    assert isinstance(one.buffer.flat, emulated_cuda.ndarray)
+    np.testing.assert_array_equal(shares[0] + shares[1], one.buffer.flat.get())
+    assert one.buffer.extras()["count"] == 8
+
+
+def test_micro_batches_give_the_whole_batch_step_to_rounding():
+    from tinyalex import models
+    from tinyalex import random as _random
+    from tinyalex.data_parallel import BatchGradient
+    from tinyalex.optim import SGD
+    from tinyalex.train import _step
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((12, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, 12)
+    results = []
+    for micro in (None, 5):
+        _random.manual_seed(1)
+        model = models.create_model("cpu-alexnet", 10)
+        optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        gradient = None if micro is None else BatchGradient(model, micro)
+        loss, correct = _step(model, optimizer, images, labels, "cpu", None, gradient)
+        results.append((loss, correct, [p.array.copy() for p in model.parameters()]))
+    (loss, correct, params), (micro_loss, micro_correct, micro_params) = results
+    assert micro_loss == pytest.approx(loss, rel=1e-6) and micro_correct == correct
+    for whole, sliced in zip(params, micro_params):
+        np.testing.assert_allclose(sliced, whole, rtol=1e-4, atol=1e-6)
 
 
 def test_flat_buffer_buckets_end_with_the_extras():
@@ -189,43 +288,87 @@ def _metrics(out):
         return [json.loads(line) for line in f]
 
 
-def test_two_ranks_draw_the_one_process_masks_and_keep_identical_parameters(tmp_path):
+def _masks_by_step_and_layer(saved, micro_batches, steps=2, layers=2):
+    """The dropout masks a process drew, joined over its micro-batches: [step][layer]."""
+    masks = [saved[f"mask{i}"] for i in range(steps * micro_batches * layers)]
+    return [[np.concatenate([masks[(s * micro_batches + m) * layers + layer] for m in range(micro_batches)])
+             for layer in range(layers)] for s in range(steps)]
+
+
+@pytest.mark.parametrize("ranks, micro", [(2, 6), (2, 3), (4, 3)],
+                         ids=["2-ranks-1-micro-batch-each", "2-ranks-2-each", "4-ranks-1-each"])
+def test_ranks_train_bit_for_bit_the_one_process_step_with_the_same_micro_batches(tmp_path, ranks, micro):
+    """A batch of 12 in micro-batches of `micro`: each rank runs its share of them, and the
+    gradients meet in the one-process pairwise order, so every bit agrees."""
     mpiexec = _mpiexec()
     (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    subprocess.run([sys.executable, STEP_SCRIPT, str(tmp_path / "one")], env=_env(), timeout=300, check=True)
-    subprocess.run([mpiexec, "-n", "2", sys.executable, STEP_SCRIPT, str(tmp_path / "two")],
+    (tmp_path / "ranks").mkdir()
+    subprocess.run([sys.executable, STEP_SCRIPT, str(tmp_path / "one"), str(micro)], env=_env(),
+                   timeout=300, check=True)
+    subprocess.run([mpiexec, "-n", str(ranks), sys.executable, STEP_SCRIPT, str(tmp_path / "ranks"), str(micro)],
                    env=_env(), timeout=300, check=True)
     one = np.load(tmp_path / "one" / "rank0.npz")
-    ranks = [np.load(tmp_path / "two" / f"rank{r}.npz") for r in range(2)]
-    masks = [k for k in one.files if k.startswith("mask")]
-    assert len(masks) == 4                                    # 2 dropout layers, 2 steps
-    for rank in ranks:
+    saved = [np.load(tmp_path / "ranks" / f"rank{r}.npz") for r in range(ranks)]
+    one_masks = _masks_by_step_and_layer(one, 12 // micro)
+    for rank in saved:
         first, stop = int(rank["first"]), int(rank["stop"])
-        for key in masks:                                     # the rows' masks, bit for bit
-            np.testing.assert_array_equal(rank[key], one[key][first:stop])
-        np.testing.assert_allclose(rank["losses"], one["losses"], rtol=1e-5)
-    for key in (k for k in one.files if k.startswith("param/")):
-        np.testing.assert_array_equal(ranks[0][key], ranks[1][key])      # identical on both ranks
-        np.testing.assert_allclose(ranks[0][key], one[key], rtol=1e-4, atol=1e-6)
+        assert stop - first == 12 // ranks
+        for step, layers in enumerate(_masks_by_step_and_layer(rank, (stop - first) // micro)):
+            for layer, mask in enumerate(layers):             # the rows' masks, bit for bit
+                np.testing.assert_array_equal(mask, one_masks[step][layer][first:stop])
+        np.testing.assert_array_equal(rank["losses"], one["losses"])
+    params = [k for k in one.files if k.startswith("param/")]
+    assert len(params) == 16
+    for key in params:
+        for rank in saved:
+            np.testing.assert_array_equal(rank[key], one[key], err_msg=key)
 
 
-def test_mpiexec_train_writes_the_one_process_metrics(tmp_path):
+def _pairwise_tree_sum(values):
+    """((v0 + v1) + (v2 + v3)) + ... in float32."""
+    values = [np.float32(v) for v in values]
+    while len(values) > 1:
+        values = [values[i] + values[i + 1] for i in range(0, len(values), 2)]
+    return values[0]
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_allreduce_sums_the_ranks_in_the_pairwise_tree_order(tmp_path, ranks):
+    mpiexec = _mpiexec()
+    subprocess.run([mpiexec, "-n", str(ranks), sys.executable, ALLREDUCE_SCRIPT, str(tmp_path)],
+                   env=_env(), timeout=120, check=True)
+    values = [(1e8, 1.0, -1e8, 1.0)[r % 4] for r in range(ranks)]
+    expected = _pairwise_tree_sum(values)
+    for r in range(ranks):
+        saved = np.load(tmp_path / f"rank{r}.npz")
+        for key in saved.files:
+            assert (saved[key] == expected).all(), (key, np.unique(saved[key]), expected)
+
+
+TIMING = ("images_per_sec", "seconds")
+
+
+def test_mpiexec_train_writes_the_one_process_metrics_bit_for_bit(tmp_path):
+    """Batches of 32 in micro-batches of 16: one process, and 2 ranks of one micro-batch each."""
     mpiexec = _mpiexec()
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, *_train_args(one)], env=_env(), timeout=300, check=True,
-                   capture_output=True)
-    done = subprocess.run([mpiexec, "-n", "2", sys.executable, *_train_args(two)], env=_env(),
-                          timeout=300, capture_output=True, text=True)
+    subprocess.run([sys.executable, *_train_args(one, "--micro-batch", "16")], env=_env(), timeout=300,
+                   check=True, capture_output=True)
+    done = subprocess.run([mpiexec, "-n", "2", sys.executable, *_train_args(two, "--micro-batch", "16")],
+                          env=_env(), timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("epoch 1/1: train loss") == 1   # only rank 0 prints
     a, b = _metrics(one)[0], _metrics(two)[0]
-    for key in ("train_loss", "test_loss"):
-        assert b[key] == pytest.approx(a[key], rel=1e-5), key
-    for key in ("train_acc", "test_acc", "test_top5", "lr"):
-        assert b[key] == a[key], key
-    from tinyalex.train import read_checkpoint_meta
+    # training: every bit; evaluation: each rank sums its shard of the test set, so the loss
+    # sums meet in another order (float64)
+    assert {k: v for k, v in b.items() if k not in TIMING + ("test_loss",)} == \
+        {k: v for k, v in a.items() if k not in TIMING + ("test_loss",)}
+    assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-12, abs=0)
+    from tinyalex.train import load_checkpoint, read_checkpoint_meta
     assert read_checkpoint_meta(two / "checkpoint.npz")["world_size"] == 2
+    (weights_one, _, _), (weights_two, _, _) = (load_checkpoint(d / "checkpoint.npz") for d in (one, two))
+    for name, array in weights_one.items():
+        np.testing.assert_array_equal(weights_two[name], array, err_msg=name)
 
 
 FAILING_RANK = """

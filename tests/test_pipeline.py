@@ -48,14 +48,16 @@ def test_sample_rng_distributions():
     assert np.isfinite(z).all() and abs(z.mean() - 1.0) < 0.05 and abs(z.std() - 2.0) < 0.05
 
 
-@pytest.mark.parametrize("batch_size,world_size", [(6, 2), (5, 2), (4, 3), (7, 4)])
-def test_rank_slices_concatenate_to_the_one_process_batches(batch_size, world_size):
+@pytest.mark.parametrize("batch_size,world_size,unit", [(6, 2, 1), (5, 2, 1), (4, 3, 1), (7, 4, 1),
+                                                        (6, 2, 2), (7, 2, 3), (8, 3, 2)])
+def test_rank_slices_concatenate_to_the_one_process_batches(batch_size, world_size, unit):
     """Every rank's part of every batch, rank by rank, is the one-process batch: the same
     samples with the same crops, flips and lighting (19 samples: a short last batch, and
-    with 4 ranks a batch of 3 leaves one rank empty)."""
+    with 4 ranks a batch of 3 leaves one rank empty). With rank_unit, each part is whole
+    micro-batches of `unit` rows (but the batch's last one)."""
     def loader(rank, size):
         data = DataLoader(rgb_dataset(), batch_size, shuffle=True, seed=4, transform=paper_augmentation(),
-                          rank=rank, world_size=size)
+                          rank=rank, world_size=size, rank_unit=unit)
         data.set_epoch(1)
         return data
     whole = collect(loader(0, 1))
@@ -63,16 +65,18 @@ def test_rank_slices_concatenate_to_the_one_process_batches(batch_size, world_si
     for b, (images, labels) in enumerate(whole):
         np.testing.assert_array_equal(np.concatenate([p[b][1] for p in parts]), labels)
         np.testing.assert_allclose(np.concatenate([p[b][0] for p in parts]), images, rtol=0, atol=0)
-        first, stop, n = loader(1, world_size).rows(b)
-        assert n == len(labels) and len(parts[1][b][1]) == stop - first
+        for rank in range(world_size):
+            first, stop, n = loader(rank, world_size).rows(b)
+            assert n == len(labels) and len(parts[rank][b][1]) == stop - first
+            assert (first % unit == 0 or first == n) and (stop % unit == 0 or stop == n)
 
 
 def test_worker_processes_give_the_in_process_batches_for_any_count():
     """workers=1 and workers=2 yield exactly the batches of the in-process loader, also
     for a rank's slice and when resuming mid-epoch; a second epoch reuses the pool."""
-    def run(workers, epoch, start=0, rank=0, size=1):
+    def run(workers, epoch, start=0, rank=0, size=1, unit=1):
         data = DataLoader(rgb_dataset(), 4, shuffle=True, seed=2, transform=paper_augmentation(),
-                          workers=workers, rank=rank, world_size=size)
+                          workers=workers, rank=rank, world_size=size, rank_unit=unit)
         try:
             data.set_epoch(epoch, start)
             first = collect(data)
@@ -90,6 +94,7 @@ def test_worker_processes_give_the_in_process_batches_for_any_count():
         assert same(got[0], reference[0]) and same(got[1], reference[1])
     assert same(run(2, 3, start=2)[0], run(0, 3, start=2)[0])
     assert same(run(2, 3, rank=1, size=2)[0], run(0, 3, rank=1, size=2)[0])
+    assert same(run(2, 3, rank=1, size=2, unit=3)[0], run(0, 3, rank=1, size=2, unit=3)[0])
 
 
 class BrokenDataset:

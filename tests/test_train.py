@@ -34,6 +34,7 @@ from tinyalex.models import cpu_alexnet
 from tinyalex.train import TrainConfig, TrainingError, build, load_checkpoint, save_checkpoint, train
 
 N_TRAIN, N_TEST, BATCH, EPOCHS = 256, 64, 32, 2
+MICRO = 16  # two micro-batches per step: the resume and interrupt tests cover that path
 LR = 0.02  # the cpu-alexnet preset's, above the paper's 0.01: 16 steps visibly lower the loss
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
                "images_per_sec", "seconds"}
@@ -73,15 +74,15 @@ def data_dir(tmp_path_factory):
 
 def make_config(data_dir, out, **overrides):
     """The settings every run here shares (explicit, so no default is chosen)."""
-    settings = dict(model="cpu-alexnet", data_dir=str(data_dir), batch_size=BATCH, epochs=EPOCHS,
-                    lr=LR, lr_schedule="plateau", lr_step=30, device="cpu", out=str(out), seed=0)
+    settings = dict(model="cpu-alexnet", data_dir=str(data_dir), batch_size=BATCH, micro_batch=MICRO,
+                    epochs=EPOCHS, lr=LR, lr_schedule="plateau", lr_step=30, device="cpu", out=str(out), seed=0)
     return TrainConfig(**dict(settings, **overrides))
 
 
 def train_argv(data_dir, out, *extra, epochs=EPOCHS):
     """`tinyalex train` arguments equal to make_config(data_dir, out, epochs=epochs)."""
     return ["train", "--model", "cpu-alexnet", "--data-dir", str(data_dir), "--batch-size", str(BATCH),
-            "--epochs", str(epochs), "--lr", str(LR), "--lr-schedule", "plateau", "--lr-step", "30",
+            "--micro-batch", str(MICRO), "--epochs", str(epochs), "--lr", str(LR), "--lr-schedule", "plateau", "--lr-step", "30",
             "--device", "cpu", "--out", str(out), "--seed", "0", *extra]
 
 

@@ -237,7 +237,7 @@ def _one_of(names):
 def _per_model(key):
     """'cpu-alexnet 3, fashion-alexnet 10, ...': a preset value for each model."""
     from .train import PRESETS
-    return ", ".join(f"{model} {preset[key]}" for model, preset in PRESETS.items())
+    return ", ".join(f"{model} {preset.get(key, 'none')}" for model, preset in PRESETS.items())
 
 
 def _resume_table(width=88):
@@ -277,6 +277,12 @@ def _add_train(sub):
     train.add_argument("--epochs", metavar="N", type=_number("epochs"), help=f"epochs to train ({preset}{_per_model('epochs')})")
     train.add_argument("--batch-size", metavar="N", type=_number("batch_size"),
                        help=f"images per SGD step ({preset}{_per_model('batch_size')})")
+    train.add_argument("--micro-batch", metavar="M", type=_number("micro_batch"),
+                       help="images per forward and backward; each batch's gradient adds its "
+                            "micro-batches' in a fixed order, so `mpiexec -n K` trains bit for bit "
+                            "the one-process run with the same M when each rank gets a power-of-two "
+                            "number of them; none: a rank's whole share at once "
+                            f"({preset}{_per_model('micro_batch')})")
     train.add_argument("--lr", metavar="LR", type=_number("lr"), help=f"SGD learning rate ({preset}{_per_model('lr')})")
     train.add_argument("--momentum", metavar="M", type=_number("momentum"),
                        help=f"SGD momentum, in [0, 1) (default: {DEFAULTS['momentum']})")

@@ -5,11 +5,13 @@ pins mpi4py and the MPICH runtime wheel), and NCCL through CuPy between GPUs, wi
 unique id sent over MPI. mpi4py is imported only when the launcher says that more than one
 process was started (:func:`launched`), so a one-process run never needs MPI.
 
-Semantics (what makes K ranks reproduce the one-process run to float rounding):
+Semantics (what makes K ranks reproduce the one-process run, bit for bit with
+``--micro-batch``, see tinyalex.data_parallel):
 
 - ``--batch-size`` is the global batch. Every rank draws the same permutation (same seed)
-  and takes its row slice of each global batch (:func:`split_rows`: the first B % K ranks
-  get one row more).
+  and takes its row slice of each global batch: whole micro-batches with --micro-batch
+  (:func:`split_units`), else rows (:func:`split_rows`: the first B % K ranks get one row
+  more).
 - Randomness is keyed by global position, never by rank: dropout masks by the element's
   index in the whole batch (``tinyalex.random.batch_rows``, an offset in every dropout
   kernel), augmentation by the sample's position in the epoch
@@ -18,11 +20,15 @@ Semantics (what makes K ranks reproduce the one-process run to float rounding):
 - After backward, each rank packs sum_over_its_rows(gradient) into one flat buffer,
   together with its loss sum, correct count, sample count and stop flag, and one
   allreduce (sum) gives every rank the global sums; dividing by the global count gives
-  the gradient of the global batch's mean loss (:class:`FlatBuffer`).
+  the gradient of the global batch's mean loss (:class:`FlatBuffer`). Between CPU ranks
+  the allreduce adds the ranks' buffers in a fixed pairwise order (``World.allreduce_``)
+  when K is a power of two; NCCL's ring adds two ranks' buffers as a + b too, and more
+  in an order of its own.
 - Parameters (and momentum buffers) are broadcast from rank 0 at start and after
   ``--resume``. Evaluation is split into contiguous shards, its sums allreduced.
 - Only rank 0 prints and writes files. A checkpoint records ``world_size``; since nothing
-  depends on K, resuming with another K continues the same run (logged).
+  but the order of the gradient sums depends on K, resuming with another K continues the
+  same run (logged; bit for bit with --micro-batch, as above).
 
 Faults: an exception on one rank calls ``MPI_Abort`` (:func:`abort_on_error`), so the job
 ends non-zero within seconds instead of hanging in a collective (docs/pitfalls.md#mpi-hang).
@@ -112,6 +118,14 @@ def split_rows(n, size, rank):
     return first, first + base + (1 if rank < extra else 0)
 
 
+def split_units(n, unit, size, rank):
+    """(first, stop) of rank's rows of a batch of n when rows go to ranks in whole runs of
+    `unit` rows (micro-batches, the last one maybe shorter): split_rows over the
+    ceil(n / unit) runs. unit=1 is split_rows."""
+    first, stop = split_rows(-(-n // unit), size, rank)
+    return min(first * unit, n), min(stop * unit, n)
+
+
 def wait(request, sleep=time.sleep, clock=time.monotonic):
     """Complete a non-blocking MPI request without spinning: Test, then sleep a little
     (doubling from 10 us up to MAX_POLL_SLEEP_S) between tests. MPICH's blocking calls
@@ -136,9 +150,28 @@ class World:
         return self.rank == 0
 
     def allreduce_(self, buffer):
-        """Sum a NumPy buffer over the ranks, in place."""
-        from mpi4py import MPI
-        wait(self.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
+        """Sum a NumPy buffer over the ranks, in place.
+
+        With a power-of-two number of ranks the sum is the pairwise tree over rank order,
+        ((b0 + b1) + (b2 + b3)) + ..., by recursive doubling: at distance d = 1, 2, 4, ...
+        each rank swaps its partial sum with rank ^ d and adds the two (a + b == b + a, so
+        both partners hold the same bits). MPI's own allreduce may sum in another order
+        for large buffers. With another number of ranks, MPI's allreduce."""
+        size = self.size
+        if size & (size - 1):
+            from mpi4py import MPI
+            wait(self.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
+            return buffer
+        received = buffer.copy()
+        distance = 1
+        while distance < size:
+            partner = self.rank ^ distance
+            requests = [self.comm.Isend(buffer, dest=partner, tag=distance),
+                        self.comm.Irecv(received, source=partner, tag=distance)]
+            for request in requests:
+                wait(request)
+            buffer += received
+            distance *= 2
         return buffer
 
     def broadcast_(self, buffer, root=0):
@@ -269,17 +302,17 @@ class FlatBuffer:
         plan = plan_buckets(sizes, bucket_bytes, self.flat.dtype.itemsize) or [(0, 0)]
         return plan[:-1] + [(plan[-1][0], self.flat.size)]
 
-    def pack(self, extras):
+    def pack(self, extras, out=None):
         """Copy the gradients (zeros for a parameter without one) and `extras` (a dict of
-        EXTRAS) into the buffer."""
+        EXTRAS) into the buffer, or into `out`, an array like it."""
+        flat = self.flat if out is None else out
         for p, offset in zip(self.params, self.offsets):
-            view = self.flat[offset:offset + p.array.size]
+            view = flat[offset:offset + p.array.size]
             if p.grad is None:
                 view[...] = 0
             else:
                 view[...] = p.grad.array.reshape(-1)
-        self.flat[self.grad_size:] = self.xp.asarray([float(extras[k]) for k in EXTRAS],
-                                                     dtype=self.flat.dtype)
+        flat[self.grad_size:] = self.xp.asarray([float(extras[k]) for k in EXTRAS], dtype=flat.dtype)
 
     def extras(self):
         """EXTRAS as Python floats, read from the buffer (after the allreduce)."""

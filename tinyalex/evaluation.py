@@ -27,8 +27,10 @@ def evaluate(model, loader, device, ten_crop_size=None, reduce=None):
             else:
                 logits_t = model(tensor(images, device=device))
                 logits = _device.to_device(logits_t.array, "cpu")
-            loss = F.cross_entropy(logits_t, tensor(labels, device=logits_t.device), reduction="sum")
-            loss_sum += loss.item()
+            # per-sample losses summed in float64: the total barely depends on how the test
+            # set is cut into batches and rank shards
+            losses = F.cross_entropy(logits_t, tensor(labels, device=logits_t.device), reduction="none")
+            loss_sum += float(_device.to_device(losses.array, "cpu").astype(np.float64).sum())
             ranked = np.argsort(-logits, axis=1)[:, :5]
             top1 += int((ranked[:, 0] == labels).sum())
             top5 += int((ranked == labels[:, None]).any(axis=1).sum())

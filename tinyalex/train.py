@@ -47,7 +47,7 @@ from .data import transforms as T  # noqa: F401
 from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist  # noqa: F401
 from .data.image_folder import ImageFolder, UnreadableImageError  # noqa: F401
 from .data.loader import DataLoader
-from .data_parallel import _allreduce_sums, _distributed_step, _nccl, _skip_dropout_seeds  # noqa: F401
+from .data_parallel import BatchGradient, _allreduce_sums, _distributed_step, _nccl, _skip_dropout_seeds  # noqa: F401
 from .errors import TrainingError
 from .evaluation import evaluate
 from .interrupt import DeferredInterrupt
@@ -63,6 +63,10 @@ from .train_config import (DEFAULTS, LR_SCHEDULES, NUMBER_RULES, ON_RESUME, Trai
 from .train_data import (_drop_unreadable, _limit, _Shard, _Subset, load_datasets,  # noqa: F401
                          skipped_images, transforms_for)
 from .viz import plot_curves  # noqa: F401
+
+
+#: Test images per evaluation batch.
+EVAL_BATCH = 256
 
 
 def build(config, num_classes):
@@ -166,16 +170,22 @@ class _Run:
         if config.batch_size < size:
             raise TrainingError(f"--batch-size: expected at least one image per rank ({size} ranks), "
                                 f"got {config.batch_size}")
+        micro, share = config.micro_batch, -(-config.batch_size // size)
+        if micro is not None and micro > share:   # a micro-batch never spans ranks or batches
+            log(f"micro-batch {share}: each of the {size} ranks' share of a batch of {config.batch_size}"
+                if size > 1 else f"micro-batch {share}: the whole batch")
+            micro = share
         self.train_loader = DataLoader(self.train_set, config.batch_size, shuffle=True, seed=config.seed,
                                        transform=transforms_for(config.model, train=True),
-                                       workers=config.workers, rank=rank, world_size=size)
-        first, stop = _dist.split_rows(len(self.test_set), size, rank)  # evaluation: one shard each
-        self.test_loader = DataLoader(_Shard(self.test_set, first, stop), 256, transform=transforms_for(
+                                       workers=config.workers, rank=rank, world_size=size,
+                                       rank_unit=micro or 1)
+        # evaluation: a shard of whole test batches each, so each batch is the one-process run's
+        first, stop = _dist.split_units(len(self.test_set), EVAL_BATCH, size, rank)
+        self.test_loader = DataLoader(_Shard(self.test_set, first, stop), EVAL_BATCH, transform=transforms_for(
             config.model, train=False, ten_crop=config.ten_crop), workers=config.workers)
-        self.buffer = None
-        if world is not None:
-            params = list(self.model.parameters())
-            self.buffer = _dist.FlatBuffer(params, _device.array_module(params[0].array), params[0].array.dtype)
+        self.gradient = None         # one-process runs with whole-batch steps need no flat buffer
+        if world is not None or (micro is not None and micro < config.batch_size):
+            self.gradient = BatchGradient(self.model, micro)
         self.ten_crop_size = models.MODELS[config.model][1][1] if config.ten_crop and channels == 3 else None
         self.meta = dict(config=dataclasses.asdict(config), classes=list(self.train_set.classes),
                          world_size=size)
@@ -287,7 +297,7 @@ class _Run:
                 if self.world is None:
                     try:
                         loss_value, correct = _step(self.model, self.optimizer, images, labels,
-                                                    config.device, self.stats)
+                                                    config.device, self.stats, self.gradient)
                     except OSError as exc:  # grad_stats.jsonl could not be written
                         raise _write_error(self.paths, "grad_stats.jsonl", exc, self.position) from exc
                 if not math.isfinite(loss_value):  # with ranks: the global loss, so all stop here
@@ -381,16 +391,25 @@ def _weights_finite(model):
     return all(bool(_device.array_module(p.array).isfinite(p.array).all()) for p in model.parameters())
 
 
-def _step(model, optimizer, images, labels, device, stats):
-    """One SGD step on a batch; returns (loss, number of correct predictions)."""
-    logits = model(tensor(images, device=device))
-    loss = F.cross_entropy(logits, tensor(labels, device=device))
-    optimizer.zero_grad()
-    loss.backward()
+def _step(model, optimizer, images, labels, device, stats, gradient=None):
+    """One SGD step on a batch; returns (mean loss, number of correct predictions).
+    `gradient`: a BatchGradient when --micro-batch cuts the batch (the gradient is then its
+    micro-batches' sum in the order K ranks sum them, tinyalex.data_parallel)."""
+    if gradient is None:
+        logits = model(tensor(images, device=device))
+        loss = F.cross_entropy(logits, tensor(labels, device=device))
+        optimizer.zero_grad()
+        loss.backward()
+        predictions = _device.to_device(logits.array.argmax(axis=1), "cpu")
+        loss_value, correct = loss.item(), int((predictions == labels).sum())
+    else:
+        gradient.accumulate(images, labels, device)
+        totals = gradient.buffer.extras()
+        gradient.buffer.unpack(1.0 / len(labels))
+        loss_value, correct = totals["loss_sum"] / len(labels), int(round(totals["correct"]))
     if stats is not None:
         stats.before_step()
     optimizer.step()
     if stats is not None:
         stats.after_step()
-    predictions = _device.to_device(logits.array.argmax(axis=1), "cpu")
-    return loss.item(), int((predictions == labels).sum())
+    return loss_value, correct

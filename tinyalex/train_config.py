@@ -27,6 +27,7 @@ class TrainConfig:
     data_dir: str = None
     epochs: int = None           # None: the model's preset (PRESETS), and likewise below
     batch_size: int = None
+    micro_batch: int = None      # None: each rank's whole share of a batch in one forward/backward
     lr: float = None
     momentum: float = None       # None: DEFAULTS, and likewise below
     weight_decay: float = None
@@ -56,6 +57,7 @@ LR_SCHEDULES = ("plateau", "step", "none")
 NUMBER_RULES = {
     "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
     "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
+    "micro_batch": (int, lambda v: v >= 1, "an integer >= 1"),
     "lr": (float, lambda v: 0 < v < math.inf, "a finite number > 0"),
     "momentum": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": (float, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
@@ -80,6 +82,8 @@ ON_RESUME = {
     "lr_step": ("refuse", "the saved step schedule counts epochs in its steps; --lr can "
                           "still set the rate"),
     "epochs": ("apply", "trains to the new total; not below the epochs already done"),
+    "micro_batch": ("apply", "sums each batch's gradient over micro-batches of that size from "
+                             "now on; the run then matches an unchanged one to float rounding"),
     "lr": ("apply", "sets every parameter group's lr now, as editing param_group['lr'] "
                     "does; the schedule divides it from there"),
     "momentum": ("apply", "sets the parameter groups' momentum; the buffers are kept"),
@@ -120,6 +124,10 @@ def check_config(config):
     if config.lr_schedule is not None and config.lr_schedule not in LR_SCHEDULES:
         raise TrainingError(f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)}, "
                             f"got {config.lr_schedule!r}")
+    if config.micro_batch is not None and config.batch_size is not None \
+            and config.micro_batch > config.batch_size:
+        raise TrainingError(f"--micro-batch: expected at most --batch-size {config.batch_size}, "
+                            f"got {config.micro_batch}")
     if config.resume and config.overwrite:
         raise TrainingError("--resume and --overwrite: expected at most one of them, got both "
                             "(--resume continues the run in --out, --overwrite deletes it)")

@@ -1,6 +1,8 @@
-"""Two SGD steps of cpu-alexnet on a fixed batch, run alone or as one rank of `mpiexec -n K`:
-saves the dropout masks each process drew, the losses and the parameters to OUT/rank<r>.npz
-(tests/test_distributed.py compares them). Usage: python step_script.py OUT"""
+"""Two SGD steps of cpu-alexnet on a fixed batch of 12, run alone or as one rank of
+`mpiexec -n K`: saves the dropout masks each process drew, the
+losses and the parameters to OUT/rank<r>.npz (tests/test_distributed.py compares them).
+Alone, the batch runs as micro-batches of MICRO rows; a rank runs its share of them.
+Usage: python step_script.py OUT MICRO"""
 import sys
 import types
 
@@ -13,8 +15,8 @@ from tinyalex import train
 from tinyalex.ops import dropout as dropout_op
 from tinyalex.optim import SGD
 
-BATCH, STEPS = 10, 2
-out = sys.argv[1]
+BATCH, STEPS = 12, 2
+out, micro = sys.argv[1], int(sys.argv[2])
 world = distributed.world()
 rank, size = (0, 1) if world is None else (world.rank, world.size)
 
@@ -45,17 +47,16 @@ optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 rng = np.random.default_rng(0)
 images = rng.standard_normal((BATCH, 1, 28, 28)).astype(np.float32)
 labels = np.arange(BATCH) % 10
-first, stop = distributed.split_rows(BATCH, size, rank)
+first, stop = distributed.split_units(BATCH, micro, size, rank)
+gradient = train.BatchGradient(model, micro)
 losses = []
 if world is None:
     for _ in range(STEPS):
-        losses.append(train._step(model, optimizer, images, labels, "cpu", None)[0])
+        losses.append(train._step(model, optimizer, images, labels, "cpu", None, gradient)[0])
 else:
     distributed.broadcast_parameters(world, model, optimizer)
-    params = list(model.parameters())
     run = types.SimpleNamespace(model=model, optimizer=optimizer, world=world, stats=None,
-                                config=types.SimpleNamespace(device="cpu"),
-                                buffer=distributed.FlatBuffer(params, np, np.float32))
+                                config=types.SimpleNamespace(device="cpu"), gradient=gradient)
     for _ in range(STEPS):
         losses.append(train._distributed_step(run, images[first:stop], labels[first:stop], first, False)[0])
 np.savez(f"{out}/rank{rank}.npz", first=first, stop=stop, losses=np.array(losses),

@@ -11,7 +11,8 @@ So any epoch can be replayed on its own, without running the ones before it: res
 run at epoch e only needs ``loader.set_epoch(e)``. Nothing depends on the prefetch depth,
 thread timing, the number of worker processes (``workers``), or how a batch is split over
 data-parallel ranks (``rank``, ``world_size``: each rank gets its rows of every batch,
-``tinyalex.distributed.split_rows``, with the augmentation those rows get in one process).
+in whole micro-batches of ``rank_unit`` rows, ``tinyalex.distributed.split_units``, with the
+augmentation those rows get in one process).
 
 Prefetch: a daemon thread builds the next `prefetch` batches (index, decode, augment)
 into a bounded queue while the consumer trains on the current one; NumPy and Pillow
@@ -45,6 +46,8 @@ class DataLoader:
         over through shared memory (tinyalex.data.workers); 0 loads in this process.
     rank, world_size: this data-parallel rank's rows of every batch (see the module
         docstring); len(), set_epoch and the order are the whole batches'.
+    rank_unit: the rows go to the ranks in whole runs of this many (the training step's
+        micro-batches, tinyalex.data_parallel); the last run of a batch may be shorter.
     collate: for datasets that are not image/label pairs: ``collate(get_batch(indices))``
         is yielded as is, with no transform (tinyalex.utils.data.DataLoader uses this).
 
@@ -52,7 +55,8 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size, shuffle=False, seed=0, drop_last=False,
-                 transform=None, prefetch=2, collate=None, workers=0, rank=0, world_size=1):
+                 transform=None, prefetch=2, collate=None, workers=0, rank=0, world_size=1,
+                 rank_unit=1):
         if not hasattr(dataset, "__len__") or not callable(getattr(dataset, "get_batch", None)):
             raise TypeError("dataset: expected an object with __len__ and get_batch(indices),"
                             f" got {type(dataset).__name__}")
@@ -62,6 +66,7 @@ class DataLoader:
         _check_int(workers, "workers", minimum=0)
         _check_int(world_size, "world_size", minimum=1)
         _check_int(rank, "rank", minimum=0)
+        _check_int(rank_unit, "rank_unit", minimum=1)
         if workers and collate is not None:
             raise ValueError(f"workers: expected 0 with a collate function (worker processes hand "
                              f"over image and label arrays only), got {workers!r}")
@@ -84,7 +89,7 @@ class DataLoader:
         self.transform = transform
         self.prefetch = int(prefetch)
         self.workers = int(workers)
-        self.rank, self.world_size = int(rank), int(world_size)
+        self.rank, self.world_size, self.rank_unit = int(rank), int(world_size), int(rank_unit)
         self.collate = collate
         self.epoch = 0
         self.start_batch = 0
@@ -104,9 +109,9 @@ class DataLoader:
 
     def rows(self, batch):
         """(first, stop, n): this rank's rows [first, stop) of batch `batch`, of n in all."""
-        from ..distributed import split_rows
+        from ..distributed import split_units
         n = min(self.batch_size, len(self.dataset) - batch * self.batch_size)
-        first, stop = split_rows(n, self.world_size, self.rank)
+        first, stop = split_units(n, self.rank_unit, self.world_size, self.rank)
         return first, stop, n
 
     def order(self, epoch):

@@ -178,6 +178,7 @@ class _LoaderSettings:
     def __init__(self, loader):
         self.batch_size, self.shuffle, self.seed = loader.batch_size, loader.shuffle, loader.seed
         self.rank, self.world_size, self.n = loader.rank, loader.world_size, len(loader.dataset)
+        self.rank_unit = loader.rank_unit
 
     def order(self, epoch):
         if self.shuffle:
@@ -185,9 +186,9 @@ class _LoaderSettings:
         return np.arange(self.n)
 
     def batch_spec(self, order, epoch, b):
-        from ..distributed import split_rows
+        from ..distributed import split_units
         n = min(self.batch_size, self.n - b * self.batch_size)
-        first, stop = split_rows(n, self.world_size, self.rank)
+        first, stop = split_units(n, self.rank_unit, self.world_size, self.rank)
         positions = np.arange(b * self.batch_size + first, b * self.batch_size + stop)
         return order[positions], positions
 
