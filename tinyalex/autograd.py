@@ -8,6 +8,7 @@ inputs' gradients. Nothing here knows which kernel set or device computed the ar
 """
 import contextlib
 import itertools
+import sys
 import weakref
 
 import numpy as np
@@ -708,11 +709,12 @@ def backward(root, gradient=None, retain_graph=False):
         if node.freed:
             raise RuntimeError(f"backward(): trying to go through {node.name()} a second time, "
                                "but its saved arrays were freed; pass retain_graph=True")
-        input_grads = node.function.backward(gy, node.cache, node.needs_input_grad)
+        input_grads = list(node.function.backward(gy, node.cache, node.needs_input_grad))
         inputs = node.inputs
         if not retain_graph:  # free the saved arrays and the edges to the activations now
             node.cache, node.inputs, node.freed = None, (), True
-        for t, g in zip(inputs, input_grads):
+        for i, t in enumerate(inputs):
+            g, input_grads[i] = input_grads[i], None  # g alone holds it (_accumulate_leaf)
             if g is None or not t.requires_grad:
                 continue
             if g.shape != t.array.shape:
@@ -748,11 +750,57 @@ def _run_hooks(hooks, g):
 
 
 def _accumulate_leaf(t, g):
-    g = _run_hooks(t._hooks, g)
+    """Add g into t.grad. A first gradient becomes t.grad without a copy when nothing else
+    refers to it or its memory (torch's AccumulateGrad steals it too); a shared one (another
+    input's gradient, a saved or user's array, a view of gy) is copied."""
+    if t._hooks:
+        g, owned = _run_hooks(t._hooks, g), False
+    else:
+        owned = _refcount(g) <= _SOLE_ARGUMENT_REFS and _owns_memory(g)
     if t.grad is None:
-        t.grad = Tensor(g.copy())  # a copy: g may be shared with other inputs' gradients
+        t.grad = Tensor(g if owned else g.copy())
     else:
         t.grad.array += g
+
+
+def _refcount(obj):
+    return sys.getrefcount(obj)
+
+
+def _owns_memory(g):
+    """True when g is C-contiguous and writeable and its memory is its own, or all of that
+    of an array of its type (g = out[0], a reshape) that nothing but g refers to."""
+    flags = g.flags
+    if not (flags.c_contiguous and getattr(flags, "writeable", True)):
+        return False
+    base = g.base
+    if base is None:
+        return True
+    if type(base) is not type(g) or base.base is not None or base.nbytes != g.nbytes:
+        return False                         # another object's memory (Numba's), or a slice
+    return _refcount(base) <= _SOLE_BASE_REFS
+
+
+def _sole_argument_refs():
+    """_refcount of an object held by one caller variable and one parameter: backward's g
+    in _accumulate_leaf (the count differs between Python versions, so it is measured)."""
+    def callee(obj):
+        return _refcount(obj)
+    obj = object()
+    return callee(obj)
+
+
+def _sole_base_refs():
+    """_refcount of an array's base held by that array and one variable, as in _owns_memory."""
+    view = np.empty(2)[:]
+    base = view.base
+    return _refcount(base)
+
+
+if hasattr(sys, "getrefcount"):
+    _SOLE_ARGUMENT_REFS, _SOLE_BASE_REFS = _sole_argument_refs(), _sole_base_refs()
+else:  # no reference counts to trust: always copy
+    _SOLE_ARGUMENT_REFS = _SOLE_BASE_REFS = -1
 
 
 from .ops import basic as _basic  # noqa: E402  (the ops need Tensor and Function defined)
