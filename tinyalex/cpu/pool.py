@@ -44,7 +44,7 @@ def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
     The scan keeps the best so far with selects, not a branch (on real data the branch
     mispredicts often), and a strict `>`: the first of tied maxima wins. A plane holding a
     NaN (counted first, in one vectorised pass) is scanned by _window_max_nan_aware
-    instead; testing for NaN inside the scan slows it down (benchmarks/results/cpu_design_notes.md).
+    instead, so the common scan carries no NaN test (benchmarks/results/cpu_design_notes.md).
     """
     for p in prange(x.shape[0]):
         plane, y_plane, arg_plane = x[p], y[p], argmax[p]
