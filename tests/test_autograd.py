@@ -201,3 +201,18 @@ def test_a_leaf_roots_gradient_argument_is_copied_into_grad():
     x.backward(gradient)                                 # accumulates into x.grad, not gradient
     np.testing.assert_array_equal(gradient, [0.5, 0.25])
     np.testing.assert_array_equal(x.grad.numpy(), [1.0, 0.5])
+
+
+def test_an_activation_that_no_backward_saved_is_freed_during_forward():
+    """As in torch, the graph keeps what backward saved, not every input: ReLU saves its
+    output, so the array of its input h is freed once the caller drops h."""
+    import weakref
+    import tinyalex.functional as F
+    x = ta.tensor(np.array([[-1.0, 2.0], [3.0, -4.0]]), requires_grad=True)
+    h = x * 2.0
+    freed = weakref.ref(h.array)
+    y = F.relu(h)
+    del h
+    assert freed() is None
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[0.0, 2.0], [2.0, 0.0]])

@@ -89,7 +89,7 @@ class Node:
 
     def __init__(self, function, inputs, cache, shape):
         self.function = function
-        self.inputs = inputs
+        self.inputs = tuple(t if t.grad_fn is None else _Produced(t) for t in inputs)
         self.next_functions = tuple((_edge_to(t), 0) for t in inputs)
         self.shape = shape         # of the output, for graph dumps
         self.needs_input_grad = tuple(t.requires_grad for t in inputs)
@@ -104,6 +104,18 @@ class Node:
 
     def __repr__(self):
         return f"<{self.name()}Backward>"
+
+
+class _Produced:
+    """What a Node keeps of an input that an op produced: its Node and shape, not its array.
+    As in torch, the graph holds only what backward saved (the Node's cache), so an
+    activation that nothing saved (a conv output before its ReLU) is freed during forward."""
+    __slots__ = ("grad_fn", "shape")
+    requires_grad = True
+    is_leaf = False
+
+    def __init__(self, t):
+        self.grad_fn, self.shape = t.grad_fn, t.shape
 
 
 class AccumulateGrad:
@@ -717,7 +729,7 @@ def backward(root, gradient=None, retain_graph=False):
             g, input_grads[i] = input_grads[i], None  # g alone holds it (_accumulate_leaf)
             if g is None or not t.requires_grad:
                 continue
-            if g.shape != t.array.shape:
+            if tuple(g.shape) != t.shape:
                 raise RuntimeError(f"{node.name()}.backward returned a gradient of shape "
                                    f"{tuple(g.shape)} for an input of shape {t.shape}")
             if t.grad_fn is None:
