@@ -725,7 +725,7 @@ def backward(root, gradient=None, retain_graph=False):
         inputs = node.inputs
         if not retain_graph:  # free the saved arrays and the edges to the activations now
             node.cache, node.inputs, node.freed = None, (), True
-        for i, t in enumerate(inputs):
+        for i, t in enumerate(inputs[:len(input_grads)]):
             g, input_grads[i] = input_grads[i], None  # g alone holds it (_accumulate_leaf)
             if g is None or not t.requires_grad:
                 continue
@@ -768,7 +768,7 @@ def _accumulate_leaf(t, g):
     if t._hooks:
         g, owned = _run_hooks(t._hooks, g), False
     else:
-        owned = _refcount(g) <= _SOLE_ARGUMENT_REFS and _owns_memory(g)
+        owned = _SOLE_ARGUMENT_REFS > 0 and _refcount(g) <= _SOLE_ARGUMENT_REFS and _owns_memory(g)
     if t.grad is None:
         t.grad = Tensor(g if owned else g.copy())
     else:
