@@ -1,7 +1,8 @@
 """The autograd core: Tensor, Function, and the topological backward pass.
 
 Define-by-run: every Function applied to tensors that require gradients records a Node
-(the Function, its input tensors and its private ``cache``). ``Tensor.backward`` walks
+(the Function, its inputs, the op-produced ones by their Node and shape only, and its
+private ``cache``). ``Tensor.backward`` walks
 those nodes in reverse topological order, calls each ``Function.backward(gy, cache,
 needs_input_grad)`` with plain arrays, and accumulates the returned arrays into the
 inputs' gradients. Nothing here knows which kernel set or device computed the arrays.
