@@ -128,8 +128,9 @@ def layer_macs(model, input_shape):
         elif isinstance(module, nn.MaxPool2d):
             k, s, p = module.kernel_size, module.stride, module.padding
             h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        elif isinstance(module, AdaptiveAvgPool2d):
-            h, w = module.output_size
+        elif isinstance(module, AdaptiveAvgPool2d):            # an int n means (n, n), as in torch
+            size = module.output_size
+            h, w = (size, size) if isinstance(size, int) else size
         elif isinstance(module, nn.Linear):
             macs.append((f"fc{len(macs) + 1}", module.in_features * module.out_features))
     return macs

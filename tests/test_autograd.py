@@ -148,3 +148,71 @@ def test_data_is_a_detached_tensor_sharing_storage_as_in_torch():
         w[0] = 1.0
     with pytest.raises(TypeError, match="data: expected a Tensor"):
         w.data = np.zeros(2)
+
+
+class _Returns(ta.autograd.Function):
+    """backward returns whatever `make(gy)` builds: one array per input."""
+    make = None
+
+    @staticmethod
+    def forward(*arrays):
+        return arrays[0] * 1.0, None
+
+    @staticmethod
+    def backward(gy, cache, needs_input_grad):
+        return _Returns.make(gy)
+
+
+def test_a_fresh_first_gradient_becomes_grad_uncopied_and_a_shared_one_is_copied():
+    import weakref
+    a, b = ta.tensor([1.0, 2.0], requires_grad=True), ta.tensor([3.0, 4.0], requires_grad=True)
+    made = []
+
+    def fresh(gy):
+        out = gy * 2.0, np.ones(2) * 5.0                  # nothing else refers to these
+        made[:] = [weakref.ref(g) for g in out]
+        return out
+    _Returns.make = staticmethod(fresh)
+    _Returns.apply(a, b).sum().backward()
+    assert made[0]() is a.grad.array and made[1]() is b.grad.array     # torch steals them too
+
+    kept = []
+    shared = np.array([7.0, 8.0])
+    for make in (lambda gy: (gy, gy),                   # gy itself, for both inputs
+                 lambda gy: (shared, shared * 1.0),     # an array someone else holds
+                 lambda gy: kept.append(gy * 1.0) or (kept[-1], gy * 1.0),
+                 lambda gy: (np.ones(4)[:2], np.ones((2, 2))[:, 0].copy()),  # a slice's base
+                 lambda gy: ((g := np.ones(2) * 3.0), g)):                   # one array twice
+        a.grad = b.grad = None
+        _Returns.make = staticmethod(make)
+        _Returns.apply(a, b).sum().backward()
+        assert not np.shares_memory(a.grad.array, b.grad.array)
+        assert not np.shares_memory(a.grad.array, shared) and not any(
+            np.shares_memory(a.grad.array, k) for k in kept)
+        a.grad.array += 100.0                            # writes reach no one else's array
+    np.testing.assert_array_equal(shared, [7.0, 8.0])
+    assert all(not np.any(k >= 100.0) for k in kept)
+
+
+def test_a_leaf_roots_gradient_argument_is_copied_into_grad():
+    x = ta.tensor([1.0, 2.0], requires_grad=True)
+    gradient = np.array([0.5, 0.25])
+    x.backward(gradient)
+    x.backward(gradient)                                 # accumulates into x.grad, not gradient
+    np.testing.assert_array_equal(gradient, [0.5, 0.25])
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 0.5])
+
+
+def test_an_activation_that_no_backward_saved_is_freed_during_forward():
+    """As in torch, the graph keeps what backward saved, not every input: ReLU saves its
+    output, so the array of its input h is freed once the caller drops h."""
+    import weakref
+    import tinyalex.functional as F
+    x = ta.tensor(np.array([[-1.0, 2.0], [3.0, -4.0]]), requires_grad=True)
+    h = x * 2.0
+    freed = weakref.ref(h.array)
+    y = F.relu(h)
+    del h
+    assert freed() is None
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[0.0, 2.0], [2.0, 0.0]])

@@ -1,13 +1,15 @@
 """The autograd core: Tensor, Function, and the topological backward pass.
 
 Define-by-run: every Function applied to tensors that require gradients records a Node
-(the Function, its input tensors and its private ``cache``). ``Tensor.backward`` walks
+(the Function, its inputs, the op-produced ones by their Node and shape only, and its
+private ``cache``). ``Tensor.backward`` walks
 those nodes in reverse topological order, calls each ``Function.backward(gy, cache,
 needs_input_grad)`` with plain arrays, and accumulates the returned arrays into the
 inputs' gradients. Nothing here knows which kernel set or device computed the arrays.
 """
 import contextlib
 import itertools
+import sys
 import weakref
 
 import numpy as np
@@ -88,7 +90,7 @@ class Node:
 
     def __init__(self, function, inputs, cache, shape):
         self.function = function
-        self.inputs = inputs
+        self.inputs = tuple(t if t.grad_fn is None else _Produced(t) for t in inputs)
         self.next_functions = tuple((_edge_to(t), 0) for t in inputs)
         self.shape = shape         # of the output, for graph dumps
         self.needs_input_grad = tuple(t.requires_grad for t in inputs)
@@ -103,6 +105,18 @@ class Node:
 
     def __repr__(self):
         return f"<{self.name()}Backward>"
+
+
+class _Produced:
+    """What a Node keeps of an input that an op produced: its Node and shape, not its array.
+    As in torch, the graph holds only what backward saved (the Node's cache), so an
+    activation that nothing saved (a conv output before its ReLU) is freed during forward."""
+    __slots__ = ("grad_fn", "shape")
+    requires_grad = True
+    is_leaf = False
+
+    def __init__(self, t):
+        self.grad_fn, self.shape = t.grad_fn, t.shape
 
 
 class AccumulateGrad:
@@ -708,14 +722,15 @@ def backward(root, gradient=None, retain_graph=False):
         if node.freed:
             raise RuntimeError(f"backward(): trying to go through {node.name()} a second time, "
                                "but its saved arrays were freed; pass retain_graph=True")
-        input_grads = node.function.backward(gy, node.cache, node.needs_input_grad)
+        input_grads = list(node.function.backward(gy, node.cache, node.needs_input_grad))
         inputs = node.inputs
         if not retain_graph:  # free the saved arrays and the edges to the activations now
             node.cache, node.inputs, node.freed = None, (), True
-        for t, g in zip(inputs, input_grads):
+        for i, t in enumerate(inputs[:len(input_grads)]):
+            g, input_grads[i] = input_grads[i], None  # g alone holds it (_accumulate_leaf)
             if g is None or not t.requires_grad:
                 continue
-            if g.shape != t.array.shape:
+            if tuple(g.shape) != t.shape:
                 raise RuntimeError(f"{node.name()}.backward returned a gradient of shape "
                                    f"{tuple(g.shape)} for an input of shape {t.shape}")
             if t.grad_fn is None:
@@ -748,11 +763,57 @@ def _run_hooks(hooks, g):
 
 
 def _accumulate_leaf(t, g):
-    g = _run_hooks(t._hooks, g)
+    """Add g into t.grad. A first gradient becomes t.grad without a copy when nothing else
+    refers to it or its memory (torch's AccumulateGrad steals it too); a shared one (another
+    input's gradient, a saved or user's array, a view of gy) is copied."""
+    if t._hooks:
+        g, owned = _run_hooks(t._hooks, g), False
+    else:
+        owned = _SOLE_ARGUMENT_REFS > 0 and _refcount(g) <= _SOLE_ARGUMENT_REFS and _owns_memory(g)
     if t.grad is None:
-        t.grad = Tensor(g.copy())  # a copy: g may be shared with other inputs' gradients
+        t.grad = Tensor(g if owned else g.copy())
     else:
         t.grad.array += g
+
+
+def _refcount(obj):
+    return sys.getrefcount(obj)
+
+
+def _owns_memory(g):
+    """True when g is C-contiguous and writeable and its memory is its own, or all of that
+    of an array of its type (g = out[0], a reshape) that nothing but g refers to."""
+    flags = g.flags
+    if not (flags.c_contiguous and getattr(flags, "writeable", True)):
+        return False
+    base = g.base
+    if base is None:
+        return True
+    if type(base) is not type(g) or base.base is not None or base.nbytes != g.nbytes:
+        return False                         # another object's memory (Numba's), or a slice
+    return _refcount(base) <= _SOLE_BASE_REFS
+
+
+def _sole_argument_refs():
+    """_refcount of an object held by one caller variable and one parameter: backward's g
+    in _accumulate_leaf (the count differs between Python versions, so it is measured)."""
+    def callee(obj):
+        return _refcount(obj)
+    obj = object()
+    return callee(obj)
+
+
+def _sole_base_refs():
+    """_refcount of an array's base held by that array and one variable, as in _owns_memory."""
+    view = np.empty(2)[:]
+    base = view.base
+    return _refcount(base)
+
+
+if hasattr(sys, "getrefcount"):
+    _SOLE_ARGUMENT_REFS, _SOLE_BASE_REFS = _sole_argument_refs(), _sole_base_refs()
+else:  # no reference counts to trust: always copy
+    _SOLE_ARGUMENT_REFS = _SOLE_BASE_REFS = -1
 
 
 from .ops import basic as _basic  # noqa: E402  (the ops need Tensor and Function defined)

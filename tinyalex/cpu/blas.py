@@ -237,9 +237,18 @@ def gemm(a, b, out, accumulate=False):
     return out[0] if squeeze else out
 
 
+#: At most this many rows in a, a @ W.T (the linear layer's forward) runs as (W @ a.T).T:
+#: OpenBLAS packs the large W faster untransposed (benchmarks/results/cpu_design_notes.md).
+FEW_ROWS = 64
+
+
 def matmul(a, b):
     """a @ b for 2-D float arrays on Numba's pool (the linear layer's GEMMs)."""
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"matmul: expected 2-D operands, got shapes {a.shape} and {b.shape}")
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    if a.shape[0] <= FEW_ROWS and b.T.flags.c_contiguous and b.shape[1] > a.shape[0]:
+        out_t = np.empty(out.shape[::-1], dtype=out.dtype)
+        out[...] = gemm(b.T, a.T, out_t).T
+        return out
     return gemm(a, b, out)

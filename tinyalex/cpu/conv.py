@@ -115,7 +115,8 @@ def _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, batch_inner):
             out = row[oh * OW:(oh + 1) * OW]
             out[:ow_lo] = 0
             if sw == 1:                                            # a contiguous copy
-                out[ow_lo:ow_hi] = x_row[ow_lo + shift:ow_hi + shift]
+                for ow in range(ow_lo, ow_hi):
+                    out[ow] = x_row[ow + shift]
             else:
                 for ow in range(ow_lo, ow_hi):
                     out[ow] = x_row[ow * sw + shift]

@@ -134,7 +134,9 @@ def _transform_input(X, m, TH, TW, BT, V):
                             e = E[u, j]
                             for c in range(C):
                                 acc[c] += b * e[c]
-                    V[i * a + j, t] = acc                          # V is written once, not per term
+                    out = V[i * a + j, t]                          # V is written once, not per term
+                    for c in range(C):
+                        out[c] = acc[c]
 
 
 @njit(parallel=True, cache=True)
@@ -167,7 +169,8 @@ def _transform_output(M, AT, bias, TH, TW, y):
                                 q[o] += coef * src[o]
             for i in range(min(m, OH - th * m)):
                 for j in range(min(m, OW - tw * m)):
-                    Y[:] = bias
+                    for o in range(OC):
+                        Y[o] = bias[o]
                     for v in range(a):
                         coef = AT[j, v]
                         if coef != 0:
@@ -215,7 +218,9 @@ def _transform_output_adjoint(GY, AT, TH, TW, gM):
                             q = Q[x, j]
                             for o in range(OC):
                                 acc[o] += coef * q[o]
-                    gM[x * a + y, t] = acc
+                    out = gM[x * a + y, t]
+                    for o in range(OC):
+                        out[o] = acc[o]
 
 
 @njit(parallel=True, cache=True)

@@ -40,27 +40,32 @@ def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
     starts inside the image or the top/left padding, leave every window a real pixel), and
     the scan starts from the first real pixel, so padding is never the argmax, even in a
     window of -inf. OH and OW come from the caller, so ceil mode needs nothing more here.
-    The scan uses a plain strict `>` (the first of tied maxima wins) and only flags NaNs;
-    the rare window holding one is redone by _window_max_nan_aware. Testing for NaN in
-    the scan's branch instead slows the whole kernel down (benchmarks/results/cpu_design_notes.md).
+
+    The scan keeps the best so far with selects, not a branch (on real data the branch
+    mispredicts often), and a strict `>`: the first of tied maxima wins. A plane holding a
+    NaN (counted first, in one vectorised pass) is scanned by _window_max_nan_aware
+    instead, so the common scan carries no NaN test (benchmarks/results/cpu_design_notes.md).
     """
     for p in prange(x.shape[0]):
         plane, y_plane, arg_plane = x[p], y[p], argmax[p]
+        nans = 0
+        for at in range(H * W):
+            nans += plane[at] != plane[at]
         for oh in range(OH):
             h0, h1 = max(oh * sh - ph, 0), min(oh * sh - ph + kh, H)
             for ow in range(OW):
                 w0, w1 = max(ow * sw - pw, 0), min(ow * sw - pw + kw, W)
-                best_at = h0 * W + w0
-                best = plane[best_at]
-                nan = False
-                for h in range(h0, h1):
-                    for at in range(h * W + w0, h * W + w1):
-                        v = plane[at]
-                        nan |= v != v
-                        if v > best:
-                            best, best_at = v, at
-                if nan:
+                if nans:                                           # rare: PyTorch's NaN rule
                     best, best_at = _window_max_nan_aware(plane, W, h0, h1, w0, w1)
+                else:
+                    best_at = h0 * W + w0
+                    best = plane[best_at]
+                    for h in range(h0, h1):
+                        for at in range(h * W + w0, h * W + w1):
+                            v = plane[at]
+                            take = v > best
+                            best = v if take else best
+                            best_at = at if take else best_at
                 y_plane[oh * OW + ow] = best
                 arg_plane[oh * OW + ow] = best_at
 

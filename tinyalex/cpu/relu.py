@@ -1,7 +1,8 @@
 """ReLU on the CPU: elementwise Numba kernels (semantics in tinyalex.reference.relu).
 
 Both kernels are one flat `prange` over the elements: iteration i reads and writes only
-element i, so they are race-free, and the loop body vectorises.
+element i, so they are race-free, and the loop body vectorises. They take the arrays
+flattened (C-contiguous, so the reshape is a view): one compiled version serves every rank.
 """
 import numpy as np
 from numba import njit, prange
@@ -12,21 +13,19 @@ from ._checks import float_array
 
 @njit(parallel=True, cache=True)
 def _relu_forward(x, y):
-    """y = max(0, x), any shape. A NaN propagates, as in PyTorch."""
+    """y = max(0, x), both 1-D. A NaN propagates, as in PyTorch."""
     zero = x.dtype.type(0)                                         # a literal 0 would be an int64
-    x_flat, y_flat = x.reshape(-1), y.reshape(-1)
-    for i in prange(x_flat.size):
-        v = x_flat[i]
-        y_flat[i] = zero if v <= zero else v
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = zero if v <= zero else v
 
 
 @njit(parallel=True, cache=True)
 def _relu_backward(gy, y, gx):
-    """gx = gy where y > 0, else 0, any shape."""
+    """gx = gy where y > 0, else 0, all 1-D."""
     zero = gy.dtype.type(0)
-    gy_flat, y_flat, gx_flat = gy.reshape(-1), y.reshape(-1), gx.reshape(-1)
-    for i in prange(gy_flat.size):
-        gx_flat[i] = gy_flat[i] if y_flat[i] > zero else zero
+    for i in prange(gy.size):
+        gx[i] = gy[i] if y[i] > zero else zero
 
 
 def relu_forward(x):
@@ -39,7 +38,7 @@ def relu_forward(x):
     """
     x = float_array(x, "x")
     y = np.empty_like(x)
-    _relu_forward(x, y)
+    _relu_forward(x.reshape(-1), y.reshape(-1))
     return y, y
 
 
@@ -50,5 +49,5 @@ def relu_backward(gy, cache):
     same_shape(gy, "gy", y.shape, "the shape of y")
     same_dtype(y, "y", gy, "gy")
     gx = np.empty_like(gy)
-    _relu_backward(gy, y, gx)
+    _relu_backward(gy.reshape(-1), y.reshape(-1), gx.reshape(-1))
     return gx
