@@ -205,7 +205,11 @@ def test_a_leaf_roots_gradient_argument_is_copied_into_grad():
 
 def test_an_activation_that_no_backward_saved_is_freed_during_forward():
     """As in torch, the graph keeps what backward saved, not every input: ReLU saves its
-    output, so the array of its input h is freed once the caller drops h."""
+    output, so the array of its input h is freed once the caller drops h. (gc.collect:
+    when F.relu's call compiles a Numba kernel, Numba leaves the call's frames, which hold
+    h's array, in a reference cycle for the collector; the graph, reachable from y,
+    would keep it through any collection.)"""
+    import gc
     import weakref
     import tinyalex.functional as F
     x = ta.tensor(np.array([[-1.0, 2.0], [3.0, -4.0]]), requires_grad=True)
@@ -213,6 +217,7 @@ def test_an_activation_that_no_backward_saved_is_freed_during_forward():
     freed = weakref.ref(h.array)
     y = F.relu(h)
     del h
+    gc.collect()
     assert freed() is None
     y.sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [[0.0, 2.0], [2.0, 0.0]])
