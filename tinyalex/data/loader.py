@@ -107,24 +107,22 @@ class DataLoader:
         full, rest = divmod(len(self.dataset), self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
+    def plan(self):
+        """The loader's BatchPlan: what finds the samples of each batch, without the dataset."""
+        return BatchPlan(len(self.dataset), self.batch_size, self.shuffle, self.seed,
+                         self.rank, self.world_size, self.rank_unit)
+
     def rows(self, batch):
         """(first, stop, n): this rank's rows [first, stop) of batch `batch`, of n in all."""
-        from ..distributed import split_units
-        n = min(self.batch_size, len(self.dataset) - batch * self.batch_size)
-        first, stop = split_units(n, self.rank_unit, self.world_size, self.rank)
-        return first, stop, n
+        return self.plan().rows(batch)
 
     def order(self, epoch):
         """The sample order of `epoch`: a permutation of range(N), or range(N)."""
-        if self.shuffle:
-            return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
-        return np.arange(len(self.dataset))
+        return self.plan().order(epoch)
 
     def batch_spec(self, order, epoch, b):
         """What builds this rank's part of batch b: (dataset indices, epoch positions)."""
-        first, stop, _ = self.rows(b)
-        positions = np.arange(b * self.batch_size + first, b * self.batch_size + stop)
-        return order[positions], positions
+        return self.plan().batch_spec(order, epoch, b)
 
     def __iter__(self):
         # read now, so a later set_epoch cannot change a running epoch
@@ -219,6 +217,34 @@ def _as_network_input(images, labels):
         raise ValueError(f"transform: returned {len(images)} images for {len(labels)} labels"
                          " (apply TenCrop to the loader's output, not inside it)")
     return images.astype(np.float32, copy=False), labels
+
+
+class BatchPlan:
+    """Which samples make each batch of an epoch, and which rows of it are this rank's: all
+    a loader's worker processes need to know of it (the dataset travels apart)."""
+
+    def __init__(self, n, batch_size, shuffle, seed, rank, world_size, rank_unit):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world_size, self.rank_unit = rank, world_size, rank_unit
+
+    def rows(self, batch):
+        """(first, stop, n): this rank's rows [first, stop) of batch `batch`, of n in all."""
+        from ..distributed import split_units
+        n = min(self.batch_size, self.n - batch * self.batch_size)
+        first, stop = split_units(n, self.rank_unit, self.world_size, self.rank)
+        return first, stop, n
+
+    def order(self, epoch):
+        """The sample order of `epoch`: a permutation of range(N), or range(N)."""
+        if self.shuffle:
+            return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return np.arange(self.n)
+
+    def batch_spec(self, order, epoch, b):
+        """What builds this rank's part of batch b: (dataset indices, epoch positions)."""
+        first, stop, _ = self.rows(b)
+        positions = np.arange(b * self.batch_size + first, b * self.batch_size + stop)
+        return order[positions], positions
 
 
 def _check_int(value, name, minimum):

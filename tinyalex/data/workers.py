@@ -35,7 +35,7 @@ def _worker(settings, tasks, results):
     from multiprocessing import shared_memory
 
     from .loader import build_batch
-    dataset, transform, loader = settings
+    dataset, transform, plan = settings
     orders = {}
     while True:
         task = tasks.get()
@@ -44,9 +44,9 @@ def _worker(settings, tasks, results):
         token, epoch, b = task
         try:
             if epoch not in orders:
-                orders = {epoch: loader.order(epoch)}
-            indices, positions = loader.batch_spec(orders[epoch], epoch, b)
-            images, labels = build_batch(dataset, transform, loader.seed, epoch, indices, positions)
+                orders = {epoch: plan.order(epoch)}
+            indices, positions = plan.batch_spec(orders[epoch], epoch, b)
+            images, labels = build_batch(dataset, transform, plan.seed, epoch, indices, positions)
             block = shared_memory.SharedMemory(create=True, size=max(1, images.nbytes + labels.nbytes))
             try:
                 np.ndarray(images.shape, images.dtype, block.buf)[...] = images
@@ -92,12 +92,12 @@ class WorkerPool:
         import multiprocessing as mp
         context = mp.get_context("spawn")
         self.tasks, self.results = context.Queue(), context.Queue()
-        light = _LoaderSettings(loader)
+        plan = loader.plan()
         saved = {k: os.environ.get(k) for k in WORKER_THREAD_VARIABLES}
         os.environ.update({k: "1" for k in WORKER_THREAD_VARIABLES})  # inherited at spawn
         try:
             self.processes = [context.Process(target=_worker, name=f"tinyalex-data-worker-{i}",
-                                              args=((loader.dataset, loader.transform, light),
+                                              args=((loader.dataset, loader.transform, plan),
                                                     self.tasks, self.results), daemon=True)
                               for i in range(loader.workers)]
             for process in self.processes:
@@ -170,27 +170,6 @@ def _shutdown(processes, tasks, results):
             break
         if kind == "ok":
             _discard(payload)
-
-
-class _LoaderSettings:
-    """What a worker needs of the loader to find batch b (no dataset: it travels apart)."""
-
-    def __init__(self, loader):
-        self.batch_size, self.shuffle, self.seed = loader.batch_size, loader.shuffle, loader.seed
-        self.rank, self.world_size, self.n = loader.rank, loader.world_size, len(loader.dataset)
-        self.rank_unit = loader.rank_unit
-
-    def order(self, epoch):
-        if self.shuffle:
-            return np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return np.arange(self.n)
-
-    def batch_spec(self, order, epoch, b):
-        from ..distributed import split_units
-        n = min(self.batch_size, self.n - b * self.batch_size)
-        first, stop = split_units(n, self.rank_unit, self.world_size, self.rank)
-        positions = np.arange(b * self.batch_size + first, b * self.batch_size + stop)
-        return order[positions], positions
 
 
 def pooled_batches(loader, epoch, start_batch):
