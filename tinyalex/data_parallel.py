@@ -112,25 +112,36 @@ def _distributed_step(run, images, labels, first_row, stop):
     (gradient sums and the EXTRAS), gradients divided by the global count, then the
     update. Returns (global mean loss, global correct, global count, whether any rank
     asked to stop)."""
-    gradient, optimizer = run.gradient, run.optimizer
-    gradient.accumulate(images, labels, run.config.device, first_row, stop)
-    buffer = gradient.buffer
+    run.gradient.accumulate(images, labels, run.config.device, first_row, stop)
+    buffer = run.gradient.buffer
     if buffer.xp is np:
         run.world.allreduce_(buffer.flat)
     else:
         nccl = _nccl(run)
         nccl.allreduce_(buffer.flat, buffer.buckets(nccl.bucket_bytes))
+    return step_from_sums(buffer, run.optimizer, run.stats)
+
+
+def step_from_sums(buffer, optimizer, stats):
+    """The SGD step from a flat buffer of sums (one process's, or the ranks' after the
+    allreduce): gradients divided by the count, then the update. Returns (mean loss,
+    correct, count, whether a rank asked to stop); no update for a count of 0."""
     totals = buffer.extras()
     total = int(round(totals["count"]))
     if total:
         buffer.unpack(1.0 / total)
-        if run.stats is not None:
-            run.stats.before_step()
-        optimizer.step()
-        if run.stats is not None:
-            run.stats.after_step()
+        optimizer_step(optimizer, stats)
     mean = totals["loss_sum"] / total if total else 0.0
     return mean, int(round(totals["correct"])), total, totals["stop"] > 0
+
+
+def optimizer_step(optimizer, stats):
+    """optimizer.step(), with --grad-stats' records around it when `stats` is given."""
+    if stats is not None:
+        stats.before_step()
+    optimizer.step()
+    if stats is not None:
+        stats.after_step()
 
 
 def _nccl(run):

@@ -47,7 +47,8 @@ from .data import transforms as T  # noqa: F401
 from .data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist  # noqa: F401
 from .data.image_folder import ImageFolder, UnreadableImageError  # noqa: F401
 from .data.loader import DataLoader
-from .data_parallel import BatchGradient, _allreduce_sums, _distributed_step, _nccl, _skip_dropout_seeds  # noqa: F401
+from .data_parallel import (BatchGradient, _allreduce_sums, _distributed_step, _nccl,  # noqa: F401
+                            _skip_dropout_seeds, optimizer_step, step_from_sums)
 from .errors import TrainingError
 from .evaluation import evaluate
 from .interrupt import DeferredInterrupt
@@ -395,21 +396,13 @@ def _step(model, optimizer, images, labels, device, stats, gradient=None):
     """One SGD step on a batch; returns (mean loss, number of correct predictions).
     `gradient`: a BatchGradient when --micro-batch cuts the batch (the gradient is then its
     micro-batches' sum in the order K ranks sum them, tinyalex.data_parallel)."""
-    if gradient is None:
-        logits = model(tensor(images, device=device))
-        loss = F.cross_entropy(logits, tensor(labels, device=device))
-        optimizer.zero_grad()
-        loss.backward()
-        predictions = _device.to_device(logits.array.argmax(axis=1), "cpu")
-        loss_value, correct = loss.item(), int((predictions == labels).sum())
-    else:
+    if gradient is not None:
         gradient.accumulate(images, labels, device)
-        totals = gradient.buffer.extras()
-        gradient.buffer.unpack(1.0 / len(labels))
-        loss_value, correct = totals["loss_sum"] / len(labels), int(round(totals["correct"]))
-    if stats is not None:
-        stats.before_step()
-    optimizer.step()
-    if stats is not None:
-        stats.after_step()
-    return loss_value, correct
+        return step_from_sums(gradient.buffer, optimizer, stats)[:2]
+    logits = model(tensor(images, device=device))
+    loss = F.cross_entropy(logits, tensor(labels, device=device))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer_step(optimizer, stats)
+    predictions = _device.to_device(logits.array.argmax(axis=1), "cpu")
+    return loss.item(), int((predictions == labels).sum())
