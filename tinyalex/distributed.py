@@ -144,6 +144,7 @@ class World:
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.local_size, self.local_rank = local_size, local_rank
+        self._received = None                  # allreduce_'s receive buffer
 
     @property
     def is_main(self):
@@ -162,7 +163,7 @@ class World:
             from mpi4py import MPI
             wait(self.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
             return buffer
-        received = buffer.copy()
+        received = self._receive_buffer(buffer)
         distance = 1
         while distance < size:
             partner = self.rank ^ distance
@@ -173,6 +174,15 @@ class World:
             buffer += received
             distance *= 2
         return buffer
+
+    def _receive_buffer(self, like):
+        """An array like `like` to receive a partner's sum into, kept from step to step (a
+        fresh one would fault in its pages every step)."""
+        held = self._received
+        if held is None or held.shape != like.shape or held.dtype != like.dtype:
+            import numpy as np
+            held = self._received = np.empty_like(like)
+        return held
 
     def broadcast_(self, buffer, root=0):
         """Overwrite a NumPy buffer with root's, in place."""
@@ -233,13 +243,9 @@ def is_main_process():
     return launched()[1] == 0
 
 
-class CollectiveStop(Exception):
-    """Marks an exception every rank raises at the same point (a NaN loss after the
-    allreduce, an agreed Ctrl-C): the ranks end together, without MPI_Abort."""
-
-
 def mark_collective(exc):
-    """Flag `exc` as raised by every rank alike; returns it."""
+    """Flag `exc` as raised by every rank alike at the same point (a NaN loss after the
+    allreduce, an agreed Ctrl-C), so the ranks end together without MPI_Abort; returns it."""
     exc.collective = True
     return exc
 
