@@ -324,21 +324,13 @@ def test_ranks_train_bit_for_bit_the_one_process_step_with_the_same_micro_batche
             np.testing.assert_array_equal(rank[key], one[key], err_msg=key)
 
 
-def _pairwise_tree_sum(values):
-    """((v0 + v1) + (v2 + v3)) + ... in float32."""
-    values = [np.float32(v) for v in values]
-    while len(values) > 1:
-        values = [values[i] + values[i + 1] for i in range(0, len(values), 2)]
-    return values[0]
-
-
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_allreduce_sums_the_ranks_in_the_pairwise_tree_order(tmp_path, ranks):
     mpiexec = _mpiexec()
     subprocess.run([mpiexec, "-n", str(ranks), sys.executable, ALLREDUCE_SCRIPT, str(tmp_path)],
                    env=_env(), timeout=120, check=True)
     values = [(1e8, 1.0, -1e8, 1.0)[r % 4] for r in range(ranks)]
-    expected = _pairwise_tree_sum(values)
+    expected = _pairwise([np.float32(v) for v in values])
     for r in range(ranks):
         saved = np.load(tmp_path / f"rank{r}.npz")
         for key in saved.files:
