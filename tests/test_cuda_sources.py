@@ -5,8 +5,14 @@ warning an error. A template body is only checked once it is instantiated, so ea
 is compiled through a generated unit that takes the address of name<float> and
 name<double> for every kernel the loader lists (tinyalex.cuda.loader.KERNEL_FILES): a
 kernel renamed in the .cu but not in the loader fails to compile here instead of at run
-time on a GPU. Where CuPy and NVRTC are installed, the exact source and name expressions
-the loader hands cupy.RawModule also go through NVRTC, the compiler used at run time.
+time on a GPU.
+
+NVRTC, the compiler CuPy runs on a GPU machine, compiles every file here too (marker
+`nvrtc`), through cuda-python's bindings and the NVRTC 13 wheel of the test extra, so no
+GPU and no CuPy are needed: the exact source, options and name expressions that
+tinyalex.cuda.loader hands cupy.RawModule, plus the two options CuPy adds (-ftz=true and
+the GPU's architecture, here sm_90, the lent machines' H100/H200), down to a cubin. These
+tests fail, never skip, when the bindings are missing: they are a test dependency.
 """
 import re
 import shutil
@@ -97,26 +103,73 @@ def test_import_tinyalex_does_not_import_the_cuda_set():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def _nvrtc_compiler():
-    """cupy.cuda.compiler where CuPy and its NVRTC library load, else None."""
+NVRTC_ARCH = "sm_90"
+#: What cupy.RawModule adds to the loader's options (cupy/cuda/compiler.py): -ftz=true, and
+#: -arch=sm_XX for the GPU in use when NVRTC can emit its cubin.
+CUPY_ADDED_OPTIONS = ("-ftz=true", f"-arch={NVRTC_ARCH}")
+
+
+class NvrtcError(Exception):
+    """NVRTC refused a source; the message is its log."""
+
+
+def _check(result, what):
+    """The value of a cuda.bindings call, which returns (status, value...) instead of raising."""
+    from cuda.bindings import nvrtc
+    status, *values = result
+    if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise NvrtcError(f"{what}: {nvrtc.nvrtcGetErrorString(status)[1].decode()}")
+    return values[0] if len(values) == 1 else values
+
+
+def nvrtc_compile(source, file_name, options, name_expressions):
+    """Compile like cupy.RawModule: {name expression: lowered (mangled) name}, and the cubin.
+    Raises NvrtcError with NVRTC's log if the source does not compile."""
+    from cuda.bindings import nvrtc            # the test extra's cuda-bindings: ImportError fails the test
+    program = _check(nvrtc.nvrtcCreateProgram(source.encode(), file_name.encode(), 0, [], []), "create")
     try:
-        from cupy.cuda import compiler
-        compiler._get_nvrtc_version()
-    except Exception:                                                # ImportError, missing libnvrtc
-        return None
-    return compiler
+        for expression in name_expressions:
+            _check(nvrtc.nvrtcAddNameExpression(program, expression.encode()), f"name expression {expression}")
+        encoded = [option.encode() for option in options]
+        status = nvrtc.nvrtcCompileProgram(program, len(encoded), encoded)[0]
+        log = bytearray(_check(nvrtc.nvrtcGetProgramLogSize(program), "log size"))
+        _check(nvrtc.nvrtcGetProgramLog(program, log), "log")
+        if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise NvrtcError(f"{file_name} with {' '.join(options)}:\n{log.decode(errors='replace').rstrip(chr(0))}")
+        lowered = {e: _check(nvrtc.nvrtcGetLoweredName(program, e.encode()), f"lowered name of {e}").decode()
+                   for e in name_expressions}
+        cubin = bytearray(_check(nvrtc.nvrtcGetCUBINSize(program), "cubin size"))
+        _check(nvrtc.nvrtcGetCUBIN(program, cubin), "cubin")
+        return lowered, bytes(cubin)
+    finally:
+        _check(nvrtc.nvrtcDestroyProgram(program), "destroy")
 
 
-@pytest.mark.parametrize("arch", ("80", "90"))
+@pytest.mark.nvrtc
+def test_nvrtc_is_version_13():
+    from cuda.bindings import nvrtc
+    major, minor = _check(nvrtc.nvrtcVersion(), "version")
+    assert major == 13, f"expected NVRTC 13 (CUDA 13, as on the lent GPU machines), got {major}.{minor}"
+
+
+@pytest.mark.nvrtc
 @pytest.mark.parametrize("file", sorted(loader.KERNEL_FILES))
-def test_compiles_with_nvrtc_as_cupy_does(file, arch):
-    compiler = _nvrtc_compiler()
-    if compiler is None:
-        pytest.skip("CuPy with its NVRTC library is not installed")
-    # LTO-IR output needs no GPU to pick the architecture; the C++ front end is the one
-    # RawModule runs. -ftz=true is the option CuPy adds to every RawModule compilation.
-    options = loader.COMPILE_OPTIONS + ("-ftz=true", "-dlto")
-    _, mapping = compiler.compile_using_nvrtc(loader.source(file), options, arch=arch,
-                                             name_expressions=loader.name_expressions(file),
-                                             method="lto")
-    assert sorted(mapping) == sorted(loader.name_expressions(file))
+def test_compiles_with_nvrtc_as_cupy_does(file):
+    expressions = loader.name_expressions(file)
+    lowered, cubin = nvrtc_compile(loader.source(file), file, loader.COMPILE_OPTIONS + CUPY_ADDED_OPTIONS,
+                                   expressions)
+    assert cubin.startswith(b"\x7fELF"), "NVRTC's cubin is an ELF image"
+    itanium = {"float": "f", "double": "d"}                      # how each C type is mangled
+    for name in loader.KERNEL_FILES[file]:
+        for c_type in loader.C_TYPES.values():
+            mangled = itanium[c_type]
+            symbol = lowered[f"{name}<{c_type}>"]
+            assert re.fullmatch(rf"_Z\d+{name}I{mangled}Ev\w*", symbol), f"{name}<{c_type}> lowered to {symbol}"
+            assert symbol.encode() in cubin, f"{symbol} is not in the cubin"
+
+
+@pytest.mark.nvrtc
+def test_nvrtc_failure_carries_its_message():
+    broken = "template <typename T> __global__ void broken(T* x) { x[threadIdx.x] = ; }\n"
+    with pytest.raises(NvrtcError, match=r"broken\.cu.*expected an expression"):
+        nvrtc_compile(broken, "broken.cu", loader.COMPILE_OPTIONS + CUPY_ADDED_OPTIONS, ["broken<float>"])

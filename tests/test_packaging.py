@@ -9,6 +9,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# `python -m build` installs hatchling into an isolated environment from the package index.
+pytestmark = pytest.mark.network
+
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
