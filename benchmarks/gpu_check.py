@@ -2,38 +2,58 @@
 
 Few sessions are lent a GPU, and then for minutes, so this runs everything that needs
 one, unattended, within a time budget (default 480 s, under the 10 minutes one command
-may take there), and writes what it finds to benchmarks/results/gpu-<device>-<date>.md:
+may take there). Only files under $OUT come back from a lent machine (at most 8), so the
+report and ONE archive of every step's full output are all it writes, into $OUT when it
+is set, else into --out (default benchmarks/results):
 
- 1. environment: GPU, driver, CUDA, CuPy, PyTorch and cuDNN versions;
- 2. pytest on the GPU: every test of the cupy kernel set and every test that touches
-    device 'cuda' (the emulated-CUDA tests and the nvcc compile tests are left to CI);
- 3-6. compute-sanitizer memcheck, racecheck, initcheck and synccheck over
-    benchmarks/gpu_kernels_smoke.py, which launches every kernel, both dtypes;
- 7-8. benchmarks/bench_cuda.py in strict fp32 (every op) and in TF32 (the GEMM ops);
- 9. PyTorch's images/s for the GPU default model (the twin of tinyalex's, same weights,
+    gpu-<device>-<date>.md             the report
+    gpu-<device>-<date>-logs.tar.gz    every step's output, and the benchmark's own reports
+
+ 1. environment: each import the later steps need (numba against this numpy, cupy with a
+    GPU and NVRTC, torch with CUDA and cuDNN, pytest's plugins, ...), said plainly when
+    missing; a step that needs what is missing is skipped, naming it;
+ 2. smoke: every kernel once, both dtypes, against numpy, unsanitized: correctness is on
+    record even if the sanitizers run out of time;
+ 3. pytest on the GPU: every test of the cupy kernel set and every test that touches
+    device 'cuda' (not the emulated-CUDA, nvcc or network tests), spread over CPU cores
+    with pytest-xdist and a per-test limit (pytest-timeout) where those are installed;
+ 4-7. compute-sanitizer memcheck, racecheck, initcheck and synccheck over
+    benchmarks/gpu_kernels_smoke.py; only findings in tinyalex's own kernels count;
+ 8-9. benchmarks/bench_cuda.py in strict fp32 (every op) and in TF32 (the GEMM ops);
+10. PyTorch's images/s for the GPU default model (the twin of tinyalex's, same weights,
     same loader, same batch size), and both libraries' images/s for one step alone;
-10. `tinyalex train --device cuda` on that model until the budget is spent: Ctrl-C at
+11. `tinyalex train --device cuda` on that model until the budget is spent: Ctrl-C at
     the end (tinyalex finishes the step and saves), images/s from its metrics.jsonl.
 
-Each step runs as a subprocess in its own process group with a time cap; a step past
-its cap is killed and recorded as a timeout. The training step's cap is whatever the
-earlier steps left of the budget. The report is rewritten after every step (and before
-each, naming the step that is running), so a check cut off from outside still leaves a
-report of everything that finished. Full output of every step goes to a folder next
-to the report. The exit status is 1 if any step failed or timed out, else 0.
+Each step runs as a subprocess in its own process group, with the default SIGINT
+whatever this script inherited, and a time cap; a step past its cap is killed and
+recorded as a timeout. The training step's cap is whatever the earlier steps left of the
+budget. The report is rewritten before and after every step, and the archive after every
+step, so a check cut off from outside still leaves what finished. The exit status is 1
+if any step failed or timed out, else 0.
 
-    bash benchmarks/gpu_check.sh [--budget-s 480] [--out benchmarks/results]
-    bash benchmarks/gpu_check.sh --dry-run [--sample-report PATH]    # no GPU needed
+    PYTHONPATH=. TINYALEX_COMMIT=<sha> OUT=<dir> bash benchmarks/gpu_check.sh   # on a lent machine
+    bash benchmarks/gpu_check.sh --dry-run [--sample-report PATH]   # the plan; no GPU needed
+    bash benchmarks/gpu_check.sh --rehearse                         # the whole plan here, see below
 
---dry-run prints the plan (steps, commands, caps, the report's path); --sample-report
-also writes a report rendered from canned step results, labelled as a sample, to show
-and test the format. Nothing is installed: the machine must already have CuPy, PyTorch
-and compute-sanitizer (a missing sanitizer skips its steps, and says so).
+--dry-run prints the plan (steps, caps, commands, where the report goes); --sample-report
+also writes a report rendered from canned step results, labelled as a sample.
+
+--rehearse runs the whole plan on this machine with the network cut (unshare -n, as root),
+$OUT set (a temporary folder if it is not), and the emulated CuPy set (tests/cuda_emulator)
+in every step's Python (benchmarks/rehearsal/sitecustomize.py); benchmarks/rehearsal/bin
+stands in for nvidia-smi and compute-sanitizer. What cannot exist here (PyTorch on CUDA)
+is skipped with that reason, and the training step trains a small model on a few images.
+It then checks what would come back: the report in $OUT, at most 8 files there, each
+under 16 MiB, every step with a final status and none failed, and the whole under the
+budget; the exit status is 1 if any of these fails. Nothing is installed, ever: the
+machine must already have what the environment step checks.
 """
 import argparse
 import dataclasses
 import datetime
 import functools
+import io
 import json
 import math
 import os
@@ -44,6 +64,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -55,14 +76,22 @@ RESERVE_S = 10                  # of the budget, kept for writing the report and
 MIN_STEP_S = 10                 # a step given less than this is skipped, not started
 KILL_GRACE_S = 3                # SIGTERM, then SIGKILL after this long
 TRAIN_INTERRUPT_S = 25          # Ctrl-C this long before the training step's cap: time to finish and save
-TRAIN_IMAGES = 25600            # training images per epoch (200 batches of 128); test images below
-TEST_IMAGES = 2560
 BENCH_REPEAT = 10               # bench_cuda.py's timed repeats (its default is 20)
+PYTEST_WORKERS = 8              # xdist workers at most: each holds a CUDA context and compiles on a cold cache
+PYTEST_TEST_TIMEOUT_S = 60      # pytest-timeout's limit for one test
+SANITIZER_LAUNCH_TIMEOUT_S = 600    # for the program to reach CUDA; the default 10 s can pass while Python imports
+SANITIZER_PRINT_LIMIT = 1000    # findings printed; CuPy's and cuBLAS's must not crowd out tinyalex's
 PLAN_DEVICE_NAME = "NVIDIA H200"    # names the dry run's report when no GPU is visible
 TAIL_LINES = 30                 # of output, shown for a step that did not pass
 SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+REHEARSAL_VARIABLE = "TINYALEX_GPU_REHEARSAL"   # "1": the emulated CuPy set, see --rehearse
+REHEARSAL_DIR = os.path.join(HERE, "rehearsal")
+#: What comes back from a lent machine: files under $OUT, at most this many, each under this size.
+OUT_MAX_FILES = 8
+OUT_MAX_FILE_BYTES = 16 * 2**20
+LOG_ARCHIVE_KEEP_BYTES = 2 * 2**20  # of a log longer than twice this, its head and tail go in the archive
 STATUSES = ("pass", "fail", "timeout", "skipped", "running", "pending")
 
 
@@ -80,6 +109,22 @@ class Step:
     takes_rest: bool = False    # its cap grows to whatever the budget has left
     interrupt_s: int = 0        # Ctrl-C this long before the cap: the planned end, not a timeout
     requires: str = ""          # an executable (name or path) that must exist, else the step is skipped
+    needs: tuple = ()           # what the environment step must have found (CAPABILITIES), else skipped
+    probe: tuple = ()           # rehearsal: arguments that run the command without what it needs (a plan)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """How much data the training steps read, and what the training step trains."""
+    train_images: int
+    test_images: int
+    train_options: tuple = ()
+
+
+#: 200 batches of 128 of the GPU default model; the rehearsal trains a small model on the
+#: emulator (about 3 images/s), enough for two batches an epoch and the planned Ctrl-C.
+GPU_WORKLOAD = Workload(25600, 2560)
+REHEARSAL_WORKLOAD = Workload(16, 8, ("--model", "cpu-alexnet", "--batch-size", "8"))
 
 
 @dataclasses.dataclass
@@ -89,13 +134,16 @@ class Context:
     device_name: str
     date: str
     out_dir: str
-    work_dir: str               # temporary: synthetic data, training checkpoints
+    work_dir: str               # temporary: synthetic data, training checkpoints, the logs before archiving
     data_dir: str               # the Fashion-MNIST files the training steps read
     synthetic: bool             # none at fashion_mnist_dir: data_dir holds synthetic images of its shape
     fashion_mnist_dir: str      # where Fashion-MNIST was looked for
     budget_s: float
     sanitizer: str              # the compute-sanitizer executable, or "" if there is none
     device_note: str = ""       # where the device name came from, when it is not a GPU found here
+    out_from_env: bool = False  # out_dir is $OUT
+    rehearsal: bool = False     # the emulated CuPy set and stand-ins (--rehearse)
+    pytest_plugins: tuple = ("xdist", "timeout")    # those installed, of pytest-xdist and pytest-timeout
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
@@ -107,12 +155,21 @@ class Context:
         return os.path.join(self.out_dir, f"gpu-{self.slug}-{self.date}.md")
 
     @property
+    def archive_path(self):
+        return os.path.splitext(self.report_path)[0] + "-logs.tar.gz"
+
+    @property
     def logs_dir(self):
-        return os.path.splitext(self.report_path)[0]
+        """Where the steps write their output; archived whole into archive_path."""
+        return os.path.join(self.work_dir, os.path.basename(os.path.splitext(self.report_path)[0]) + "-logs")
 
     @property
     def train_dir(self):
         return os.path.join(self.work_dir, "train")
+
+    @property
+    def workload(self):
+        return REHEARSAL_WORKLOAD if self.rehearsal else GPU_WORKLOAD
 
     def remaining(self):
         return self.budget_s - (time.monotonic() - self.started)
@@ -124,56 +181,86 @@ def device_slug(name):
     return slug or "unknown-gpu"
 
 
+def pytest_options(ctx):
+    """Spread the GPU tests over the cores, and limit each test, with the plugins there are."""
+    options = []
+    if "xdist" in ctx.pytest_plugins:
+        options += ["-n", str(min(PYTEST_WORKERS, os.cpu_count() or 1))]
+    if "timeout" in ctx.pytest_plugins:
+        options += ["--timeout", str(PYTEST_TEST_TIMEOUT_S)]
+    return tuple(options)
+
+
+def installed_pytest_plugins():
+    """Which of pytest-xdist and pytest-timeout this interpreter (every step's) has."""
+    import importlib.util
+    return tuple(name for name, module in (("xdist", "xdist"), ("timeout", "pytest_timeout"))
+                 if importlib.util.find_spec(module) is not None)
+
+
 def plan_steps(ctx):
     """The steps, in order, for the context's paths and tools."""
     py = ctx.python
     smoke = (py, "benchmarks/gpu_kernels_smoke.py")
-    pytest_selection = ("-k", "(cupy or cuda) and not nvcc", "-m", "not cuda_emulated")
+    pytest_selection = ("-k", "(cupy or cuda) and not nvcc", "-m", "not cuda_emulated and not network")
     steps = [
-        Step("environment", "GPU, driver and library versions",
-             "the GPU, driver and library versions the numbers below come from", 15,
+        Step("environment", "imports, GPU, driver and library versions",
+             "every import the later steps need works here (numba with this numpy, CuPy with a GPU and"
+             " NVRTC compiling a tinyalex kernel, PyTorch with CUDA and cuDNN, pytest's plugins), and the"
+             " versions the numbers below come from", 30,
              (py, "benchmarks/gpu_check.py", "--part", "environment"), summarize_environment),
+        Step("smoke", "every kernel once, unsanitized",
+             "every kernel of kernels/*.cu, float32 and float64, forward and backward, computes what the"
+             " numpy reference computes, on a real GPU", 30, smoke, summarize_smoke, needs=("cupy",)),
         Step("pytest", "GPU tests (pytest, cupy kernel set)",
              "the cupy kernel set agrees with numpy and torch on the test suite's cases, forward and"
              " backward, float32 and float64, on a real GPU",
-             90, (py, "-m", "pytest", "-q", "--maxfail=10", "-p", "no:cacheprovider", *pytest_selection, "tests"),
-             summarize_pytest),
+             95, (py, "-m", "pytest", "-q", "--maxfail=10", "-p", "no:cacheprovider", *pytest_options(ctx),
+                  *pytest_selection, "tests"),
+             summarize_pytest, needs=("cupy",)),
     ]
-    caps = {"memcheck": 55, "racecheck": 55, "initcheck": 30, "synccheck": 30}
+    caps = {"memcheck": 45, "racecheck": 45, "initcheck": 25, "synccheck": 25}
     purposes = {"memcheck": "no out-of-bounds or misaligned access in any kernel",
                 "racecheck": "no shared-memory race (the cross-entropy reduction)",
                 "initcheck": "no kernel reads global memory that was never written",
                 "synccheck": "no barrier or warp-shuffle misuse"}
     for tool in SANITIZER_TOOLS:
         steps.append(Step(tool, f"compute-sanitizer {tool}", purposes[tool] + ", over every kernel of"
-                          " gpu_kernels_smoke.py in both dtypes", caps[tool],
-                          (ctx.sanitizer or "compute-sanitizer", "--tool", tool, "--print-limit", "50", *smoke),
-                          summarize_sanitizer, requires=ctx.sanitizer or "compute-sanitizer"))
+                          " gpu_kernels_smoke.py in both dtypes (findings in CuPy's and cuBLAS's own"
+                          " kernels are listed, not counted)", caps[tool],
+                          (ctx.sanitizer or "compute-sanitizer", "--tool", tool,
+                           "--launch-timeout", str(SANITIZER_LAUNCH_TIMEOUT_S), "--report-api-errors", "no",
+                           "--print-limit", str(SANITIZER_PRINT_LIMIT), *smoke),
+                          summarize_sanitizer, requires=ctx.sanitizer or "compute-sanitizer", needs=("cupy",)))
     bench = (py, "benchmarks/bench_cuda.py", "--repeat", str(BENCH_REPEAT))
     steps += [
         Step("bench-fp32", "bench_cuda.py in strict fp32, every op",
              "every op of the 2012 AlexNet at batch 128, forward and backward, agrees with PyTorch + cuDNN"
-             " (TF32 off on both sides), and how fast each runs beside it", 60,
+             " (TF32 off on both sides), and how fast each runs beside it", 50,
              (*bench, "--modes", "fp32", "--out", os.path.join(ctx.logs_dir, "bench-fp32")),
-             functools.partial(summarize_bench, mode="fp32")),
+             functools.partial(summarize_bench, mode="fp32"), needs=("cupy", "torch-cuda"),
+             probe=("--dry-run",)),
         Step("bench-tf32", "bench_cuda.py in TF32, the GEMM cases",
              "the conv and fc layers (and conv2's im2col, whose name matches) agree with PyTorch + cuDNN"
-             " with TF32 on both sides, and how fast they run beside it", 35,
+             " with TF32 on both sides, and how fast they run beside it", 30,
              (*bench, "--modes", "tf32", "--only", "conv", "fc",
               "--out", os.path.join(ctx.logs_dir, "bench-tf32")),
-             functools.partial(summarize_bench, mode="tf32")),
+             functools.partial(summarize_bench, mode="tf32"), needs=("cupy", "torch-cuda"),
+             probe=("--dry-run",)),
     ]
-    data = ("--data-dir", ctx.data_dir, "--limit-train", str(TRAIN_IMAGES))
+    work = ctx.workload
+    data = ("--data-dir", ctx.data_dir, "--limit-train", str(work.train_images))
     steps += [
         Step("torch-throughput", "PyTorch's images/s for the same model",
              "the baseline for training throughput: PyTorch on the same model, weights, loader and batch",
-             45, (py, "benchmarks/gpu_train_throughput.py", *data), summarize_throughput),
+             35, (py, "benchmarks/gpu_train_throughput.py", *data), summarize_throughput,
+             needs=("cupy", "torch-cuda")),
         Step("train", "tinyalex train --device cuda",
              "training runs end to end on the GPU (data, steps, evaluation, checkpoints) with finite"
              " losses, and how fast", 55,
-             (py, "-m", "tinyalex.cli", "train", "--device", "cuda", *data, "--limit-test", str(TEST_IMAGES),
-              "--epochs", "1000", "--out", ctx.train_dir), summarize_train,
-             takes_rest=True, interrupt_s=TRAIN_INTERRUPT_S),
+             (py, "-m", "tinyalex.cli", "train", "--device", "cuda", *work.train_options, *data,
+              "--limit-test", str(work.test_images), "--epochs", "1000", "--out", ctx.train_dir), summarize_train,
+             takes_rest=not ctx.rehearsal, interrupt_s=TRAIN_INTERRUPT_S, needs=("cupy",)),
     ]
     return steps
 
@@ -197,11 +284,26 @@ def plan_lines(steps, ctx):
     for i, step in enumerate(steps, 1):
         cap = f">= {step.cap_s} s" if step.takes_rest else f"{step.cap_s} s"
         lines.append(f"{i:2}. {step.name:<17} cap {cap:>8}  {display_command(step.command, ctx)}")
+    destination = (f"$OUT = {ctx.out_dir}" if ctx.out_from_env else
+                   f"{ctx.out_dir} (--out: $OUT is not set; on a lent machine set it, only $OUT comes back)")
     lines += ["", f"device: {ctx.device_name}" + (f" ({ctx.device_note})" if ctx.device_note else ""),
-              f"report: {ctx.report_path}", f"logs:   {ctx.logs_dir}/", f"data:   {data_line(ctx)}"]
+              f"destination: {destination}",
+              f"report:  {shown_out_path(ctx.report_path, ctx)}",
+              f"archive: {shown_out_path(ctx.archive_path, ctx)} (every step's output; 2 files in all)",
+              f"data:    {data_line(ctx)}"]
+    missing = [name for name in ("xdist", "timeout") if name not in ctx.pytest_plugins]
+    if missing:
+        lines.append("pytest-" + " and pytest-".join(missing) + " not installed here: the pytest step runs"
+                     + (" in one process" if "xdist" in missing else "") + (" without a per-test limit"
+                                                                           if "timeout" in missing else ""))
     if not ctx.sanitizer:
         lines.append("compute-sanitizer: not found here; its steps would be skipped")
     return lines
+
+
+def shown_out_path(path, ctx):
+    """A path in the destination, written as $OUT/... when the destination is $OUT."""
+    return os.path.join("$OUT", os.path.relpath(path, ctx.out_dir)) if ctx.out_from_env else path
 
 
 def display_command(command, ctx):
@@ -216,11 +318,12 @@ def display_command(command, ctx):
 
 def data_line(ctx):
     if ctx.synthetic:
-        return (f"synthetic: no Fashion-MNIST at {ctx.fashion_mnist_dir}, so {TRAIN_IMAGES} training and"
-                f" {TEST_IMAGES}"
+        return (f"synthetic: no Fashion-MNIST at {ctx.fashion_mnist_dir}, so {ctx.workload.train_images} training"
+                f" and {ctx.workload.test_images}"
                 " test images of its shape (28x28 uint8, 10 classes, each class a brighter band of rows)"
                 " are written to a temporary folder; accuracy then says only that the model learns")
-    return f"Fashion-MNIST from {ctx.data_dir} (the first {TRAIN_IMAGES} training and {TEST_IMAGES} test images)"
+    return (f"Fashion-MNIST from {ctx.data_dir} (the first {ctx.workload.train_images} training and"
+            f" {ctx.workload.test_images} test images)")
 
 
 # --- running one step ----------------------------------------------------------------------------
@@ -241,12 +344,14 @@ def run_command(command, cap_s, log_path, env=None, interrupt_s=0, cwd=ROOT):
     It runs in a process group of its own, so a timeout (or this script being stopped)
     ends it and everything it started. With interrupt_s, SIGINT goes to the group that
     long before the cap, as a planned end; the command may still use the rest of the cap.
+    It starts with SIGINT's default action: one started from a background job inherits an
+    ignored SIGINT, and a process that starts with SIGINT ignored keeps ignoring it.
     """
     start = time.monotonic()
     with open(log_path, "w") as log:
         try:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       cwd=cwd, env=env, start_new_session=True)
+                                       cwd=cwd, env=env, start_new_session=True, preexec_fn=_default_sigint)
         except OSError as exc:
             log.write(f"could not start {command[0]}: {exc}\n")
             return CommandRun(None, 0.0, f"could not start {command[0]}: {exc}")
@@ -269,6 +374,10 @@ def run_command(command, cap_s, log_path, env=None, interrupt_s=0, cwd=ROOT):
     with open(log_path, errors="replace") as log:
         output = log.read()
     return CommandRun(process.returncode, time.monotonic() - start, output, timed_out, interrupted)
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_group(process, signum):
@@ -342,13 +451,36 @@ def key_value_lines(text):
     return {k.strip(): v.strip() for k, v in pairs}
 
 
+CAPABILITIES_PREFIX = "CAPABILITIES "
+
+
 def summarize_environment(run, ctx):
+    """Pass: every capability there (the rehearsal expects no PyTorch on CUDA). Its data
+    {'missing': {capability: why}} decides which later steps are skipped."""
     found = key_value_lines(run.output)
+    lines = [line for line in run.output.splitlines() if line.startswith(CAPABILITIES_PREFIX)]
+    missing = json.loads(lines[-1][len(CAPABILITIES_PREFIX):]) if lines else {}
+    details = [f"- {line}" for line in run.output.splitlines()
+               if ": " in line and not line.startswith(("MISSING", CAPABILITIES_PREFIX))]
+    details += [f"- **missing: {name}**: {why}" for name, why in missing.items()]
     key = "; ".join(found[k] if k == "GPU" else f"{k} {found[k]}"
                     for k in ("GPU", "CUDA", "CuPy", "PyTorch") if k in found)
-    if run.returncode != 0:                     # its whole output is in the report's tail
-        return Summary("fail", (run.output.strip().splitlines() or ["no output"])[-1])
-    return Summary("pass", key, [f"- {line}" for line in run.output.splitlines() if ": " in line])
+    if missing:
+        key = "missing: " + ", ".join(missing) + (f"; {key}" if key else "")
+    if run.returncode != 0 or not lines:        # its whole output is in the report's tail
+        return Summary("fail", key if lines else (run.output.strip().splitlines() or ["no output"])[-1],
+                       details, {"missing": missing})
+    return Summary("pass", key, details, {"missing": missing})
+
+
+def summarize_smoke(run, ctx):
+    """Pass: the driver's last line is SMOKE OK (it checked every kernel against numpy)."""
+    smoke = [line for line in run.output.splitlines() if line.startswith("SMOKE ")]
+    failed = [f"- `{line.strip()}`" for line in run.output.splitlines() if line.startswith("FAILED ")]
+    if not smoke:
+        return Summary("fail", "the smoke driver did not finish", failed)
+    passed = run.returncode == 0 and smoke[-1].startswith("SMOKE OK")
+    return Summary("pass" if passed else "fail", smoke[-1][:300], failed)
 
 
 PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)")
@@ -386,50 +518,74 @@ def summarize_pytest(run, ctx):
 class SanitizerReport:
     """What compute-sanitizer's output says."""
     summaries: int = 0          # summary lines found (0: the tool did not finish)
-    errors: int = 0
+    errors: int = 0             # as its summary line counts them, in every kernel
     warnings: int = 0           # racecheck's hazards of warning severity
+    not_printed: int = 0        # errors past --print-limit: where they were is unknown
     findings: list = dataclasses.field(default_factory=list)    # "what (in which kernel)", one per finding
     in_our_kernels: int = 0     # findings located in one of tinyalex's kernels
+    unlocated: int = 0          # findings that name no kernel
 
 
 SANITIZER_PREFIX = "========="
-ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
-RACECHECK_SUMMARY = re.compile(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)")
+# Anchored to the whole line: "========= 12 errors were not printed" is not a summary.
+ERROR_SUMMARY = re.compile(r"^========= ERROR SUMMARY: (\d+) errors?\s*$")
+RACECHECK_SUMMARY = re.compile(
+    r"^========= RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)\s*$")
+NOT_PRINTED = re.compile(r"^========= (\d+) (?:errors?|hazards?) (?:was|were) not printed")
 NOT_FINDINGS = ("COMPUTE-SANITIZER", "ERROR SUMMARY", "RACECHECK SUMMARY", "LEAK SUMMARY",
                 "Target application returned", "This tool is deprecated")
+# "at void relu_forward<float>(const T1 *, ...)+0x70", or a C kernel's "at cupy_copy__float_float+0x60"
+KERNEL_LOCATION = re.compile(r"\bat (?:void )?([A-Za-z_][^(+]*?)(?:\(|\+0x)")
 
 
 def parse_sanitizer_output(text, kernel_names=()):
     """Count compute-sanitizer's errors and list its findings.
 
-    Every tool ends with `========= ERROR SUMMARY: N errors` (racecheck with `RACECHECK
-    SUMMARY: H hazards displayed (E errors, W warnings)`); each finding is a line after the
-    prefix, followed by indented lines, one of them `at KERNEL(...)+0x...`. A finding in
-    one of `kernel_names` is counted as in tinyalex's kernels.
+    Every tool ends with the line `========= ERROR SUMMARY: N errors` (racecheck with
+    `RACECHECK SUMMARY: H hazards displayed (E errors, W warnings)`); each finding is a line
+    after the prefix, followed by indented lines; the kernel is named after `at ` on the
+    first line (racecheck) or on an indented one. A finding in one of `kernel_names` counts
+    as in tinyalex's kernels; one in another kernel (CuPy's, cuBLAS's) is only listed.
     """
-    report, current = SanitizerReport(), None
+    report, current, located = SanitizerReport(), None, set()
     for raw in text.splitlines():
         if not raw.startswith(SANITIZER_PREFIX):
             continue
         line = raw[len(SANITIZER_PREFIX):]
-        if match := ERROR_SUMMARY.search(line):
+        if match := ERROR_SUMMARY.match(raw):
             report.summaries += 1
             report.errors += int(match.group(1))
-        elif match := RACECHECK_SUMMARY.search(line):
+        elif match := RACECHECK_SUMMARY.match(raw):
             report.summaries += 1
             report.errors = max(report.errors, int(match.group(2)))     # ERROR SUMMARY may count them too
             report.warnings += int(match.group(3))
+        elif match := NOT_PRINTED.match(raw):
+            report.not_printed += int(match.group(1))
+            current = None
+            continue
         if not line.strip() or line.strip().startswith(NOT_FINDINGS):
             current = None
         elif not line.startswith("  "):             # a finding's first line
             current = len(report.findings)
             report.findings.append(line.strip())
-        elif current is not None and line.strip().startswith("at ") and " in " not in report.findings[current]:
-            where = line.strip()[3:]
-            report.findings[current] += f" (in {where.split('(')[0]})"
-            if any(re.search(rf"\b{re.escape(name)}\b", where) for name in kernel_names):
-                report.in_our_kernels += 1
+            report.unlocated += 1
+            _locate(report, current, line, kernel_names, located)
+        elif current is not None and line.strip().startswith("at "):
+            _locate(report, current, line, kernel_names, located)
     return report
+
+
+def _locate(report, index, line, kernel_names, located):
+    """Name the kernel of finding `index` from `line`, if it names one and the finding has none yet."""
+    match = KERNEL_LOCATION.search(line)
+    if not match or index in located:
+        return
+    located.add(index)
+    where = match.group(1)
+    report.findings[index] += f" (in {where})"
+    report.unlocated -= 1
+    if any(re.search(rf"\b{re.escape(name)}\b", where) for name in kernel_names):
+        report.in_our_kernels += 1
 
 
 def tinyalex_kernel_names():
@@ -438,6 +594,8 @@ def tinyalex_kernel_names():
 
 
 def summarize_sanitizer(run, ctx):
+    """Pass: the summary line is there, no finding is in tinyalex's kernels or unlocated, none
+    went unprinted, and the smoke driver passed. Findings in other kernels are listed only."""
     report = parse_sanitizer_output(run.output, tinyalex_kernel_names())
     smoke = [line for line in run.output.splitlines() if line.startswith("SMOKE ")]
     smoke_line = smoke[-1] if smoke else "the smoke driver did not finish"
@@ -447,14 +605,19 @@ def summarize_sanitizer(run, ctx):
     details.append(f"- smoke driver: {smoke_line}")
     if not report.summaries:
         return Summary("fail", f"no sanitizer summary line (the tool did not finish); {smoke_line}", details)
-    key = f"{report.errors} errors"
-    if report.errors:
-        key += f" ({report.in_our_kernels} located in tinyalex's kernels)"
+    ours = report.in_our_kernels + report.unlocated
+    others = len(report.findings) - ours
+    key = f"{ours} findings in tinyalex's kernels or unlocated"
+    if others:
+        key += f", {others} in other kernels (not counted)"
+    if report.not_printed:
+        key += f", {report.not_printed} not printed (their kernels unknown)"
+    key += f"; summary line: {report.errors} errors"
     if report.warnings:
         key += f", {report.warnings} race warnings (read them in the log)"
-    passed = report.errors == 0 and run.returncode == 0 and smoke_line.startswith("SMOKE OK")
+    passed = not ours and not report.not_printed and run.returncode == 0 and smoke_line.startswith("SMOKE OK")
     return Summary("pass" if passed else "fail", f"{key}; driver: {smoke_line[:100]}", details,
-                   {"errors": report.errors})
+                   {"errors": report.errors, "ours": ours})
 
 
 def markdown_table(output):
@@ -491,7 +654,7 @@ def summarize_bench(run, ctx, mode="fp32"):
            f" (from {min(ratios):.2f} to {max(ratios):.2f}); {mismatches} mismatches against torch")
     own = f"{os.path.basename(ctx.logs_dir)}/bench-{mode}/cuda.md"
     details = [f"Ratio: tinyalex time / torch time, below 1 tinyalex is faster. The benchmark's own report,"
-               f" with its method and chart: [{own}]({own}).", ""] + table + [""]
+               f" with its method and chart: `{own}` in {os.path.basename(ctx.archive_path)}.", ""] + table + [""]
     return Summary("pass" if run.returncode == 0 and not mismatches else "fail", key, details,
                    {"median_ratio": statistics.median(ratios), "mismatches": mismatches})
 
@@ -531,7 +694,8 @@ def steady_images_per_s(history):
 def summarize_train(run, ctx):
     history = read_metrics(os.path.join(ctx.train_dir, "metrics.jsonl"))
     chosen = re.search(r"chose model (\S+):", run.output)
-    model = chosen.group(1) if chosen else "the default model"
+    options = ctx.workload.train_options
+    model = chosen.group(1) if chosen else dict(zip(options[::2], options[1::2])).get("--model", "the default model")
     progress = [line for line in run.output.splitlines() if "img/s" in line]
     ended = "stopped by the planned Ctrl-C" if run.interrupted else f"exited with status {run.returncode}"
     if not history:
@@ -543,7 +707,7 @@ def summarize_train(run, ctx):
             "|---:|---:|---:|---:|---:|---:|---:|"]
     rows += [f"| {m['epoch']} | {m['train_loss']:.4f} | {m['train_acc']:.4f} | {m['test_loss']:.4f} |"
              f" {m['test_acc']:.4f} | {m['images_per_sec']:.0f} | {m['seconds']:.1f} |" for m in history]
-    key = (f"{model}: {len(history)} epochs of {TRAIN_IMAGES} images, {rate:.0f} images/s ({how});"
+    key = (f"{model}: {len(history)} epochs of {ctx.workload.train_images} images, {rate:.0f} images/s ({how});"
            f" last test accuracy {history[-1]['test_acc']:.3f}; {ended}")
     passed = finite and (run.returncode == 0 or (run.interrupted and run.returncode == 130))
     return Summary("pass" if passed else "fail", key, rows + [""],
@@ -582,6 +746,12 @@ class Report:
     def render(self):
         ctx, results = self.ctx, [self.result(s) for s in self.steps]
         lines = [f"# GPU check{' (SAMPLE)' if self.sample else ''}: {ctx.device_name}, {ctx.date}", ""]
+        if ctx.rehearsal:
+            lines += ["> **REHEARSAL** on a machine without a GPU (bash benchmarks/gpu_check.sh --rehearse):"
+                      " CuPy is the CPU emulator's stand-in (tests/cuda_emulator), nvidia-smi and"
+                      " compute-sanitizer are the stand-ins in benchmarks/rehearsal/bin, and the training step"
+                      " trains a small model on a few images. It tests the check, not a GPU: no number here"
+                      " describes one.", ""]
         if self.sample:
             lines += ["> **SAMPLE REPORT.** Canned step results that show the format of the GPU check's"
                       " report (benchmarks/gpu_check.py --dry-run --sample-report). Nothing here was"
@@ -597,8 +767,8 @@ class Report:
         lines += ["", f"- started: {self.started_at}; budget {ctx.budget_s:g} s",
                   f"- command: `{self.command}`", f"- commit: {self.commit}",
                   f"- data: {data_line(ctx)}",
-                  f"- logs: [{os.path.basename(ctx.logs_dir)}/]({os.path.basename(ctx.logs_dir)}/)"
-                  " holds the full output of every step", ""]
+                  f"- logs: {os.path.basename(ctx.archive_path)}, beside this report, holds the full output of"
+                  f" every step (`tar -xzf` it: `{os.path.basename(ctx.logs_dir)}/STEP.log`)", ""]
         lines += throughput_section(self.results)
         for i, r in enumerate(results, 1):
             lines += step_section(i, r, ctx)
@@ -648,12 +818,12 @@ def step_section(index, r, ctx):
     lines = [f"## {index}. {r.step.name}: {r.step.title}", "", f"*What a pass shows:* {r.step.purpose}.", ""]
     if r.status in ("pending", "running"):
         return lines + [f"- status: {r.status}", f"- command: `{r.command}`", ""]
-    log = f"{os.path.basename(ctx.logs_dir)}/{r.step.name}.log"
+    log = f"`{os.path.basename(ctx.logs_dir)}/{r.step.name}.log` in {os.path.basename(ctx.archive_path)}"
     timing = "" if r.status == "skipped" else f" in {r.wall_s:.1f} s"
     lines += [f"- status: {bold_if_bad(r.status)}{timing} (cap {r.cap_s:.0f} s)", f"- result: {r.key}",
               f"- command: `{r.command}`"]
     if r.status != "skipped":
-        lines.append(f"- output: [{log}]({log})")
+        lines.append(f"- output: {log}")
     lines += [""] + r.details + ([""] if r.details else [])
     if r.tail:
         lines += ["Last lines of output:", "", "```text", *r.tail, "```", ""]
@@ -693,57 +863,122 @@ def throughput_section(results):
 
 
 def git_commit():
-    """'abc1234' (plus ', uncommitted changes'), or 'unknown' outside a git checkout."""
+    """'abc1234' (plus ', with uncommitted changes') from git; without a git checkout (a lent
+    machine gets a copy of the tree without .git), $TINYALEX_COMMIT; else 'unknown'."""
+    given = os.environ.get("TINYALEX_COMMIT", "").strip()
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    if head.returncode != 0:
-        return "unknown (not a git checkout)"
+        head = None
+    if head is None or head.returncode != 0:
+        if given:
+            return f"{given} (from TINYALEX_COMMIT: no git checkout here)"
+        return "unknown (not a git checkout, and TINYALEX_COMMIT is not set)"
     return head.stdout.strip() + (", with uncommitted changes" if dirty.stdout.strip() else "")
 
 
 # --- the parts that run in child processes -------------------------------------------------------
 
-def environment_part():
-    """Print 'key: value' lines about the machine; exit 1 if CuPy sees no GPU."""
-    import platform
+#: What the rehearsal cannot have: no CUDA for PyTorch on a machine without a GPU.
+MISSING_IN_REHEARSAL = ("torch-cuda",)
 
-    import numpy
+
+def environment_part():
+    """Print 'key: value' lines about the machine, then one probe per capability the later
+    steps need; print CAPABILITIES {name: why it is missing, for those missing} last.
+    Exit 1 if anything is missing (in the rehearsal: anything but PyTorch on CUDA)."""
+    import platform
     print(f"date (UTC): {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
-    print(f"host: {platform.node()}, {os.cpu_count()} CPU cores; Python {platform.python_version()},"
-          f" NumPy {numpy.__version__}")
+    print(f"host: {platform.node()}, {os.cpu_count()} CPU cores; Python {platform.python_version()}")
+    print(network_line())
     for label, command in (("nvidia-smi", ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                            "--format=csv,noheader"]),
                            ("compute-sanitizer", ["compute-sanitizer", "--version"]),
                            ("nvcc", ["nvcc", "--version"])):
-        print(f"{label}: {first_output_line(command, last=label != 'nvidia-smi')}")
-    for label, probe in (("numba", lambda: __import__("numba").__version__),
-                         ("PyTorch", torch_versions)):
+        print(f"{label}: {first_output_line(command, last=label != 'nvidia-smi')}", flush=True)
+    missing = {}
+    for name, probe in CAPABILITY_PROBES:
         try:
-            print(f"{label}: {probe()}")
-        except Exception as exc:
-            print(f"{label}: unavailable ({type(exc).__name__}: {exc})")
-    try:
-        import cupy
-        device = cupy.cuda.Device()
-        props = cupy.cuda.runtime.getDeviceProperties(device.id)
+            for line in probe():
+                print(line, flush=True)
+        except Exception as exc:            # ImportError, a numba/numpy mismatch, no GPU, NVRTC failing ...
+            missing[name] = f"{type(exc).__name__}: {exc}".strip()
+            print(f"MISSING {name}: {missing[name]}", flush=True)
+    print(CAPABILITIES_PREFIX + json.dumps(missing))
+    expected = MISSING_IN_REHEARSAL if os.environ.get(REHEARSAL_VARIABLE) == "1" else ()
+    return 1 if set(missing) - set(expected) else 0
+
+
+def probe_numpy_numba():
+    import numba
+    import numpy
+    total = numba.njit(lambda a: a.sum())(numpy.arange(4.0))    # compiles: numba works with this numpy
+    if total != 6.0:
+        raise RuntimeError(f"a numba-compiled sum of 0..3 gave {total}, expected 6")
+    return [f"NumPy: {numpy.__version__}", f"numba: {numba.__version__} (compiled and ran a function)"]
+
+
+def probe_cupy():
+    """CuPy with a GPU, and NVRTC compiling one of tinyalex's kernel files through the loader."""
+    import numpy
+
+    from tinyalex.cuda import loader
+    from tinyalex.device import cupy_module
+    cupy = cupy_module()                    # RuntimeError saying why, without a usable GPU
+    lines = []
+    if getattr(cupy, "EMULATED", False):
+        lines += ["GPU: none: CuPy is the CPU emulator's stand-in (rehearsal)", "CuPy: emulated (tests/cuda_emulator)"]
+    else:
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
 
         def version(v):
             return f"{v // 1000}.{v % 1000 // 10}"
-        print(f"GPU: {name} (compute capability {props['major']}.{props['minor']},"
-              f" {props['totalGlobalMem'] / 2**30:.0f} GiB, {cupy.cuda.runtime.getDeviceCount()} visible)")
-        print(f"CUDA: runtime {version(cupy.cuda.runtime.runtimeGetVersion())},"
-              f" driver {version(cupy.cuda.runtime.driverGetVersion())}")
-        print(f"CuPy: {cupy.__version__}")
-    except Exception as exc:
-        print(f"CuPy: no usable GPU ({type(exc).__name__}: {exc})")
-        return 1
-    return 0
+        lines += [f"GPU: {name} (compute capability {props['major']}.{props['minor']},"
+                  f" {props['totalGlobalMem'] / 2**30:.0f} GiB, {cupy.cuda.runtime.getDeviceCount()} visible)",
+                  f"CUDA: runtime {version(cupy.cuda.runtime.runtimeGetVersion())},"
+                  f" driver {version(cupy.cuda.runtime.driverGetVersion())}",
+                  f"CuPy: {cupy.__version__}"]
+    start = time.monotonic()
+    loader.get_kernel("relu.cu", "relu_forward", numpy.float32)
+    lines.append(f"kernel compile: relu.cu through the loader in {time.monotonic() - start:.1f} s")
+    return lines
+
+
+def probe_torch_cuda():
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"PyTorch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False);"
+                           " bench_cuda.py and gpu_train_throughput.py compare with PyTorch on the GPU")
+    if not torch.backends.cudnn.is_available():
+        raise RuntimeError(f"PyTorch {torch.__version__} has no cuDNN; bench_cuda.py compares with cuDNN")
+    return [f"PyTorch: {torch_versions()}, {torch.cuda.get_device_name(0)}"]
+
+
+def probe_test_tools():
+    import hypothesis
+    import pytest
+    lines = [f"pytest: {pytest.__version__}, hypothesis {hypothesis.__version__}"]
+    plugins = installed_pytest_plugins()
+    lines.append("pytest plugins: " + (", ".join(f"pytest-{p}" for p in plugins) or "none")
+                 + " (without pytest-xdist the tests run in one process, without pytest-timeout no test has a limit)")
+    return lines
+
+
+def probe_training_tools():
+    import matplotlib
+    import PIL
+    import tqdm
+    return [f"training and report tools: tqdm {tqdm.__version__}, Pillow {PIL.__version__},"
+            f" matplotlib {matplotlib.__version__}"]
+
+
+#: capability -> a probe that prints what it found, or raises saying what is missing.
+CAPABILITY_PROBES = (("numba", probe_numpy_numba), ("cupy", probe_cupy), ("torch-cuda", probe_torch_cuda),
+                     ("pytest", probe_test_tools), ("training-tools", probe_training_tools))
 
 
 def torch_versions():
@@ -823,13 +1058,15 @@ def make_context(args, dry_run):
     work_dir = os.path.join(tempfile.gettempdir(), "tinyalex-gpu-check") if dry_run else \
         tempfile.mkdtemp(prefix="tinyalex-gpu-check-")
     synthetic = not has_fashion_mnist(data_dir)
+    out = os.environ.get("OUT", "")
     return Context(python=sys.executable, device_name=name,
                    date=datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
-                   out_dir=os.path.abspath(args.out), work_dir=work_dir,
+                   out_dir=os.path.abspath(out or args.out), work_dir=work_dir,
                    data_dir=os.path.join(work_dir, "fashion-mnist-synthetic") if synthetic else data_dir,
                    synthetic=synthetic, fashion_mnist_dir=data_dir, budget_s=args.budget_s,
-                   sanitizer=find_sanitizer(),
-                   device_note=note)
+                   sanitizer=find_sanitizer(), device_note=note, out_from_env=bool(out),
+                   rehearsal=os.environ.get(REHEARSAL_VARIABLE) == "1",
+                   pytest_plugins=installed_pytest_plugins())
 
 
 def find_sanitizer():
@@ -862,13 +1099,14 @@ def run_check(ctx, steps, command_line):
     report = Report(ctx, steps, command_line)
     os.makedirs(ctx.logs_dir, exist_ok=True)
     if ctx.synthetic:
-        write_synthetic_fashion_mnist(ctx.data_dir, TRAIN_IMAGES, TEST_IMAGES)
+        write_synthetic_fashion_mnist(ctx.data_dir, ctx.workload.train_images, ctx.workload.test_images)
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         for step in steps:
             result = run_step(step, ctx, report)
             report.add(result)
             report.write()
+            write_archive(ctx)
             print(f"{step.name:>17}: {result.status:<7} {result.wall_s:6.1f} s  {result.key[:120]}", flush=True)
     except (Stopped, KeyboardInterrupt) as exc:
         step = next(s for s in steps if s.name == report.running) if report.running else None
@@ -877,6 +1115,7 @@ def run_check(ctx, steps, command_line):
                                   report.results[step.name].cap_s, command=display_command(step.command, ctx),
                                   key=f"the check itself was stopped ({exc or 'Ctrl-C'}) during this step"))
         report.write()
+        write_archive(ctx)
         print(f"stopped; partial report: {ctx.report_path}", flush=True)
         return 1
     finally:
@@ -900,12 +1139,62 @@ def run_step(step, ctx, report):
     if cap < MIN_STEP_S:
         return StepResult(step, "skipped", cap_s=step.cap_s, command=command,
                           key=f"only {max(left, 0):.0f} s of the budget left")
+    environment = report.results.get("environment")
+    missing = {need: environment.data["missing"][need] for need in step.needs
+               if environment and need in environment.data.get("missing", {})}
+    if missing:
+        return skipped_for_want_of(step, missing, ctx, min(cap, step.cap_s))
     report.start(step)
     report.results[step.name].cap_s = cap
     report.write()
     run = run_command(list(step.command), cap, os.path.join(ctx.logs_dir, f"{step.name}.log"),
                       env=child_environment(), interrupt_s=step.interrupt_s if cap > 2 * step.interrupt_s else 0)
     return step_result(step, run, ctx, cap)
+
+
+def skipped_for_want_of(step, missing, ctx, cap):
+    """A step whose needs the environment step did not find: skipped, naming them. In the
+    rehearsal its command still runs with its probe arguments (a plan without a GPU), so a
+    broken command line shows there rather than on a lent machine."""
+    command = display_command(step.command, ctx)
+    key = "needs " + "; ".join(f"{need}, which the environment step did not find ({why[:160]})"
+                               for need, why in missing.items())
+    if not (ctx.rehearsal and step.probe):
+        return StepResult(step, "skipped", cap_s=step.cap_s, command=command, key=key)
+    probe = list(step.command) + list(step.probe)
+    run = run_command(probe, cap, os.path.join(ctx.logs_dir, f"{step.name}.log"), env=child_environment())
+    shown = display_command(probe, ctx)
+    if run.returncode != 0 or run.timed_out:
+        return StepResult(step, "fail", run.wall_s, cap, f"rehearsal: `{shown}` exited with status {run.returncode}",
+                          tail=run.output.splitlines()[-TAIL_LINES:], command=command)
+    return StepResult(step, "skipped", run.wall_s, step.cap_s, command=command,
+                      key=f"{key}; rehearsal: its command with {shlex.join(step.probe)} ran (exit 0)")
+
+
+def write_archive(ctx):
+    """Pack every step's output (ctx.logs_dir) into ctx.archive_path, replacing it atomically.
+    A log longer than twice LOG_ARCHIVE_KEEP_BYTES goes in as its head and tail, so that the
+    archive stays far under what comes back from a lent machine."""
+    tmp = ctx.archive_path + ".tmp"
+    os.makedirs(ctx.out_dir, exist_ok=True)
+    with tarfile.open(tmp, "w:gz") as tar:
+        for folder, _, files in sorted(os.walk(ctx.logs_dir)):
+            for name in sorted(files):
+                path = os.path.join(folder, name)
+                arcname = os.path.relpath(path, os.path.dirname(ctx.logs_dir))
+                if os.path.getsize(path) <= 2 * LOG_ARCHIVE_KEEP_BYTES:
+                    tar.add(path, arcname)
+                    continue
+                with open(path, "rb") as f:
+                    head = f.read(LOG_ARCHIVE_KEEP_BYTES)
+                    f.seek(-LOG_ARCHIVE_KEEP_BYTES, os.SEEK_END)
+                    tail = f.read()
+                data = head + f"\n[... cut by gpu_check.py: {os.path.getsize(path)} bytes in all ...]\n".encode() + tail
+                info = tarfile.TarInfo(arcname)
+                info.size, info.mtime = len(data), int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, ctx.archive_path)
+    return ctx.archive_path
 
 
 def sample_results(steps, ctx):
@@ -918,8 +1207,10 @@ def sample_results(steps, ctx):
                       loss_difference=4e-7, check_passed=True)
     canned = [
         ("environment", "pass", 2.0, "SAMPLE GPU (compute capability 0.0); CUDA runtime 0.0; CuPy 0.0", [], {}),
+        ("smoke", "pass", 5.0, "SMOKE OK: 21 functions of the cupy set, float32 and float64", [], {}),
         ("pytest", "pass", 30.0, "100 passed, 2 skipped, 500 deselected", [], {}),
-        ("memcheck", "fail", 20.0, "3 errors (3 located in tinyalex's kernels); driver: SMOKE OK",
+        ("memcheck", "fail", 20.0, "3 findings in tinyalex's kernels or unlocated; summary line: 3 errors;"
+         " driver: SMOKE OK",
          ["- finding: `Invalid __global__ read of size 4 bytes (in relu_forward<float>)`"], {}),
         ("racecheck", "timeout", 55.0, "killed at its 55 s cap; no sanitizer summary line", [], {}),
         ("initcheck", "skipped", 0.0, "compute-sanitizer is not installed on this machine", [], {}),
@@ -945,6 +1236,97 @@ def write_sample_report(path, ctx, steps, command_line):
     return report.write(path)
 
 
+# --- the rehearsal ------------------------------------------------------------------------------
+
+STEP_ROW = re.compile(r"^\| (\d+) \| ([\w-]+) \| \**(\w+)\** \|")
+OUT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+NETWORK_CUT = "network: cut (no interface but lo)"
+
+
+def network_line():
+    """The interfaces of this process's network namespace (/proc/self/net/dev is per namespace)."""
+    with open("/proc/self/net/dev") as f:
+        names = sorted(line.split(":")[0].strip() for line in f if ":" in line)
+    return NETWORK_CUT if set(names) <= {"lo"} else f"network: interfaces {', '.join(names)}"
+
+
+def rehearse(argv, budget_s):
+    """--rehearse: run the check here, network cut, $OUT set, on the emulated CuPy set and the
+    stand-ins of benchmarks/rehearsal; then check what would come back. Returns the exit status."""
+    if os.environ.get(REHEARSAL_VARIABLE) == "1":
+        print("gpu_check: --rehearse: expected to start outside a rehearsal, got one already running",
+              file=sys.stderr)
+        return 2
+    cut = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
+    if cut.returncode != 0:
+        print("gpu_check: --rehearse: expected `unshare -n` to cut the network (it needs root), got status"
+              f" {cut.returncode}: {cut.stderr.strip()}", file=sys.stderr)
+        return 2
+    out = os.environ.get("OUT") or tempfile.mkdtemp(prefix="tinyalex-rehearsal-out-")
+    env = dict(os.environ, OUT=out, **{REHEARSAL_VARIABLE: "1"})
+    env["PATH"] = os.path.join(REHEARSAL_DIR, "bin") + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([REHEARSAL_DIR, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    command = ["unshare", "-n", sys.executable, os.path.join(HERE, "gpu_check.py"), *argv]
+    print(f"rehearsal: OUT={out}\n  {shlex.join(command)}", flush=True)
+    start = time.monotonic()
+    try:
+        subprocess.run(command, env=env, cwd=ROOT, timeout=budget_s + 60, preexec_fn=_default_sigint)
+    except subprocess.TimeoutExpired:
+        print(f"rehearsal: the check was still running {budget_s + 60:g} s after its start; stopped", flush=True)
+    wall_s = time.monotonic() - start
+    problems = check_out(out, budget_s, wall_s)
+    for problem in problems:
+        print(f"rehearsal FAILED: {problem}")
+    print(f"rehearsal {'FAILED' if problems else 'OK'}: {wall_s:.0f} s of a {budget_s:g} s budget;"
+          f" {len(out_files(out))} files in $OUT ({out})")
+    return 1 if problems else 0
+
+
+def out_files(out):
+    return sorted(os.path.join(folder, name) for folder, _, names in os.walk(out) for name in names)
+
+
+def check_out(out, budget_s, wall_s):
+    """What would come back from a lent machine, checked; returns the problems found."""
+    problems = []
+    files = out_files(out)
+    if len(files) > OUT_MAX_FILES:
+        problems.append(f"expected at most {OUT_MAX_FILES} files in $OUT, got {len(files)}")
+    for path in files:
+        relative = os.path.relpath(path, out)
+        if os.path.getsize(path) >= OUT_MAX_FILE_BYTES:
+            problems.append(f"{relative}: expected under {OUT_MAX_FILE_BYTES} bytes, got {os.path.getsize(path)}")
+        if relative.count(os.sep) > 2 or not all(OUT_NAME.match(part) for part in relative.split(os.sep)):
+            problems.append(f"{relative}: expected at most 2 folders deep, with names of letters, digits, '.', '_'"
+                            " and '-' only")
+    if wall_s >= budget_s:
+        problems.append(f"expected the check to finish within its {budget_s:g} s budget, it took {wall_s:.0f} s")
+    reports = [p for p in files if p.endswith(".md")]
+    if len(reports) != 1:
+        return problems + [f"expected one report (.md) in $OUT, got {len(reports)}: {reports}"]
+    text = open(reports[0]).read()
+    rows = [STEP_ROW.match(line).groups() for line in text.splitlines() if STEP_ROW.match(line)]
+    planned = re.search(r"of (\d+) steps", text)
+    if not planned or len(rows) != int(planned.group(1)):
+        problems.append(f"expected a table row for each of the planned steps, got {len(rows)} rows")
+    for index, name, status in rows:
+        if status not in ("pass", "skipped"):
+            problems.append(f"step {index} ({name}): expected pass or skipped, got {status}")
+    for marker, what in (("**REHEARSAL**", "the rehearsal's banner"), (NETWORK_CUT, "the network cut"),
+                         ("**Overall: PASS**", "an overall pass")):
+        if marker not in text:
+            problems.append(f"the report does not show {what} ({marker!r})")
+    archives = [p for p in files if p.endswith("-logs.tar.gz")]
+    if len(archives) != 1:
+        return problems + [f"expected one log archive (-logs.tar.gz) in $OUT, got {len(archives)}"]
+    with tarfile.open(archives[0]) as tar:
+        logged = {os.path.basename(n)[:-len(".log")] for n in tar.getnames() if n.endswith(".log")}
+    ran = {name for _, name, status in rows if status == "pass"}
+    if ran - logged:
+        problems.append(f"expected a log in the archive for every step that ran, missing: {sorted(ran - logged)}")
+    return problems
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
@@ -955,12 +1337,17 @@ def parse_args(argv):
                         help="Fashion-MNIST's folder; without the files there, synthetic data of its shape")
     parser.add_argument("--device-name", help="name the report after this GPU instead of the one found")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit (no GPU needed)")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="run the whole plan here, network cut, on the emulated CuPy set, and check what $OUT"
+                             " would bring back (no GPU needed; root, for unshare -n)")
     parser.add_argument("--sample-report", metavar="PATH",
                         help="with --dry-run: also write a sample report from canned results to PATH")
     parser.add_argument("--part", choices=["environment"], help=argparse.SUPPRESS)   # a step's child process
     args = parser.parse_args(argv)
     if args.sample_report and not args.dry_run:
         parser.error("--sample-report: expected together with --dry-run")
+    if args.rehearse and args.dry_run:
+        parser.error("--rehearse: expected without --dry-run (it runs the plan), got both")
     if args.budget_s <= 0:
         parser.error(f"--budget-s: expected a positive number of seconds, got {args.budget_s:g}")
     return args
@@ -970,9 +1357,12 @@ def main(argv=None):
     args = parse_args(argv)
     if args.part == "environment":
         return environment_part()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if args.rehearse:
+        return rehearse([a for a in argv if a != "--rehearse"], args.budget_s)
     ctx = make_context(args, dry_run=args.dry_run)
     steps = plan_steps(ctx)
-    command_line = "bash benchmarks/gpu_check.sh " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command_line = "bash benchmarks/gpu_check.sh " + shlex.join(argv)
     try:
         check_plan(steps, ctx.budget_s)
     except ValueError as exc:

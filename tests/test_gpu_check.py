@@ -11,8 +11,10 @@ import datetime
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import tarfile
 import time
 import types
 from pathlib import Path
@@ -48,6 +50,13 @@ def context(tmp_path, **changes):
     return dataclasses.replace(ctx, **changes)
 
 
+def archived_log(ctx, step_name):
+    """A step's log, from the archive the check leaves beside its report."""
+    with tarfile.open(ctx.archive_path) as tar:
+        member = f"{os.path.basename(ctx.logs_dir)}/{step_name}.log"
+        return tar.extractfile(member).read().decode()
+
+
 def today():
     return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 
@@ -56,8 +65,10 @@ def today():
 
 def test_the_plan_runs_every_step_of_the_issue_with_caps_inside_the_budget(tmp_path):
     steps = gpu_check.plan_steps(context(tmp_path))
-    assert [s.name for s in steps] == ["environment", "pytest", "memcheck", "racecheck", "initcheck",
+    assert [s.name for s in steps] == ["environment", "smoke", "pytest", "memcheck", "racecheck", "initcheck",
                                        "synccheck", "bench-fp32", "bench-tf32", "torch-throughput", "train"]
+    assert steps[0].cap_s <= 30 and steps[1].command[-1] == "benchmarks/gpu_kernels_smoke.py", \
+        "a short environment step, then the unsanitized smoke run, before anything long"
     assert all(s.cap_s > 0 for s in steps)
     assert sum(s.cap_s for s in steps) + gpu_check.RESERVE_S <= gpu_check.DEFAULT_BUDGET_S
     assert gpu_check.DEFAULT_BUDGET_S <= 540, "one command may run 10 minutes on the GPU machine"
@@ -71,19 +82,62 @@ def test_the_plan_runs_every_step_of_the_issue_with_caps_inside_the_budget(tmp_p
     train = next(s for s in steps if s.name == "train").command
     assert train[train.index("--device") + 1] == "cuda" and "--model" not in train, \
         "the training step must train the model tinyalex picks for the GPU"
+    pytest_step = next(s for s in steps if s.name == "pytest").command
+    assert pytest_step[pytest_step.index("-k") + 3] == "not cuda_emulated and not network"
+    assert pytest_step[pytest_step.index("-n") + 1] == str(min(gpu_check.PYTEST_WORKERS, os.cpu_count()))
+    assert pytest_step[pytest_step.index("--timeout") + 1] == str(gpu_check.PYTEST_TEST_TIMEOUT_S)
+    for step in steps[3:7]:
+        assert step.command[step.command.index("--launch-timeout") + 1] == str(gpu_check.SANITIZER_LAUNCH_TIMEOUT_S)
+        assert step.command[step.command.index("--report-api-errors") + 1] == "no"
+
+
+def test_the_pytest_step_does_without_the_plugins_it_lacks(tmp_path):
+    steps = gpu_check.plan_steps(context(tmp_path, pytest_plugins=()))
+    command = next(s for s in steps if s.name == "pytest").command
+    assert "-n" not in command and "--timeout" not in command
+    lines = gpu_check.plan_lines(steps, context(tmp_path, pytest_plugins=("timeout",)))
+    assert "pytest-xdist not installed here: the pytest step runs in one process" in lines
+
+
+def test_no_test_of_the_gpu_selection_needs_the_network():
+    """The GPU check's selection, collected: the wheel build (network) is out of it."""
+    steps = gpu_check.plan_steps(context(ROOT))
+    command = list(next(s for s in steps if s.name == "pytest").command)
+    for option in ("-n", "--timeout"):
+        if option in command:
+            del command[command.index(option):command.index(option) + 2]
+    command = [sys.executable if part == gpu_check.sys.executable else part for part in command]
+    done = subprocess.run(command[:1] + ["-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+                          + command[command.index("-k"):], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    collected = done.stdout
+    assert "test_cuda_sources.py::test_compiles_with_nvrtc_as_cupy_does" in collected
+    assert "test_packaging" not in collected, "building a wheel needs the network"
 
 
 def test_dry_run_prints_the_plan_and_the_report_path_and_writes_a_labelled_sample(tmp_path):
     sample = tmp_path / "sample.md"
     out = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--device-name",
                            "NVIDIA H200", "--out", str(out), "--sample-report", str(sample)],
-                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHON=sys.executable))
+                          capture_output=True, text=True, timeout=60, env=dict(env, PYTHON=sys.executable))
     assert done.returncode == 0, done.stderr
-    assert f"report: {out}/gpu-nvidia-h200-{today()}.md" in done.stdout
-    for name in ("environment", "pytest", "memcheck", "racecheck", "bench-fp32", "bench-tf32", "train"):
-        assert f" {name} " in done.stdout
+    assert f"report:  {out}/gpu-nvidia-h200-{today()}.md" in done.stdout
+    assert "(--out: $OUT is not set; on a lent machine set it, only $OUT comes back)" in done.stdout
+    steps = gpu_check.plan_steps(context(tmp_path))
+    for i, step in enumerate(steps, 1):                     # every step with its cap and its command
+        line = next(line for line in done.stdout.splitlines() if line.startswith(f"{i:2}. {step.name} "))
+        assert f"cap {'>= ' if step.takes_rest else ''}{step.cap_s} s" in " ".join(line.split())
+        assert gpu_check.display_command(step.command[1:3], context(tmp_path)) in line
     assert not out.exists(), "a dry run writes no report"
+    dest = tmp_path / "dest"
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--device-name",
+                           "NVIDIA H200"], capture_output=True, text=True, timeout=60,
+                          env=dict(env, PYTHON=sys.executable, OUT=str(dest)))
+    assert f"destination: $OUT = {dest}" in done.stdout
+    assert f"report:  $OUT/gpu-nvidia-h200-{today()}.md" in done.stdout
+    assert f"archive: $OUT/gpu-nvidia-h200-{today()}-logs.tar.gz" in done.stdout
     text = sample.read_text()
     assert text.startswith("# GPU check (SAMPLE): SAMPLE GPU")
     assert "**SAMPLE REPORT.**" in text and "Nothing here was measured" in text
@@ -108,20 +162,22 @@ def test_the_report_shows_every_status_and_says_when_it_is_partial(tmp_path):
     report.start(steps[0])
     text = report.render()
     assert "**Partial report**: written while step 1 (environment) was running" in text
-    assert "| 1 | environment | running |" in text and "| 2 | pytest | pending |" in text
+    assert "| 1 | environment | running |" in text and "| 3 | pytest | pending |" in text
 
     report.add(gpu_check.StepResult(steps[0], "pass", 2.5, 15, "GPU ok", tail=[]))
-    report.add(gpu_check.StepResult(steps[1], "fail", 40.0, 90, "2 failed | 100 passed",
+    report.add(gpu_check.StepResult(steps[1], "pass", 3.0, 30, "SMOKE OK", tail=[]))
+    report.add(gpu_check.StepResult(steps[2], "fail", 40.0, 90, "2 failed | 100 passed",
                                     tail=["FAILED tests/test_ops.py::test_relu[cupy]"]))
-    report.add(gpu_check.StepResult(steps[2], "timeout", 55.0, 55, "killed at its 55 s cap", tail=["last words"]))
-    report.add(gpu_check.StepResult(steps[3], "skipped", cap_s=55, key="compute-sanitizer is not installed"))
+    report.add(gpu_check.StepResult(steps[3], "timeout", 55.0, 55, "killed at its 55 s cap", tail=["last words"]))
+    report.add(gpu_check.StepResult(steps[4], "skipped", cap_s=55, key="compute-sanitizer is not installed"))
     text = report.render()
-    assert "**Partial report**: 4 of 10 steps done." in text
-    assert "| 2 | pytest | **fail** | 40.0 | 90 | 2 failed \\| 100 passed |" in text
-    assert "| 3 | memcheck | **timeout** | 55.0 | 55 |" in text
-    assert "| 4 | racecheck | skipped |  | 55 |" in text
+    assert "**Partial report**: 5 of 11 steps done." in text
+    assert "| 3 | pytest | **fail** | 40.0 | 90 | 2 failed \\| 100 passed |" in text
+    assert "| 4 | memcheck | **timeout** | 55.0 | 55 |" in text
+    assert "| 5 | racecheck | skipped |  | 55 |" in text
     assert "```text\nFAILED tests/test_ops.py::test_relu[cupy]\n```" in text
-    assert "**Overall: FAIL**: 1 passed, 1 failed, 1 timed out, 1 skipped, of 10 steps" in text
+    assert "**Overall: FAIL**: 2 passed, 1 failed, 1 timed out, 1 skipped, of 11 steps" in text
+    assert "`gpu-nvidia-h200-2026-11-30-logs/pytest.log` in gpu-nvidia-h200-2026-11-30-logs.tar.gz" in text
 
     report.finished = True
     path = report.write()
@@ -210,7 +266,8 @@ def test_run_check_rewrites_the_report_around_every_step(tmp_path):
                             (sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"), passed_if_zero)]
     os.makedirs(ctx.work_dir)
     assert gpu_check.run_check(ctx, steps, "bash benchmarks/gpu_check.sh") == 1
-    seen_while_running = Path(ctx.logs_dir, "peek.log").read_text()
+    assert sorted(os.listdir(ctx.out_dir)) == sorted(map(os.path.basename, (ctx.report_path, ctx.archive_path)))
+    seen_while_running = archived_log(ctx, "peek")
     assert "written while step 2 (peek) was running, 1 of 3 steps done" in seen_while_running
     assert "| 1 | first | pass |" in seen_while_running
     final = Path(ctx.report_path).read_text()
@@ -229,7 +286,7 @@ def test_a_check_stopped_by_sigterm_stops_its_step_and_leaves_a_report(tmp_path)
     start = time.monotonic()
     assert gpu_check.run_check(ctx, steps, "bash benchmarks/gpu_check.sh") == 1
     assert time.monotonic() - start < 10
-    step_pid = int(Path(ctx.logs_dir, "stopper.log").read_text().split()[0])
+    step_pid = int(archived_log(ctx, "stopper").split()[0])
     assert not is_running(step_pid)
     text = Path(ctx.report_path).read_text()
     assert "| 1 | stopper | **timeout** |" in text and "the check itself was stopped (signal 15)" in text
@@ -289,17 +346,48 @@ SMOKE FAILED: 1 problem(s): relu float32: raised CUDARuntimeError
 
 def test_the_sanitizer_reader_counts_errors_and_names_the_kernels():
     report = gpu_check.parse_sanitizer_output(MEMCHECK_OUTPUT, gpu_check.tinyalex_kernel_names())
-    assert (report.summaries, report.errors, report.warnings, report.in_our_kernels) == (1, 3, 0, 2)
-    assert report.findings[0] == "Invalid __global__ read of size 4 bytes (in void relu_forward<float>)"
-    assert report.findings[1].endswith("(in void cross_entropy_forward<double>)")
+    assert (report.summaries, report.errors, report.warnings, report.in_our_kernels, report.unlocated) == \
+        (1, 3, 0, 2, 1)
+    assert report.findings[0] == "Invalid __global__ read of size 4 bytes (in relu_forward<float>)"
+    assert report.findings[1].endswith("(in cross_entropy_forward<double>)")
     assert report.findings[2].startswith("Program hit cudaErrorLaunchFailure")
 
     race = ("========= Error: Race reported between Write access at void cross_entropy_forward<float>(...)+0x90\n"
             "=========     and Read access at void cross_entropy_forward<float>(...)+0xa0 [32 hazards]\n"
             "========= RACECHECK SUMMARY: 2 hazards displayed (1 error, 1 warning)\n")
-    report = gpu_check.parse_sanitizer_output(race)
+    report = gpu_check.parse_sanitizer_output(race, gpu_check.tinyalex_kernel_names())
     assert (report.summaries, report.errors, report.warnings, len(report.findings)) == (1, 1, 1, 1)
+    assert report.in_our_kernels == 1 and report.findings[0].endswith("(in cross_entropy_forward<float>)")
     assert gpu_check.parse_sanitizer_output("========= ERROR SUMMARY: 0 errors\n").errors == 0
+
+
+# initcheck over CuPy's own kernel and cuBLAS's, past the print limit: only the summary line counts.
+OTHERS_OUTPUT = """\
+========= COMPUTE-SANITIZER
+========= Uninitialized __global__ memory read of size 4 bytes
+=========     at cupy_copy__float_float+0x60
+=========     by thread (0,0,0) in block (0,0,0)
+=========
+========= Uninitialized __global__ memory read of size 4 bytes
+=========     at void gemmSN_NN_kernel<float, 256, 4, 2, 8, 4, 4, false>(cublasGemmSmallNParams<float>)+0x2a0
+=========
+========= 1 error was not printed
+SMOKE OK: 21 functions of the cupy set
+========= ERROR SUMMARY: 3 errors
+"""
+
+
+def test_the_sanitizer_reader_anchors_on_the_summary_and_counts_only_our_kernels(tmp_path):
+    report = gpu_check.parse_sanitizer_output(OTHERS_OUTPUT, gpu_check.tinyalex_kernel_names())
+    assert (report.summaries, report.errors, report.not_printed, report.in_our_kernels, report.unlocated) == \
+        (1, 3, 1, 0, 0), "'1 error was not printed' is neither a summary nor a finding"
+    assert report.findings[1].endswith("(in gemmSN_NN_kernel<float, 256, 4, 2, 8, 4, 4, false>)")
+    printed = OTHERS_OUTPUT.replace("========= 1 error was not printed\n", "").replace("3 errors", "2 errors")
+    summary = gpu_check.summarize_sanitizer(gpu_check.CommandRun(0, 9.0, printed), context(tmp_path))
+    assert summary.status == "pass", "findings in CuPy's and cuBLAS's kernels are listed, not counted"
+    assert summary.key.startswith("0 findings in tinyalex's kernels or unlocated, 2 in other kernels (not counted)")
+    summary = gpu_check.summarize_sanitizer(gpu_check.CommandRun(0, 9.0, OTHERS_OUTPUT), context(tmp_path))
+    assert summary.status == "fail" and "1 not printed (their kernels unknown)" in summary.key
 
 
 def test_a_sanitizer_step_passes_only_with_a_clean_summary_and_the_driver_ok(tmp_path):
@@ -307,7 +395,7 @@ def test_a_sanitizer_step_passes_only_with_a_clean_summary_and_the_driver_ok(tmp
     clean = "========= COMPUTE-SANITIZER\nSMOKE OK: 15 functions\n========= ERROR SUMMARY: 0 errors\n"
     assert gpu_check.summarize_sanitizer(gpu_check.CommandRun(0, 9.0, clean), ctx).status == "pass"
     summary = gpu_check.summarize_sanitizer(gpu_check.CommandRun(1, 9.0, MEMCHECK_OUTPUT), ctx)
-    assert summary.status == "fail" and summary.key.startswith("3 errors (2 located in tinyalex's kernels)")
+    assert summary.status == "fail" and summary.key.startswith("3 findings in tinyalex's kernels or unlocated;")
     cut_off = "========= COMPUTE-SANITIZER\nok im2col float32\n"
     summary = gpu_check.summarize_sanitizer(gpu_check.CommandRun(-15, 55.0, cut_off, timed_out=True), ctx)
     assert summary.status == "fail" and summary.key.startswith("no sanitizer summary line")
@@ -354,7 +442,8 @@ def test_the_environment_step_fails_without_a_gpu(tmp_path):
                                 str(tmp_path / "environment.log"), env=env)
     summary = gpu_check.summarize_environment(run, context(tmp_path))
     assert run.returncode == 1 and summary.status == "fail"
-    assert summary.key.startswith("CuPy: no usable GPU") and "PyTorch: " in run.output
+    assert summary.key.startswith("missing: cupy") and "MISSING cupy: RuntimeError: device 'cuda'" in run.output
+    assert "numba" not in summary.data["missing"] and "numba: " in run.output, "numba works with this numpy"
 
 
 # --- the kernels' smoke driver ----------------------------------------------------------------
@@ -448,3 +537,103 @@ def test_the_smoke_run_passes_on_the_emulated_cupy_set(emulated_cuda):
     assert problems == []
     assert set(called) == set(KERNEL_API) | {"sgd_update"}
     assert requested == smoke.expected_kernel_requests()
+
+
+# --- what comes back from a lent machine, and the rehearsal -----------------------------------
+
+def test_a_step_gets_the_default_sigint_even_when_the_check_ignores_it(tmp_path):
+    """A check started from a background job inherits an ignored SIGINT; the training step's
+    planned Ctrl-C must still reach its process as KeyboardInterrupt."""
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = gpu_check.run_command([sys.executable, "-c", probe], 30, str(tmp_path / "probe.log"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert run.output.strip() == "True"
+
+
+def test_the_commit_comes_from_tinyalex_commit_without_a_git_checkout(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "ROOT", str(tmp_path))          # a copy of the tree, without .git
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.setenv("TINYALEX_COMMIT", "0123abc")
+    assert gpu_check.git_commit() == "0123abc (from TINYALEX_COMMIT: no git checkout here)"
+    monkeypatch.delenv("TINYALEX_COMMIT")
+    assert gpu_check.git_commit() == "unknown (not a git checkout, and TINYALEX_COMMIT is not set)"
+
+
+def test_the_archive_holds_every_log_and_cuts_a_runaway_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "LOG_ARCHIVE_KEEP_BYTES", 1000)
+    ctx = context(tmp_path)
+    os.makedirs(os.path.join(ctx.logs_dir, "bench-fp32"))
+    Path(ctx.logs_dir, "pytest.log").write_text("short\n")
+    Path(ctx.logs_dir, "bench-fp32", "cuda.md").write_text("| table |\n")
+    Path(ctx.logs_dir, "train.log").write_text("first line\n" + "x" * 5000 + "\nlast line\n")
+    gpu_check.write_archive(ctx)
+    assert os.listdir(ctx.out_dir) == [os.path.basename(ctx.archive_path)]
+    assert archived_log(ctx, "pytest") == "short\n"
+    train = archived_log(ctx, "train")
+    assert train.startswith("first line") and train.endswith("last line\n") and len(train) < 2100
+    assert "[... cut by gpu_check.py: 5022 bytes in all ...]" in train
+    with tarfile.open(ctx.archive_path) as tar:
+        assert f"{os.path.basename(ctx.logs_dir)}/bench-fp32/cuda.md" in tar.getnames()
+
+
+def rehearsal_report(rows, banner=True):
+    lines = ["> **REHEARSAL** ...", "", f"**Overall: PASS**: ..., of {len(rows)} steps;", "",
+             "| # | step | status | wall s | cap s | result |", "|---:|---|---|---:|---:|---|"]
+    lines += [f"| {i} | {name} | {status} | 1.0 | 10 | ok |" for i, (name, status) in enumerate(rows, 1)]
+    lines += ["- " + gpu_check.NETWORK_CUT]
+    return "\n".join(lines if banner else lines[1:]) + "\n"
+
+
+def test_the_rehearsal_checks_what_would_come_back(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gpu-x-2026-01-01.md").write_text(rehearsal_report([("environment", "pass"), ("bench", "skipped")]))
+    logs = tmp_path / "gpu-x-2026-01-01-logs"
+    logs.mkdir()
+    (logs / "environment.log").write_text("ok\n")
+    with tarfile.open(out / "gpu-x-2026-01-01-logs.tar.gz", "w:gz") as tar:
+        tar.add(logs, logs.name)
+    assert gpu_check.check_out(str(out), 480, 100.0) == []
+
+    problems = gpu_check.check_out(str(out), 60, 100.0)
+    assert problems == ["expected the check to finish within its 60 s budget, it took 100 s"]
+    (out / "gpu-x-2026-01-01.md").write_text(rehearsal_report([("environment", "pass"), ("pytest", "**fail**"),
+                                                               ("train", "running")], banner=False))
+    for i in range(7):
+        (out / f"extra{i}.txt").write_text("x")
+    (out / "bad name.txt").write_text("x")
+    problems = gpu_check.check_out(str(out), 480, 100.0)
+    assert "expected at most 8 files in $OUT, got 10" in problems
+    assert "step 2 (pytest): expected pass or skipped, got fail" in problems
+    assert "step 3 (train): expected pass or skipped, got running" in problems
+    assert any(p.startswith("bad name.txt: expected at most 2 folders deep") for p in problems)
+    assert "the report does not show the rehearsal's banner ('**REHEARSAL**')" in problems
+
+
+@pytest.mark.rehearsal
+def test_the_rehearsal_runs_the_whole_check_with_the_network_cut(tmp_path):
+    """bash benchmarks/gpu_check.sh --rehearse, as CI runs it: every step of the plan on the
+    emulated CuPy set, stand-ins for nvidia-smi and compute-sanitizer, unshare -n, $OUT set."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(out))
+    start = time.monotonic()
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--rehearse"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=gpu_check.DEFAULT_BUDGET_S + 120)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert time.monotonic() - start < gpu_check.DEFAULT_BUDGET_S
+    assert done.stdout.splitlines()[-1].startswith("rehearsal OK: ")
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 2 and names[1].endswith(".md") and names[0] == names[1][:-3] + "-logs.tar.gz", names
+    text = (out / names[1]).read_text()
+    steps = gpu_check.plan_steps(context(tmp_path))
+    for i, step in enumerate(steps, 1):
+        assert f"| {i} | {step.name} | " in text
+    for name in ("smoke", "pytest", "memcheck", "racecheck", "initcheck", "synccheck", "train"):
+        assert f"| {name} | pass |" in text, f"{name} did not pass in the rehearsal"
+    assert "stopped by the planned Ctrl-C" in text
+    assert "| bench-fp32 | skipped |" in text and "its command with --dry-run ran (exit 0)" in text
+    assert "TINYALEX_COMMIT" not in text, "in a git checkout the commit comes from git"

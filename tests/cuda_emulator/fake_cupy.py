@@ -156,9 +156,16 @@ class _Device:
     def __init__(self, device=None):
         pass
 
+    def synchronize(self):
+        """Nothing to wait for: every emulated launch has finished when its call returns."""
+
+
+#: Says that this is the stand-in, to code that reports the device (benchmarks/gpu_check.py).
+EMULATED = True
 
 cuda = types.SimpleNamespace(Device=_Device,
-                             runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+                             runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+                             set_allocator=lambda allocator=None: None)     # there is no pool to switch off
 
 _routines_linalg = types.ModuleType("cupy._core._routines_linalg")
 _routines_linalg.COMPUTE_TYPE_DEFAULT = "COMPUTE_TYPE_DEFAULT"
