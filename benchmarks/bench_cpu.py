@@ -2,11 +2,11 @@
 
 The step is what `tinyalex train` runs per batch: forward, softmax cross-entropy,
 backward, and SGD (lr 0.01, momentum 0.9, weight decay 5e-4), in float32, on
-`tinyalex.models.fashion_alexnet` (input 1x224x224, conv 96-256-384-384-256,
+`tinyalex.train.models.fashion_alexnet` (input 1x224x224, conv 96-256-384-384-256,
 fc 4096-4096-10). Three libraries run it:
 
 - ``numba``: tinyalex with the numba kernel set (the CPU default) and the default conv
-  algorithm, 'auto' (tinyalex.conv_algorithms.choose picks per layer);
+  algorithm, 'auto' (tinyalex.kernels.conv_algorithms.choose picks per layer);
 - ``numba-gemm``, ``numba-winograd``: the same with every conv on one algorithm, set per
   module ('winograd' where it applies: conv2-5; conv1, 11x11 stride 4, stays on GEMM);
 - ``numpy``: tinyalex with the numpy reference kernels (``use_kernels("numpy")``; only
@@ -14,7 +14,7 @@ fc 4096-4096-10). Three libraries run it:
 - ``torch``: the same network built layer by layer in PyTorch, with the same weights.
 
 Every process imports numpy BEFORE tinyalex (this file's imports), as most programs do:
-tinyalex's speed must not depend on import order (tinyalex/cpu/blas.py).
+tinyalex's speed must not depend on import order (tinyalex/kernels/numba/blas.py).
 
 Method, in one run:
 1. SGEMM: numpy.matmul on float32 2048x2048 matrices, the median of 10 after a warm-up.
@@ -74,8 +74,8 @@ import tinyalex
 import tinyalex.functional as F
 import tinyalex.nn as nn
 import tinyalex.optim as optim
-from tinyalex.conv_algorithms import winograd_refusal
-from tinyalex.models import fashion_alexnet
+from tinyalex.kernels.conv_algorithms import winograd_refusal
+from tinyalex.train.models import fashion_alexnet
 from tinyalex.nn import AdaptiveAvgPool2d
 
 HERE = os.path.dirname(os.path.abspath(__file__))

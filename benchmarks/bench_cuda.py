@@ -10,7 +10,7 @@ Shapes are the 2012 AlexNet's at batch 128 (input 3x227x227):
     and im2col/col2im at conv2's geometry against torch's unfold/fold.
 
 conv1's backward skips gx, as in training (the image needs no gradient). The fc layers
-are timed as tinyalex runs them on the GPU: cuBLAS GEMMs (tinyalex.cuda.loader.matmul).
+are timed as tinyalex runs them on the GPU: cuBLAS GEMMs (tinyalex.kernels.cupy.loader.matmul).
 
 Method (docs/pitfalls.md#fair-cudnn to #compile-cost, llm.c's "check before you time"):
 - every case is first checked against PyTorch's result (dropout against the shared
@@ -199,7 +199,7 @@ def random_array(shape, rng, scale=1.0):
 
 def conv_runner(case, rng):
     import torch
-    import tinyalex.cuda as ours
+    import tinyalex.kernels.cupy as ours
     w_shape, s, p, g, need_gx = case.params
     x = random_array(case.shape, rng)
     w = random_array(w_shape, rng, 1 / math.sqrt(math.prod(w_shape[1:])))
@@ -226,7 +226,7 @@ def conv_runner(case, rng):
 
 def linear_runner(case, rng):
     import torch
-    from tinyalex.cuda.loader import matmul
+    from tinyalex.kernels.cupy.loader import matmul
     (M, K), (out,) = case.shape, case.params
     x = random_array((M, K), rng)
     w = random_array((out, K), rng, 1 / math.sqrt(K))
@@ -280,13 +280,13 @@ def autograd_runner(case, rng, ours_forward, ours_backward, torch_fn):
 
 def relu_runner(case, rng):
     import torch
-    import tinyalex.cuda as ours
+    import tinyalex.kernels.cupy as ours
     return autograd_runner(case, rng, ours.relu_forward, ours.relu_backward, torch.relu)
 
 
 def lrn_runner(case, rng):
     import torch
-    import tinyalex.cuda as ours
+    import tinyalex.kernels.cupy as ours
     size, alpha, beta, k = case.params
     return autograd_runner(case, rng, lambda x: ours.lrn_forward(x, size, alpha, beta, k),
                            ours.lrn_backward,
@@ -295,7 +295,7 @@ def lrn_runner(case, rng):
 
 def pool_runner(case, rng):
     import torch
-    import tinyalex.cuda as ours
+    import tinyalex.kernels.cupy as ours
     k, s, p = case.params
     x = random_array(case.shape, rng)
     y, cache = ours.max_pool2d_forward(x, k, s, p)
@@ -318,8 +318,8 @@ def dropout_runner(case, rng):
     """torch draws another mask, so ours is checked against the shared counter RNG instead."""
     import cupy
     import torch
-    import tinyalex.cuda as ours
-    from tinyalex.dispatch import counter_uniform
+    import tinyalex.kernels.cupy as ours
+    from tinyalex.random import counter_uniform
     (p,), seed = case.params, 12345
     x, gy = random_array(case.shape, rng), random_array(case.shape, rng)
     y, cache = ours.dropout_forward(x, p, seed)
@@ -342,7 +342,7 @@ def dropout_runner(case, rng):
 def cross_entropy_runner(case, rng):
     import cupy
     import torch
-    import tinyalex.cuda as ours
+    import tinyalex.kernels.cupy as ours
     N, C = case.shape
     logits = random_array((N, C), rng, 10.0)
     target = cupy.asarray(rng.integers(0, C, N))
@@ -364,7 +364,7 @@ def cross_entropy_runner(case, rng):
 
 def im2col_runner(case, rng):
     import torch
-    import tinyalex.cuda as ours
+    import tinyalex.kernels.cupy as ours
     k, s, p = case.params
     x = random_array(case.shape, rng)
     cols = random_array(ours.im2col(x, k, s, p).shape, rng)
@@ -384,7 +384,7 @@ def sgd_runner(case, rng):
     """One step over every AlexNet parameter: sgd_update per array vs torch.optim.SGD
     (its default on CUDA, the foreach implementation), both from the same momentum buffers."""
     import torch
-    import tinyalex.cuda as ours
+    import tinyalex.kernels.cupy as ours
     lr, momentum, weight_decay = case.params
     shapes = alexnet_parameter_shapes()
     params, grads, bufs = ([random_array(s, rng, 0.01) for s in shapes] for _ in range(3))

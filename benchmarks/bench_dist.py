@@ -26,10 +26,12 @@ def rank_run(model_name, batch, steps):
     import numpy as np
 
     import tinyalex  # noqa: F401
-    from tinyalex import distributed, models
+    from tinyalex.train.parallel import distributed
+    from tinyalex.utils.data.loader import split_rows
+    from tinyalex.train import models
     from tinyalex import functional as F
     from tinyalex import random as _random
-    from tinyalex.autograd import tensor
+    from tinyalex.tensor import tensor
     from tinyalex.optim import SGD
     world = distributed.world()
     rank, size = (0, 1) if world is None else (world.rank, world.size)
@@ -45,7 +47,7 @@ def rank_run(model_name, batch, steps):
     # inputs ran some steps several times slower, with subnormal intermediates)
     images = ((rng.random((batch, *shape)) - 0.45) / 0.25).astype(np.float32)
     labels = rng.integers(0, classes, batch)
-    first, stop = distributed.split_rows(batch, size, rank)
+    first, stop = split_rows(batch, size, rank)
     parts = {k: [] for k in ("compute_s", "pack_s", "allreduce_s", "update_s", "step_s")}
     warm = 2
     for step in range(steps + warm):                         # warm-up: JIT, caches, buffers

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import tinyalex.cpu as numba_set
-import tinyalex.reference as numpy_set
-from tinyalex.conv_algorithms import choose, winograd_refusal
+import tinyalex.kernels.numba as numba_set
+import tinyalex.kernels.numpy as numpy_set
+from tinyalex.kernels.conv_algorithms import choose, winograd_refusal
 
 BATCH = 16
 LIBRARIES = ("numba", "numpy", "torch")

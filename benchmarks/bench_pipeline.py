@@ -58,8 +58,8 @@ def time_epochs(iterate):
 
 
 def tinyalex_loader(dataset, workers):
-    from tinyalex.data import DataLoader
-    from tinyalex.train import transforms_for
+    from tinyalex.utils.data.loader import DataLoader
+    from tinyalex.train.data.run_data import transforms_for
     loader = DataLoader(dataset, BATCH, shuffle=True, seed=0, transform=transforms_for("alexnet2012", True),
                         workers=workers)
     epoch = [0]
@@ -127,8 +127,8 @@ def main():
     args = parser.parse_args()
     import torch
     torch.set_num_threads(1)
-    from tinyalex.data import ImageFolder
-    from tinyalex.data.shards import ShardDataset, prepare
+    from tinyalex.train.data.image_folder import ImageFolder
+    from tinyalex.train.data.shards import ShardDataset, prepare
     make_images(args.images, args.count)
     folder = ImageFolder(os.path.join(args.images, "train"))
     shards_dir = args.images + "-shards"

@@ -258,7 +258,7 @@ def plan_steps(ctx):
         Step("train", "tinyalex train --device cuda",
              "training runs end to end on the GPU (data, steps, evaluation, checkpoints) with finite"
              " losses, and how fast", 55,
-             (py, "-m", "tinyalex.cli", "train", "--device", "cuda", *work.train_options, *data,
+             (py, "-m", "tinyalex.train.cli", "train", "--device", "cuda", *work.train_options, *data,
               "--limit-test", str(work.test_images), "--epochs", "1000", "--out", ctx.train_dir), summarize_train,
              takes_rest=not ctx.rehearsal, interrupt_s=TRAIN_INTERRUPT_S, needs=("cupy",)),
     ]
@@ -589,7 +589,7 @@ def _locate(report, index, line, kernel_names, located):
 
 
 def tinyalex_kernel_names():
-    from tinyalex.cuda.loader import KERNEL_FILES
+    from tinyalex.kernels.cupy.loader import KERNEL_FILES
     return [name for names in KERNEL_FILES.values() for name in names]
 
 
@@ -925,7 +925,7 @@ def probe_cupy():
     """CuPy with a GPU, and NVRTC compiling one of tinyalex's kernel files through the loader."""
     import numpy
 
-    from tinyalex.cuda import loader
+    from tinyalex.kernels.cupy import loader
     from tinyalex.device import cupy_module
     cupy = cupy_module()                    # RuntimeError saying why, without a usable GPU
     lines = []
@@ -1011,7 +1011,7 @@ def write_synthetic_fashion_mnist(directory, n_train, n_test, seed=0):
     plus a brighter band of two rows whose position is the label."""
     import numpy as np
 
-    from tinyalex.data import write_idx
+    from tinyalex.train.data.idx import write_idx
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
     splits = ((FASHION_MNIST_FILES[:2], n_train), (FASHION_MNIST_FILES[2:], n_test))

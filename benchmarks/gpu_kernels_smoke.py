@@ -2,7 +2,7 @@
 
 The driver the GPU check (benchmarks/gpu_check.py) runs under compute-sanitizer's
 memcheck, racecheck, initcheck and synccheck: every function of
-tinyalex.dispatch.KERNEL_API plus the fused SGD step (tinyalex.cuda.sgd_update), in
+tinyalex.kernels.contract.KERNEL_API plus the fused SGD step (tinyalex.kernels.cupy.sgd_update), in
 float32 and float64, forward and backward. Shapes are small, so a run under a sanitizer
 takes seconds, and chosen to reach the kernels' edge cases: N >= 2, odd channel counts,
 H != W, stride < kernel with padding, groups=2, pooling ties, an even LRN size, element
@@ -10,7 +10,7 @@ counts that are not a multiple of the block size (the tail of a grid-stride loop
 cross-entropy rows of 37 and of 1000 classes (one warp, and the multi-warp reduction
 through shared memory).
 
-Every result is compared with the numpy reference set (tinyalex.reference) run on the
+Every result is compared with the numpy reference set (tinyalex.kernels.numpy) run on the
 same inputs, and sgd_update with the update rule written out in NumPy below, so the run
 also says whether the kernels computed the right thing, not only whether they touched
 the right memory.
@@ -33,7 +33,8 @@ import sys
 import numpy as np
 
 from tinyalex import device as _device
-from tinyalex.dispatch import KERNEL_API, load_kernel_set
+from tinyalex.kernels.contract import KERNEL_API
+from tinyalex.kernels import load_kernel_set
 
 #: What the smoke run must call: the kernel-set contract plus the fused SGD step.
 SMOKE_FUNCTIONS = tuple(KERNEL_API) + ("sgd_update",)
@@ -283,21 +284,21 @@ def run_case(name, kernels, placement, dtype, seed=0):
 def kernel_requests():
     """Record which compiled kernels (name, dtype) the cupy launchers ask the loader for.
 
-    Every launcher in tinyalex.cuda imports get_kernel from the loader and calls it right
+    Every launcher in tinyalex.kernels.cupy imports get_kernel from the loader and calls it right
     before its launch; this wraps those references for the duration of the block.
     """
     import importlib
     import pkgutil
 
-    import tinyalex.cuda
-    from tinyalex.cuda import loader
+    import tinyalex.kernels.cupy
+    from tinyalex.kernels.cupy import loader
     original, requested = loader.get_kernel, set()
 
     def recording_get_kernel(file, name, dtype):
         requested.add((name, np.dtype(dtype).name))
         return original(file, name, dtype)
-    modules = [importlib.import_module(f"tinyalex.cuda.{m.name}")
-               for m in pkgutil.iter_modules(tinyalex.cuda.__path__)]
+    modules = [importlib.import_module(f"tinyalex.kernels.cupy.{m.name}")
+               for m in pkgutil.iter_modules(tinyalex.kernels.cupy.__path__)]
     patched = [m for m in modules if getattr(m, "get_kernel", None) is original]
     for module in patched:
         module.get_kernel = recording_get_kernel
@@ -310,7 +311,7 @@ def kernel_requests():
 
 def expected_kernel_requests():
     """Every kernel of kernels/*.cu in both dtypes, as (name, dtype name) pairs."""
-    from tinyalex.cuda.loader import KERNEL_FILES
+    from tinyalex.kernels.cupy.loader import KERNEL_FILES
     return {(name, np.dtype(d).name) for names in KERNEL_FILES.values() for name in names for d in DTYPES}
 
 

@@ -1,6 +1,6 @@
 """PyTorch's training images/s for the GPU default model, the baseline of `tinyalex train`.
 
-The model is the one `tinyalex train --device cuda` picks (tinyalex.train.choose_defaults:
+The model is the one `tinyalex train --device cuda` picks (tinyalex.train.config.choose_defaults:
 fashion-alexnet at batch 128 on Fashion-MNIST), rebuilt layer for layer in PyTorch with
 the same weights (benchmarks/bench_cpu.py's torch_twin), and trained with the same SGD
 settings. Three rates, in images/s:
@@ -55,9 +55,10 @@ def strict_fp32():
 def setup(data_dir, limit_train, device):
     """(config, train set, tinyalex model, torch twin with the same weights, loader)."""
     import tinyalex
-    from tinyalex import models
-    from tinyalex.data.loader import DataLoader
-    from tinyalex.train import TrainConfig, choose_defaults, load_datasets, transforms_for
+    from tinyalex.train import models
+    from tinyalex.utils.data.loader import DataLoader
+    from tinyalex.train.config import TrainConfig, choose_defaults
+    from tinyalex.train.data.run_data import load_datasets, transforms_for
     config, _ = choose_defaults(TrainConfig(device=device, data_dir=data_dir, limit_train=limit_train))
     train_set, _ = load_datasets(config)
     tinyalex.manual_seed(config.seed)

@@ -30,7 +30,7 @@ LINKS = {
     "ethernet 100G": (12.5e9, 20e-6),
 }
 
-#: AlexNet's trainable parameters (tinyalex.models.alexnet2012, 1000 classes), float32.
+#: AlexNet's trainable parameters (tinyalex.train.models.alexnet2012, 1000 classes), float32.
 ALEXNET2012_PARAMETERS = 60_965_224
 
 

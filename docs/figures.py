@@ -1,6 +1,6 @@
 """Draw the figures of the derivation pages from the reference kernels themselves, so that a
 picture cannot drift from the code: every number and arrow below is computed by a call
-into tinyalex.reference.
+into tinyalex.kernels.numpy.
 
     python docs/figures.py [OUT_DIR]        (default: docs/figures/)
 
@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from tinyalex import reference  # noqa: E402
+from tinyalex.kernels import numpy as reference
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -1,5 +1,5 @@
 // cross_entropy.cu: fused softmax cross-entropy, forward and backward
-// (tinyalex/cuda/cross_entropy.py), with torch's options: class weights w, label
+// (tinyalex/kernels/cupy/cross_entropy.py), with torch's options: class weights w, label
 // smoothing eps, ignore_index, and class-probability targets.
 //
 //   lse_n  = m_n + log sum_c exp(z_nc - m_n),   m_n = max_c z_nc   (no overflow: every exponent <= 0)

@@ -1,14 +1,14 @@
-// dropout.cu: inverted dropout with a counter-based RNG (tinyalex/cuda/dropout.py).
+// dropout.cu: inverted dropout with a counter-based RNG (tinyalex/kernels/cupy/dropout.py).
 //
 //   keep_i = uniform(seed, offset + i) >= p,   y_i = x_i * keep_i * scale,   scale = 1/(1-p) (0 if p == 1)
 //
-// uniform(seed, i) is tinyalex.dispatch.counter_uniform, bit for bit: splitmix64 of
+// uniform(seed, i) is tinyalex.kernels.counter_uniform, bit for bit: splitmix64 of
 // seed + (i + 1) * 0x9E3779B97F4A7C15 (wrapping uint64 arithmetic), top 24 bits scaled
 // to [0, 1). It is a pure function of (seed, i), so the numpy, numba and cupy kernel sets
 // draw the same mask for the same seed, and the backward redraws it instead of storing it.
 // offset is the flat index of x's first element in the whole batch: 0 in one process; a
 // data-parallel rank holding rows [r0, r1) passes r0 * (elements per row), so it draws
-// exactly those rows' masks of the one-process run (tinyalex/distributed.py).
+// exactly those rows' masks of the one-process run (tinyalex/train/parallel/distributed.py).
 //
 // Kernels, templated on T = float or double; any shape, C-contiguous, n elements:
 //   dropout<T>  x -> y. One thread per element, a grid-stride loop over n. The forward

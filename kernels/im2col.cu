@@ -1,4 +1,4 @@
-// im2col.cu: im2col and col2im, the column copies behind conv2d (tinyalex/cuda/conv.py).
+// im2col.cu: im2col and col2im, the column copies behind conv2d (tinyalex/kernels/cupy/conv.py).
 //
 // Kernels, each templated on T = float or double; x is NCHW and C-contiguous:
 //   im2col<T>  x (N, C, H, W) -> cols. One thread per (n, c, oh, ow), a grid-stride loop

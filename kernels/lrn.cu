@@ -1,5 +1,5 @@
 // lrn.cu: local response normalisation across channels, forward and backward
-// (tinyalex/cuda/lrn.py), in PyTorch's convention:
+// (tinyalex/kernels/cupy/lrn.py), in PyTorch's convention:
 //
 //   s_c = k + alpha/size * sum_{c' in window(c)} x_{c'}^2,  window(c) = [c - size/2, c + (size-1)/2]
 //   y_c = x_c * s_c^(-beta)

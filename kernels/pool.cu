@@ -1,4 +1,4 @@
-// pool.cu: 2-D max and average pooling, forward and backward (tinyalex/cuda/pool.py).
+// pool.cu: 2-D max and average pooling, forward and backward (tinyalex/kernels/cupy/pool.py).
 //
 // Kernels, each templated on T = float or double; NCHW, C-contiguous:
 //   max_pool2d_forward<T>   x (N, C, H, W) -> y (N, C, OH, OW) and argmax (N, C, OH, OW)

@@ -1,5 +1,5 @@
 // relu.cu: the rectified linear unit, y = max(0, x), forward and backward
-// (tinyalex/cuda/relu.py).
+// (tinyalex/kernels/cupy/relu.py).
 //
 // Kernels, each templated on T = float or double; any shape, C-contiguous, n elements:
 //   relu_forward<T>   x -> y = max(0, x); a NaN passes through (as np.maximum and PyTorch).

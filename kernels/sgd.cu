@@ -1,5 +1,5 @@
 // sgd.cu: one fused SGD step with momentum and weight decay, in place
-// (tinyalex/cuda/sgd.py). PyTorch's rule (torch.optim.SGD):
+// (tinyalex/kernels/cupy/sgd.py). PyTorch's rule (torch.optim.SGD):
 //
 //   g   = grad + weight_decay * param
 //   buf = g                                          at the first step

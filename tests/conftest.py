@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tinyalex import device as _device
-from tinyalex.dispatch import load_kernel_set, use_kernels
+from tinyalex.kernels import load_kernel_set, use_kernels
 
 KERNEL_SET_NAMES = ("numpy", "numba", "cupy",
                     pytest.param("cupy-emulated", marks=pytest.mark.cuda_emulated))
@@ -83,3 +83,11 @@ def emulated_cuda(request):
 def emulated_kernels(emulated_cuda):
     """The `cupy-emulated` KernelSet alone (what `kernels` gives for that param)."""
     return KernelSet("cupy-emulated", "cuda", load_kernel_set("cupy"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Line counts, as tinygrad's CI prints them: the afternoon's files against their budget,
+    and the whole package (tests/tree.py)."""
+    from tree import AFTERNOON_BUDGET, afternoon_lines, package_lines
+    terminalreporter.write_line(f"lines: the afternoon (autograd core + reference kernels) {afternoon_lines()}"
+                                f" of a {AFTERNOON_BUDGET} budget; the whole package {package_lines()}")

@@ -1,6 +1,6 @@
 """`python -m tinyalex`: the same as the `tinyalex` command."""
 import sys
 
-from .cli import main
+from tinyalex.train.cli import main
 
 sys.exit(main())

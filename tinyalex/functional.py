@@ -8,21 +8,21 @@ import numbers
 
 import numpy as np
 
-from . import conv_algorithms
-from . import device as _device
-from . import random as _random
-from .autograd import FLOAT_DTYPES, Tensor
-from .ops.basic import reshape
-from .ops.conv import Conv2d
-from .ops.cross_entropy import CrossEntropy
-from .ops.dropout import Dropout
-from .ops.linear import Linear
-from .ops.lrn import LocalResponseNorm
-from .ops.pad import ZeroPad2d
-from .ops.mse_loss import MSELoss
-from .ops.pool import AvgPool2d, MaxPool2d
-from .ops.relu import ReLU
-from .shapes import conv_output_size
+from tinyalex.kernels import conv_algorithms
+from tinyalex import device as _device
+from tinyalex import random as _random
+from tinyalex.tensor import FLOAT_DTYPES, Tensor
+from tinyalex.ops.basic import reshape
+from tinyalex.ops.conv import Conv2d
+from tinyalex.ops.cross_entropy import CrossEntropy
+from tinyalex.ops.dropout import Dropout
+from tinyalex.ops.linear import Linear
+from tinyalex.ops.lrn import LocalResponseNorm
+from tinyalex.ops.pad import ZeroPad2d
+from tinyalex.ops.mse_loss import MSELoss
+from tinyalex.ops.pool import AvgPool2d, MaxPool2d
+from tinyalex.ops.relu import ReLU
+from tinyalex.shapes import conv_output_size
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_response_norm",
            "relu", "dropout", "linear", "cross_entropy", "mse_loss"]
@@ -115,7 +115,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     algorithm: 'gemm' (im2col + GEMM), 'winograd' (Winograd F(2x2, r x r): square 3x3 or
     5x5 kernels, stride 1, no dilation; docs/ops/conv2d_winograd.md), 'auto' (a fixed
     per-shape rule) or None (the global setting, 'auto' unless
-    tinyalex.set_conv_algorithm changed it). See tinyalex.conv_algorithms.
+    tinyalex.set_conv_algorithm changed it). See tinyalex.kernels.conv_algorithms.
 
     dilation (dh, dw): tap (i, j) reads input pixel (oh*sh - ph + i*dh, ow*sw - pw + j*dw),
     so OH = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1.
@@ -313,7 +313,7 @@ def dropout(input, p=0.5, training=True, inplace=False):
     tinyalex's global generator (``tinyalex.manual_seed``) and, per element, from the
     element's position in the whole batch: inside ``tinyalex.random.batch_rows(r0)`` the
     input's row 0 is row r0 of the batch, so a data-parallel rank draws the masks that
-    those rows get in a one-process run (tinyalex.distributed)."""
+    those rows get in a one-process run (tinyalex.train.parallel.distributed)."""
     op = "dropout"
     _check_float_tensors(op, input=input)
     if not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
@@ -357,7 +357,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
     'mean' is torch's: for class indices, the sum of the losses divided by the sum of
     w[t_n] over the rows not ignored (N without weights; NaN when every row is ignored);
-    for probabilities, divided by N. See tinyalex.reference.cross_entropy for the formulas.
+    for probabilities, divided by N. See tinyalex.kernels.numpy.cross_entropy for the formulas.
     The target and the weight get no gradient (torch differentiates probability targets;
     tinyalex refuses a target that requires grad rather than drop its gradient).
     """

@@ -12,8 +12,8 @@ would pass a wrong softmax backward.
 """
 import numpy as np
 
-from . import device as _device
-from .autograd import Tensor, float64
+from tinyalex import device as _device
+from tinyalex.tensor import Tensor, float64
 
 
 class GradcheckError(AssertionError):

@@ -28,8 +28,8 @@ import zipfile
 
 import numpy as np
 
-from . import device as _device
-from .autograd import Tensor
+from tinyalex import device as _device
+from tinyalex.tensor import Tensor
 
 FORMAT, VERSION = "tinyalex.save", 1
 _MANIFEST = "manifest.json"

@@ -13,12 +13,11 @@ import numbers
 
 import numpy as np
 
-from . import device as _device
-from . import random as _random
-from .autograd import (Tensor, _as_array, bool_, check_dtype, float32, float64,
-                       int64)
-from .errors import ValueRuntimeError
-from .ops import basic as _basic
+from tinyalex import device as _device
+from tinyalex import random as _random
+from tinyalex.tensor import Tensor, _as_array, bool_, check_dtype, float32, float64, int64
+from tinyalex.errors import ValueRuntimeError
+from tinyalex.ops import basic as _basic
 
 __all__ = [
     "as_tensor", "from_numpy", "zeros", "ones", "full", "empty", "zeros_like", "ones_like",

@@ -5,7 +5,7 @@
                (bounds, races, uninitialised shared memory) behind every load and store
 - build.py     compiles the runtime and each kernel module with g++, cached on disk
 - emulator.py  Module / Kernel: exact argument-type checks, launches, EmulatedKernelError
-- fake_cupy.py a minimal CuPy stand-in on top of it, so tinyalex/cuda/*.py run as they are
+- fake_cupy.py a minimal CuPy stand-in on top of it, so tinyalex/kernels/cupy/*.py run as they are
 
 docs/cuda-emulator.md says what it proves and what only a GPU run proves.
 """

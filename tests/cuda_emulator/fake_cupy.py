@@ -1,4 +1,4 @@
-"""A minimal CuPy stand-in, so that tinyalex/cuda/*.py run AS THEY ARE without a GPU.
+"""A minimal CuPy stand-in, so that tinyalex/kernels/cupy/*.py run AS THEY ARE without a GPU.
 
 This is a test double of the LAUNCH PATH, not of CuPy's semantics. What it reproduces
 is what the launchers hand to CuPy: ``cupy.RawModule(code=..., options=...,

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 import tinyalex  # noqa: F401
-from tinyalex import distributed
+from tinyalex.train.parallel import distributed
 
 VALUES = (1e8, 1.0, -1e8, 1.0)
 world = distributed.world()

@@ -1,6 +1,6 @@
 """Two SGD steps of cpu-alexnet on a fixed batch of 12, run alone or as one rank of
 `mpiexec -n K`: saves the dropout masks each process drew, the
-losses and the parameters to OUT/rank<r>.npz (tests/test_distributed.py compares them).
+losses and the parameters to OUT/rank<r>.npz (tests/mpi/test_distributed.py compares them).
 Alone, the batch runs as micro-batches of MICRO rows; a rank runs its share of them.
 Usage: python step_script.py OUT MICRO"""
 import sys
@@ -9,9 +9,12 @@ import types
 import numpy as np
 
 import tinyalex  # noqa: F401  (first: thread settings before numpy's BLAS loads)
-from tinyalex import distributed, models
+from tinyalex.train.parallel import distributed
+from tinyalex.train import models
 from tinyalex import random as _random
-from tinyalex import train
+from tinyalex.train.loop import one_step
+from tinyalex.train.parallel.data_parallel import BatchGradient, distributed_step
+from tinyalex.utils.data.loader import split_units
 from tinyalex.ops import dropout as dropout_op
 from tinyalex.optim import SGD
 
@@ -47,18 +50,18 @@ optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 rng = np.random.default_rng(0)
 images = rng.standard_normal((BATCH, 1, 28, 28)).astype(np.float32)
 labels = np.arange(BATCH) % 10
-first, stop = distributed.split_units(BATCH, micro, size, rank)
-gradient = train.BatchGradient(model, micro)
+first, stop = split_units(BATCH, micro, size, rank)
+gradient = BatchGradient(model, micro)
 losses = []
 if world is None:
     for _ in range(STEPS):
-        losses.append(train._step(model, optimizer, images, labels, "cpu", None, gradient)[0])
+        losses.append(one_step(model, optimizer, images, labels, "cpu", None, gradient)[0])
 else:
     distributed.broadcast_parameters(world, model, optimizer)
     run = types.SimpleNamespace(model=model, optimizer=optimizer, world=world, stats=None,
                                 config=types.SimpleNamespace(device="cpu"), gradient=gradient)
     for _ in range(STEPS):
-        losses.append(train._distributed_step(run, images[first:stop], labels[first:stop], first, False)[0])
+        losses.append(distributed_step(run, images[first:stop], labels[first:stop], first, False)[0])
 np.savez(f"{out}/rank{rank}.npz", first=first, stop=stop, losses=np.array(losses),
          **{f"mask{i}": m for i, m in enumerate(masks)},
          **{f"param/{name}": p.array for name, p in model.named_parameters()})

@@ -2,11 +2,11 @@
 :mod:`tinyalex.functional` itself, so ``import tinyalex.nn.functional as F`` works as in torch."""
 import sys
 
-from .. import functional
-from . import init
-from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, CrossEntropyLoss, Dropout, Flatten,
+from tinyalex import functional
+from tinyalex.nn import init
+from tinyalex.nn.layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, CrossEntropyLoss, Dropout, Flatten,
                      Linear, LocalResponseNorm, MaxPool2d, MSELoss, ReLU, Sequential)
-from .module import Module, Parameter
+from tinyalex.nn.module import Module, Parameter
 
 sys.modules[__name__ + ".functional"] = functional
 

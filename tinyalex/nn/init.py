@@ -4,13 +4,7 @@ import math
 
 import numpy as np
 
-from .. import device as _device
-from .. import random as _random
-
-
-def _fill(tensor, values):
-    tensor.array[...] = _device.to_device(values.astype(tensor.dtype), tensor.device)
-    return tensor
+from tinyalex import random as _random
 
 
 def _fans(tensor):
@@ -22,11 +16,11 @@ def _fans(tensor):
 
 
 def uniform_(tensor, a=0.0, b=1.0):
-    return _fill(tensor, _random.generator().uniform(a, b, tensor.shape))
+    return tensor._fill_from(_random.generator().uniform(a, b, tensor.shape))
 
 
 def normal_(tensor, mean=0.0, std=1.0):
-    return _fill(tensor, _random.generator().normal(mean, std, tensor.shape))
+    return tensor._fill_from(_random.generator().normal(mean, std, tensor.shape))
 
 
 def constant_(tensor, val):

@@ -4,10 +4,10 @@ import math
 
 import numpy as np
 
-from .. import conv_algorithms
-from .. import functional as F
-from . import init
-from .module import Module, Parameter
+from tinyalex.kernels import conv_algorithms
+from tinyalex import functional as F
+from tinyalex.nn import init
+from tinyalex.nn.module import Module, Parameter
 
 
 def _empty(*shape):
@@ -32,7 +32,7 @@ class Conv2d(Module):
 
     algorithm (keyword, not in torch): this layer's conv algorithm, 'auto', 'gemm',
     'winograd', or None to follow tinyalex.set_conv_algorithm; an attribute that may be
-    changed later (tinyalex.conv_algorithms)."""
+    changed later (tinyalex.kernels.conv_algorithms)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, *, algorithm=None):

@@ -5,9 +5,10 @@ import itertools
 
 import numpy as np
 
-from .. import device as _device
-from ..autograd import Function, RemovableHandle, Tensor, _as_array, parse_to_args
-from ..errors import KeyRuntimeError, ValueRuntimeError
+from tinyalex import device as _device
+from tinyalex.autograd import Function, RemovableHandle
+from tinyalex.tensor import Tensor, _as_array, parse_to_args
+from tinyalex.errors import KeyRuntimeError, ValueRuntimeError
 
 
 class Parameter(Tensor):

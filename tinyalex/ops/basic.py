@@ -6,9 +6,10 @@ import collections
 
 import numpy as np
 
-from .. import device as _device
-from ..autograd import Function, Tensor, _as_array
-from ..errors import ValueRuntimeError
+from tinyalex import device as _device
+from tinyalex.autograd import Function
+from tinyalex.tensor import Tensor, _as_array
+from tinyalex.errors import ValueRuntimeError
 
 
 # --- operand handling --------------------------------------------------------------------

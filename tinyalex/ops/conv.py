@@ -1,8 +1,7 @@
 """conv2d as an autograd Function; the kernels (im2col + GEMM) live in each kernel set."""
-from .. import conv_algorithms
-from ..autograd import Function
-from ..dispatch import KERNEL_SETS, kernels_for
-from ..shapes import conv_output_size
+from tinyalex.autograd import Function
+from tinyalex.kernels import KERNEL_SETS, conv_algorithms, kernels_for
+from tinyalex.shapes import conv_output_size
 
 _SET_NAMES = {module: name for name, module in KERNEL_SETS.items()}
 
@@ -14,10 +13,12 @@ class Conv2d(Function):
     OH = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1; d = (dh, dw) is the dilation. The padding
     is symmetric (torch's asymmetric 'same' padding adds a ZeroPad2d in front, see
     tinyalex.functional.conv2d). The kernel set decides what to save; the reference saves x
-    and W and rebuilds the columns in backward (see tinyalex.reference.conv).
+    and W and rebuilds the columns in backward (see tinyalex.kernels.numpy.conv).
 
     algorithm: 'auto', 'gemm', 'winograd' or None (the global setting); resolved here, per
-    call, against what the kernel set of x implements (tinyalex.conv_algorithms.resolve).
+    call, against what the kernel set of x implements (tinyalex.kernels.conv_algorithms.resolve).
+    'gemm' runs the set's conv2d_forward, 'winograd' its conv2d_winograd_forward; the cache
+    remembers which, for the matching backward.
     """
 
     @staticmethod
@@ -28,9 +29,14 @@ class Conv2d(Function):
         name = conv_algorithms.resolve("conv2d", algorithm, weight.shape, stride, dilation, groups,
                                        out_size, kernels.CONV2D_ALGORITHMS,
                                        _SET_NAMES.get(kernels.__name__, kernels.__name__))
-        return kernels.conv2d_forward(x, weight, bias, stride, padding, groups, dilation, name)
+        forward = kernels.conv2d_winograd_forward if name == "winograd" else kernels.conv2d_forward
+        y, cache = forward(x, weight, bias, stride, padding, groups, dilation)
+        return y, (name, cache)
 
     @staticmethod
     def backward(gy, cache, needs_input_grad):
-        gx, gW, gb = kernels_for(gy).conv2d_backward(gy, cache, need_gx=needs_input_grad[0])
+        name, cache = cache
+        kernels = kernels_for(gy)
+        backward = kernels.conv2d_winograd_backward if name == "winograd" else kernels.conv2d_backward
+        gx, gW, gb = backward(gy, cache, need_gx=needs_input_grad[0])
         return (gx, gW) if gb is None else (gx, gW, gb)

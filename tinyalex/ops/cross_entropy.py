@@ -1,6 +1,6 @@
 """Softmax cross-entropy as one fused autograd Function."""
-from ..autograd import Function
-from ..dispatch import kernels_for
+from tinyalex.autograd import Function
+from tinyalex.kernels import kernels_for
 
 
 class CrossEntropy(Function):
@@ -8,7 +8,7 @@ class CrossEntropy(Function):
 
     q is the target distribution: one-hot(t_n) for class indices without options; torch's
     weight, ignore_index and label_smoothing, or class-probability targets, change it (see
-    tinyalex.reference.cross_entropy). Fused with the softmax so that large logits stay
+    tinyalex.kernels.numpy.cross_entropy). Fused with the softmax so that large logits stay
     finite (log-sum-exp after subtracting the row max) and the backward is one expression:
     gz = (Q * softmax(z) - q) * gloss (divided by the 'mean' denominator D: N, or the
     weights of the kept targets). Shapes: z (N, C), t (N,) int64 or (N, C) probabilities,

@@ -1,12 +1,12 @@
 """dropout as an autograd Function."""
-from ..autograd import Function
-from ..dispatch import kernels_for
+from tinyalex.autograd import Function
+from tinyalex.kernels import kernels_for
 
 
 class Dropout(Function):
     """Inverted dropout: y = x * keep / (1 - p), keep ~ Bernoulli(1 - p) per element.
 
-    The mask is a pure function of (seed, element index) (tinyalex.dispatch.counter_uniform),
+    The mask is a pure function of (seed, element index) (tinyalex.kernels.counter_uniform),
     so every kernel set draws the same mask for the same seed. Backward reuses it:
     gx = gy * keep / (1 - p). Scaling in training keeps E[y] = x, so eval is the identity.
     """

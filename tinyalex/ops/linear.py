@@ -1,7 +1,7 @@
 """linear as an autograd Function: its GEMMs go through the kernel set's matmul (BLAS on
 Numba's pool, numpy.matmul, or cuBLAS)."""
-from ..autograd import Function
-from ..dispatch import kernels_for
+from tinyalex.autograd import Function
+from tinyalex.kernels import kernels_for
 
 
 class Linear(Function):

@@ -1,6 +1,6 @@
-"""local_response_norm as an autograd Function (derivation in tinyalex.reference.lrn)."""
-from ..autograd import Function
-from ..dispatch import kernels_for
+"""local_response_norm as an autograd Function (derivation in tinyalex.kernels.numpy.lrn)."""
+from tinyalex.autograd import Function
+from tinyalex.kernels import kernels_for
 
 
 class LocalResponseNorm(Function):

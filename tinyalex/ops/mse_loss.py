@@ -1,6 +1,6 @@
 """Mean squared error as an autograd Function."""
-from ..autograd import Function
-from ..dispatch import kernels_for
+from tinyalex.autograd import Function
+from tinyalex.kernels import kernels_for
 
 
 class MSELoss(Function):

@@ -1,8 +1,8 @@
 """Zero padding of the last two axes as an autograd Function (torch's asymmetric 'same'
 convolution padding). Written on the array module of its input, like tinyalex.ops.basic:
 NumPy or CuPy, no kernel set involved."""
-from .. import device as _device
-from ..autograd import Function
+from tinyalex import device as _device
+from tinyalex.autograd import Function
 
 
 class ZeroPad2d(Function):

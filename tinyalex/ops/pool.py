@@ -1,6 +1,6 @@
 """max_pool2d and avg_pool2d as autograd Functions."""
-from ..autograd import Function
-from ..dispatch import kernels_for
+from tinyalex.autograd import Function
+from tinyalex.kernels import kernels_for
 
 
 class MaxPool2d(Function):

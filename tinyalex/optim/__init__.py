@@ -1,7 +1,7 @@
 """Optimisers with torch.optim's names and update rules."""
-from .. import device as _device
-from ..dispatch import kernels_for
-from . import lr_scheduler
+from tinyalex import device as _device
+from tinyalex.kernels import kernels_for
+from tinyalex.optim import lr_scheduler
 
 
 class SGD:
@@ -17,7 +17,7 @@ class SGD:
     inside the velocity; the two agree while lr is constant.
 
     Each parameter is updated by the sgd_update of its array's kernel set: array
-    expressions in the numpy set (tinyalex/reference/sgd.py), one fused pass over memory
+    expressions in the numpy set (tinyalex/kernels/numpy/sgd.py), one fused pass over memory
     instead of five in the numba set and on CUDA (kernels/sgd.cu). All round alike, so
     they give the same bits.
     """
@@ -47,7 +47,7 @@ class SGD:
 
     def step(self):
         """One update of every parameter with a gradient, by the sgd_update of the kernel set
-        its array lives on (tinyalex/reference/sgd.py states the rule)."""
+        its array lives on (tinyalex/kernels/numpy/sgd.py states the rule)."""
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:

@@ -1,4 +1,4 @@
 """torch.utils's counterpart: :mod:`tinyalex.utils.data` (Dataset, TensorDataset, DataLoader)."""
-from . import data
+from tinyalex.utils import data
 
 __all__ = ["data"]
