@@ -144,6 +144,10 @@ CASES = {
     "resume-limit-train": Case("resume", lambda w: resume_args(w, limit_train="8"), "--limit-train cannot change", "got 8"),
     "resume-lr-schedule": Case("resume", lambda w: resume_args(w, "--lr-schedule", "none"), "--lr-schedule cannot change", "'step'", "'none'"),
     "resume-dataset": Case("resume", lambda w: resume_args(w, "--dataset", f"imagefolder:{w.folder}"), "--dataset cannot change", "'fashion-mnist'"),
+    "resume-another-model": Case("resume", lambda w: resume_args(w, "--seed", "1", model="alexnet2012", batch_size="16"),
+                                 "holds a run of model 'cpu-alexnet' and the command asks for 'alexnet2012'",
+                                 "3 settings cannot change", "--model cannot change", "--batch-size cannot change",
+                                 "--seed cannot change"),
     "resume-fewer-epochs": Case("resume", lambda w: resume_args(w, epochs="1"), "--epochs", "expected at least 2", "got 1"),
 
     # --- I/O: a full disk (ENOSPC injected at the write), an unwritable output file

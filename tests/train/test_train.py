@@ -228,6 +228,21 @@ def test_resume_refuses_a_checkpoint_from_other_settings(one_epoch_run, data_dir
         train(make_config(data_dir, run, resume=True, batch_size=16), log=lambda line: None)
 
 
+def test_resume_into_another_models_run_says_so_first_and_names_every_refused_setting(
+        one_epoch_run, data_dir, tmp_path):
+    run = copy_run(one_epoch_run, tmp_path)
+    with pytest.raises(TrainingError) as info:
+        train(make_config(data_dir, run, resume=True, model="fashion-alexnet", batch_size=16, seed=3),
+              log=lambda line: None)
+    message = str(info.value)
+    assert message.startswith(f"--resume: --out {run} holds a run of model 'cpu-alexnet' and the command "
+                              "asks for 'fashion-alexnet'")
+    assert "3 settings cannot change" in message
+    for name, old, new in (("--model", "'cpu-alexnet'", "'fashion-alexnet'"), ("--batch-size", 32, 16),
+                           ("--seed", 0, 3)):
+        assert f"{name} cannot change" in message and f"expected the checkpoint's {old}, got {new}" in message
+
+
 # ---------------------------------------------------------------------------- failures
 
 @pytest.mark.parametrize("bad_loss", [math.nan, math.inf])

@@ -215,8 +215,11 @@ def choose_defaults(config):
 
 def settings_on_resume(config, meta):
     """Settings not given (None) take the checkpoint's; a changed one is refused or applied
-    as ON_RESUME says. Returns [(name, checkpoint's value, new value)] to apply."""
-    saved, changes = meta["config"], []
+    as ON_RESUME says. Returns [(name, checkpoint's value, new value)] to apply.
+
+    Every refused change is named in one error, not just the first; when the model differs,
+    the error says first that --out holds another model's run, since that explains the rest."""
+    saved, changes, refused = meta["config"], [], []
     for name, (rule, why) in ON_RESUME.items():
         old, new = saved.get(name), getattr(config, name)
         if new is None:
@@ -224,10 +227,19 @@ def settings_on_resume(config, meta):
                 setattr(config, name, old)
         elif new != old:
             if rule == "refuse":
-                raise TrainingError(f"--resume: {flag(name)} cannot change ({why}), expected the "
-                                    f"checkpoint's {old!r}, got {new!r}")
-            if name != "device":  # logged once the device is chosen, in train()
+                refused.append(f"{flag(name)} cannot change ({why}), expected the checkpoint's "
+                               f"{old!r}, got {new!r}")
+            elif name != "device":  # logged once the device is chosen, in train()
                 changes.append((name, old, new))
+    if refused:
+        head = "--resume: "
+        if config.model is not None and config.model != saved.get("model"):
+            head += (f"--out {config.out} holds a run of model {saved.get('model')!r} and the command "
+                     f"asks for {config.model!r} (start it in another --out, or pass --overwrite to "
+                     "replace that run); ")
+        if len(refused) > 1:
+            head += f"{len(refused)} settings cannot change: "
+        raise TrainingError(head + "; ".join(refused))
     return changes
 
 
