@@ -57,7 +57,7 @@ class Conv2d(Module):
             self.padding = _pair(padding)
         self.dilation, self.groups = _pair(dilation), groups
         self.weight = _empty(out_channels, in_channels // groups, *self.kernel_size)
-        self.bias = _empty(out_channels) if bias else None
+        self.register_parameter("bias", _empty(out_channels) if bias else None)  # None: registered, as in torch
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -82,7 +82,7 @@ class Linear(Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = _empty(out_features, in_features)
-        self.bias = _empty(out_features) if bias else None
+        self.register_parameter("bias", _empty(out_features) if bias else None)  # None: registered, as in torch
         self.reset_parameters()
 
     def reset_parameters(self):
