@@ -192,30 +192,6 @@ class Flatten(Module):
         return x.flatten(self.start_dim, self.end_dim)
 
 
-class Sequential(Module):
-    """Modules applied in order; children are named '0', '1', ... as in torch."""
-
-    def __init__(self, *modules):
-        super().__init__()
-        for i, module in enumerate(modules):
-            setattr(self, str(i), module)
-
-    def forward(self, x):
-        for module in self._modules.values():
-            x = module(x)
-        return x
-
-    def __getitem__(self, index):
-        modules = list(self._modules.values())
-        return Sequential(*modules[index]) if isinstance(index, slice) else modules[index]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-
 class MSELoss(Module):
     """Mean squared error, ``F.mse_loss(input, target, reduction=self.reduction)``."""
 
