@@ -5,11 +5,12 @@ import sys
 from tinyalex import functional
 from tinyalex.nn import init
 from tinyalex.nn.layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, CrossEntropyLoss, Dropout, Flatten,
-                     Linear, LocalResponseNorm, MaxPool2d, MSELoss, ReLU, Sequential)
+                     Linear, LocalResponseNorm, MaxPool2d, MSELoss, ReLU)
+from tinyalex.nn.containers import ModuleDict, ModuleList, Sequential
 from tinyalex.nn.module import Module, Parameter
 
 sys.modules[__name__ + ".functional"] = functional
 
 __all__ = ["Module", "Parameter", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d",
            "AdaptiveAvgPool2d", "LocalResponseNorm", "ReLU",
-           "Dropout", "Flatten", "Sequential", "CrossEntropyLoss", "MSELoss", "init", "functional"]
+           "Dropout", "Flatten", "Sequential", "ModuleList", "ModuleDict", "CrossEntropyLoss", "MSELoss", "init", "functional"]

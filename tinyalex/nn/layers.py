@@ -57,7 +57,7 @@ class Conv2d(Module):
             self.padding = _pair(padding)
         self.dilation, self.groups = _pair(dilation), groups
         self.weight = _empty(out_channels, in_channels // groups, *self.kernel_size)
-        self.bias = _empty(out_channels) if bias else None
+        self.register_parameter("bias", _empty(out_channels) if bias else None)  # None: registered, as in torch
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -82,7 +82,7 @@ class Linear(Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = _empty(out_features, in_features)
-        self.bias = _empty(out_features) if bias else None
+        self.register_parameter("bias", _empty(out_features) if bias else None)  # None: registered, as in torch
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -190,30 +190,6 @@ class Flatten(Module):
 
     def forward(self, x):
         return x.flatten(self.start_dim, self.end_dim)
-
-
-class Sequential(Module):
-    """Modules applied in order; children are named '0', '1', ... as in torch."""
-
-    def __init__(self, *modules):
-        super().__init__()
-        for i, module in enumerate(modules):
-            setattr(self, str(i), module)
-
-    def forward(self, x):
-        for module in self._modules.values():
-            x = module(x)
-        return x
-
-    def __getitem__(self, index):
-        modules = list(self._modules.values())
-        return Sequential(*modules[index]) if isinstance(index, slice) else modules[index]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
 
 
 class MSELoss(Module):

@@ -38,14 +38,35 @@ class Module:
 
     # --- registration -----------------------------------------------------------------
     def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
-            raise AttributeError("cannot assign before Module.__init__() call")
-        for registry in (self._parameters, self._buffers, self._modules):
-            registry.pop(name, None)
+        """torch's rules: a Parameter, a Module or a buffer's Tensor replacing an entry of the
+        same kind keeps its place (so a swapped layer runs where the old one did); one of
+        another kind moves to its own registry; a registered name takes only its kind or None."""
+        params = self.__dict__.get("_parameters")
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            if params is None:
+                raise AttributeError("cannot assign parameters before Module.__init__() call")
+            _remove(name, self.__dict__, self._buffers, self._modules)
+            self.register_parameter(name, value)
+        elif params is not None and name in params:
+            if value is not None:
+                raise TypeError(f"cannot assign '{_typename(value)}' as parameter '{name}'"
+                                " (tinyalex.nn.Parameter or None expected)")
+            self.register_parameter(name, value)
         elif isinstance(value, Module):
+            if "_modules" not in self.__dict__:
+                raise AttributeError("cannot assign module before Module.__init__() call")
+            _remove(name, self.__dict__, self._parameters, self._buffers)
             self._modules[name] = value
+        elif name in self.__dict__.get("_modules", ()):
+            if value is not None:
+                raise TypeError(f"cannot assign '{_typename(value)}' as child module '{name}'"
+                                " (tinyalex.nn.Module or None expected)")
+            self._modules[name] = value
+        elif name in self.__dict__.get("_buffers", ()):
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"cannot assign '{_typename(value)}' as buffer '{name}'"
+                                " (tinyalex.Tensor or None expected)")
+            self.register_buffer(name, value)
         else:
             object.__setattr__(self, name, value)
 
@@ -56,48 +77,110 @@ class Module:
                 return entries[name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
-    def register_buffer(self, name, tensor):
-        """A non-trainable tensor that is saved in the state_dict (like running stats)."""
+    def __delattr__(self, name):
+        for registry in (self._parameters, self._buffers, self._modules):
+            if name in registry:
+                del registry[name]
+                return
+        object.__delattr__(self, name)
+
+    def _check_name(self, kind, name, registry):
+        """torch's checks on a name being registered: a non-empty str without '.', not
+        already an attribute of another kind (a method, a plain attribute, ...)."""
+        if not isinstance(name, str):
+            raise TypeError(f"{kind} name should be a string. Got {_typename(name)}")
+        if "." in name:
+            raise KeyError(f'{kind} name can\'t contain ".", got: {name}')
+        if name == "":
+            raise KeyError(f'{kind} name can\'t be empty string ""')
+        if hasattr(self, name) and name not in registry:
+            raise KeyError(f"attribute '{name}' already exists")
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """A non-trainable tensor (or None) saved in the state_dict, like running stats."""
+        if "_buffers" not in self.__dict__:
+            raise AttributeError("cannot assign buffer before Module.__init__() call")
+        if persistent is not True:
+            raise ValueError(f"register_buffer: persistent: only True is supported (every buffer"
+                             f" is saved in the state_dict), got {persistent!r}")
+        self._check_name("buffer", name, self._buffers)
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"cannot assign '{_typename(tensor)}' object to buffer '{name}'"
+                            " (tinyalex.Tensor or None required)")
         self._buffers[name] = tensor
 
     def register_parameter(self, name, param):
-        if param is None:
-            self._parameters.pop(name, None)
-            object.__setattr__(self, name, None)
-        else:
-            setattr(self, name, param)
+        """A Parameter, or None (an absent one, like Linear's bias=False), under `name`."""
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("cannot assign parameter before Module.__init__() call")
+        self._check_name("parameter", name, self._parameters)
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"cannot assign '{_typename(param)}' object to parameter '{name}'"
+                            " (tinyalex.nn.Parameter or None required)")
+        self._parameters[name] = param
+
+    def add_module(self, name, module):
+        """Register `module` (or None) as the child `name`; the containers build on this."""
+        if not isinstance(module, Module) and module is not None:
+            raise TypeError(f"{_typename(module)} is not a Module subclass")
+        if "_modules" not in self.__dict__:
+            raise AttributeError("cannot assign module before Module.__init__() call")
+        self._check_name("module", name, self._modules)
+        self._modules[name] = module
+
+    register_module = add_module
 
     # --- traversal --------------------------------------------------------------------
-    def named_modules(self, prefix=""):
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """(dotted name, module) of self and every descendant, depth first in registration
+        order; a module registered twice comes once unless remove_duplicate=False."""
+        memo = set() if memo is None else memo
+        if self in memo:
+            return
+        if remove_duplicate:
+            memo.add(self)
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            if child is not None:
+                yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name,
+                                               remove_duplicate)
 
     def modules(self):
         return (m for _, m in self.named_modules())
 
     def named_children(self):
-        return iter(self._modules.items())
+        seen = set()
+        for name, child in self._modules.items():
+            if child is not None and child not in seen:
+                seen.add(child)
+                yield name, child
 
     def children(self):
-        return iter(self._modules.values())
+        return (child for _, child in self.named_children())
 
-    def named_parameters(self, prefix="", recurse=True):
+    def _named_members(self, registry, prefix, recurse, remove_duplicate):
         seen = set()
-        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        modules = (self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
+                   if recurse else [(prefix, self)])
         for module_prefix, module in modules:
-            for name, param in module._parameters.items():
-                if param is not None and id(param) not in seen:
-                    seen.add(id(param))
-                    yield (f"{module_prefix}.{name}" if module_prefix else name), param
+            for name, t in getattr(module, registry).items():
+                if t is None or id(t) in seen:
+                    continue
+                if remove_duplicate:
+                    seen.add(id(t))
+                yield (f"{module_prefix}.{name}" if module_prefix else name), t
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        return self._named_members("_parameters", prefix, recurse, remove_duplicate)
 
     def parameters(self, recurse=True):
         return (p for _, p in self.named_parameters(recurse=recurse))
 
-    def named_buffers(self):
-        for module_prefix, module in self.named_modules():
-            for name, buf in module._buffers.items():
-                yield (f"{module_prefix}.{name}" if module_prefix else name), buf
+    def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
+        return self._named_members("_buffers", prefix, recurse, remove_duplicate)
+
+    def buffers(self, recurse=True):
+        return (b for _, b in self.named_buffers(recurse=recurse))
 
     def apply(self, fn):
         for child in self.children():
@@ -110,7 +193,7 @@ class Module:
         """Ordered name -> Tensor (detached, sharing data) of every parameter and buffer,
         with PyTorch's key names ('features.0.weight', ...)."""
         state = collections.OrderedDict()
-        for module_prefix, module in self.named_modules():
+        for module_prefix, module in self.named_modules(remove_duplicate=False):
             for name, t in itertools.chain(module._parameters.items(), module._buffers.items()):
                 if t is not None:
                     state[f"{module_prefix}.{name}" if module_prefix else name] = t.detach()
@@ -152,8 +235,13 @@ class Module:
         return collections.namedtuple("IncompatibleKeys", "missing_keys unexpected_keys")(missing, unexpected)
 
     def train(self, mode=True):
-        for module in self.modules():
-            object.__setattr__(module, "training", bool(mode))
+        """Set training mode here and, through each child's own train(), below."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"train(): mode: training mode is expected to be boolean, got"
+                             f" {_typename(mode)} {mode!r}")
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
         return self
 
     def eval(self):
@@ -164,7 +252,7 @@ class Module:
         torch's forms: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)``;
         only floating tensors change dtype."""
         device, dtype, _ = parse_to_args(args, kwargs)
-        for t in itertools.chain(self.parameters(), (b for _, b in self.named_buffers())):
+        for t in itertools.chain(self.parameters(), self.buffers()):
             array = t.array if device is None else _device.to_device(t.array, device)
             if dtype is not None and array.dtype.kind == "f":
                 array = array.astype(dtype, copy=False)
@@ -231,6 +319,23 @@ class Module:
         lines = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
         head = f"{type(self).__name__}({self.extra_repr()}"
         return head + ")" if not lines else head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _remove(name, *registries):
+    for registry in registries:
+        registry.pop(name, None)
+
+
+def _typename(value):
+    """torch.typename: how error messages name a value ('int', 'tinyalex.FloatTensor',
+    'tinyalex.nn.layers.ReLU')."""
+    if isinstance(value, Tensor):
+        return value.type()
+    module = getattr(value, "__module__", "") or ""
+    qualname = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    if qualname is None:
+        module, qualname = type(value).__module__ or "", type(value).__qualname__
+    return qualname if module in ("", "builtins") else f"{module}.{qualname}"
 
 
 def _raw_array(value):
