@@ -15,6 +15,7 @@ import weakref
 
 import numpy as np
 
+from tinyalex.errors import ValueRuntimeError
 from tinyalex.tensor import Tensor
 
 _grad_enabled = True
@@ -167,8 +168,8 @@ def backward(root, gy, retain_graph=False):
         if node.retained is not None:  # after the hooks, as in torch
             node.retained.grad = Tensor(gy)
         if node.freed:
-            raise RuntimeError(f"backward(): trying to go through {node.name()} a second time, "
-                               "but its saved arrays were freed; pass retain_graph=True")
+            raise ValueRuntimeError(f"backward(): trying to go through {node.name()} a second time, "
+                                    "but its saved arrays were freed; pass retain_graph=True")
         input_grads = list(node.function.backward(gy, node.cache, node.needs_input_grad))
         inputs = node.inputs
         if not retain_graph:  # free the saved arrays and the edges to the activations now

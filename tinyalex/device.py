@@ -9,6 +9,8 @@ import types
 
 import numpy as np
 
+from tinyalex.errors import ValueRuntimeError
+
 _cupy = None
 _cupy_error = None
 _stand_in = None  # a module playing cupy, inside cupy_stand_in() only (tests)
@@ -55,8 +57,8 @@ def parse_device(device):
         return "cpu"
     if name == "cuda" or name == "cuda:0":
         return "cuda"
-    raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:0' (tinyalex drives one GPU), "
-                     f"got {str(device)!r}")
+    raise ValueRuntimeError(f"device: expected 'cpu', 'cuda' or 'cuda:0' (tinyalex drives one"
+                            f" GPU), got {str(device)!r}")
 
 
 def device_of(array):

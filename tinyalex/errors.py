@@ -22,3 +22,17 @@ class TrainingError(ValueRuntimeError):
     --out, divergence. The CLI prints it as one line, without a traceback. It is a ValueError
     (a bad setting passed to train()) and a RuntimeError (a run that cannot go on), so code
     that catches either, as it would around a torch call, catches it."""
+
+
+class TypeRuntimeError(TypeError, RuntimeError):
+    """A TypeError that torch would raise as RuntimeError (e.g. a weight of another dtype than
+    the input's, or class indices of a float dtype)."""
+
+
+class TypeNotImplementedError(TypeRuntimeError, NotImplementedError):
+    """A dtype tinyalex has no kernel for (an int64 input to a float op): a TypeError, and the
+    NotImplementedError (a RuntimeError) that torch raises for dtypes it has no kernel for."""
+
+
+class ValueIndexError(ValueError, IndexError):
+    """A ValueError that torch would raise as IndexError (a class index out of range)."""

@@ -11,6 +11,8 @@ import numpy as np
 from tinyalex.kernels import conv_algorithms
 from tinyalex import device as _device
 from tinyalex import random as _random
+from tinyalex.errors import (TypeNotImplementedError, TypeRuntimeError, ValueIndexError,
+                             ValueRuntimeError)
 from tinyalex.tensor import FLOAT_DTYPES, Tensor
 from tinyalex.ops.basic import reshape
 from tinyalex.ops.conv import Conv2d
@@ -29,12 +31,15 @@ __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "local_r
 
 
 # --- argument checks ---------------------------------------------------------------------
+# Where torch raises RuntimeError, the refusal is a ValueRuntimeError (a bad value) or a
+# TypeRuntimeError (a bad dtype): both a RuntimeError and tinyalex's ValueError or TypeError.
+# tests/compat/test_refusals.py holds every refusal against torch's.
 def _check_tensor(op, name, t, ndims=None):
     if not isinstance(t, Tensor):
         raise TypeError(f"{op}: {name}: expected a tinyalex.Tensor, got {type(t).__name__}")
     if ndims is not None and t.ndim not in ndims:
         want = " or ".join(f"{n}-D" for n in ndims)
-        raise ValueError(f"{op}: {name}: expected a {want} tensor, got shape {t.shape}")
+        raise ValueRuntimeError(f"{op}: {name}: expected a {want} tensor, got shape {t.shape}")
 
 
 def _check_float_tensors(op, **tensors):
@@ -42,32 +47,32 @@ def _check_float_tensors(op, **tensors):
     given = {k: t for k, t in tensors.items() if t is not None}
     for name, t in given.items():
         _check_tensor(op, name, t)
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: {name}: expected float32 or float64, got {t.dtype}")
+        if t.dtype not in FLOAT_DTYPES:                             # torch: "not implemented for 'Long'"
+            raise TypeNotImplementedError(f"{op}: {name}: expected float32 or float64, got {t.dtype}")
     (first, ref), *rest = given.items()
     for name, t in rest:
         if t.dtype != ref.dtype:
-            raise TypeError(f"{op}: {name}: expected dtype {ref.dtype} (the dtype of {first}), "
-                            f"got {t.dtype}")
+            raise TypeRuntimeError(f"{op}: {name}: expected dtype {ref.dtype} (the dtype of {first}), "
+                                   f"got {t.dtype}")
         if t.device != ref.device:
-            raise ValueError(f"{op}: {name}: expected device '{ref.device}' (the device of "
-                             f"{first}), got '{t.device}'")
+            raise ValueRuntimeError(f"{op}: {name}: expected device '{ref.device}' (the device of "
+                                    f"{first}), got '{t.device}'")
 
 
 def _pair(op, name, value, minimum):
-    """An int or a pair of ints, each >= minimum, as a tuple (a, b)."""
+    """An int or a pair of ints, each >= minimum, as a tuple (a, b). As in torch, something
+    else than ints is a TypeError, a tuple of another length or a value below the minimum a
+    RuntimeError (here ValueRuntimeError)."""
     pair = (value, value) if isinstance(value, numbers.Integral) else value
-    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+    if (not isinstance(pair, (tuple, list))
             or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)):
         raise TypeError(f"{op}: {name}: expected an int or a pair of ints, got {value!r}")
+    if len(pair) != 2:
+        raise ValueRuntimeError(f"{op}: {name}: expected an int or a pair of ints (one per spatial"
+                                f" dim), got {len(pair)} values {value!r}")
     if min(pair) < minimum:
-        raise ValueError(f"{op}: {name}: expected values >= {minimum}, got {value!r}")
+        raise ValueRuntimeError(f"{op}: {name}: expected values >= {minimum}, got {value!r}")
     return int(pair[0]), int(pair[1])
-
-
-def _only_default(op, name, value, default):
-    if value != default:
-        raise ValueError(f"{op}: {name}: only {default!r} is supported, got {value!r}")
 
 
 def _check_bool(op, name, value):
@@ -75,14 +80,14 @@ def _check_bool(op, name, value):
         raise TypeError(f"{op}: {name}: expected True or False, got {value!r}")
 
 
-def _output_size(op, x_shape, kernel, stride, padding):
+def _output_size(op, x_shape, kernel, stride, padding, dilation=(1, 1)):
     """Floor-mode (OH, OW): tinyalex.shapes.conv_output_size on each axis, its refusal of a
     kernel larger than the padded input prefixed with the op's name."""
     try:
-        return tuple(conv_output_size(size, k, s, p)
-                     for size, k, s, p in zip(x_shape[-2:], kernel, stride, padding))
-    except ValueError as exc:
-        raise ValueError(f"{op}: {exc}") from None
+        return tuple(conv_output_size(size, k, s, p, d)
+                     for size, k, s, p, d in zip(x_shape[-2:], kernel, stride, padding, dilation))
+    except ValueRuntimeError as exc:
+        raise ValueRuntimeError(f"{op}: {exc}") from None
 
 
 def _pool_geometry(op, input, kernel_size, stride, padding, ceil_mode):
@@ -95,8 +100,8 @@ def _pool_geometry(op, input, kernel_size, stride, padding, ceil_mode):
     padding = _pair(op, "padding", padding, 0)
     _check_bool(op, "ceil_mode", ceil_mode)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"{op}: padding: expected at most half the kernel size {kernel}, "
-                         f"got {padding}")
+        raise ValueRuntimeError(f"{op}: padding: expected at most half the kernel size {kernel}, "
+                                f"got {padding}")
     _output_size(op, input.shape, kernel, stride, padding)
     return kernel, stride, padding
 
@@ -133,17 +138,19 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     _check_float_tensors(op, input=input, weight=weight, bias=bias)
     stride = _pair(op, "stride", stride, 1)
     dilation = _pair(op, "dilation", dilation, 1)
-    if not isinstance(groups, numbers.Integral) or groups < 1:
-        raise ValueError(f"{op}: groups: expected an int >= 1, got {groups!r}")
+    if not isinstance(groups, numbers.Integral) or isinstance(groups, bool):
+        raise TypeError(f"{op}: groups: expected an int, got {groups!r}")
+    if groups < 1:
+        raise ValueRuntimeError(f"{op}: groups: expected an int >= 1, got {groups!r}")
     kernel = weight.shape[2:]
     extra = (0, 0)                                                 # 'same': rows/columns past the symmetric part
     if isinstance(padding, str):
         if padding not in ("same", "valid"):
-            raise ValueError(f"{op}: padding: expected an int, a pair of ints, 'same' or 'valid',"
-                             f" got {padding!r}")
+            raise ValueRuntimeError(f"{op}: padding: expected an int, a pair of ints, 'same' or 'valid',"
+                                    f" got {padding!r}")
         if padding == "same" and stride != (1, 1):
-            raise ValueError(f"{op}: padding='same' is not supported for strided convolutions"
-                             f" (expected stride 1), got stride {stride}")
+            raise ValueRuntimeError(f"{op}: padding='same' is not supported for strided convolutions"
+                                    f" (expected stride 1), got stride {stride}")
         same = padding == "same"
         totals = tuple(d * (k - 1) if same else 0 for d, k in zip(dilation, kernel))
         padding = (totals[0] // 2, totals[1] // 2)
@@ -153,18 +160,17 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     x, unbatched = _batched(input, 4)
     channels, (out_channels, channels_per_group) = x.shape[1], weight.shape[:2]
     if channels != channels_per_group * groups:
-        raise ValueError(f"{op}: weight: expected {channels // groups if channels % groups == 0 else '?'}"
-                         f" input channels per group (input has {channels} channels, groups={groups}),"
-                         f" got weight of shape {weight.shape}")
+        raise ValueRuntimeError(f"{op}: weight: expected {channels // groups if channels % groups == 0 else '?'}"
+                                f" input channels per group (input has {channels} channels, groups={groups}),"
+                                f" got weight of shape {weight.shape}")
     if out_channels % groups:
-        raise ValueError(f"{op}: weight: expected out_channels divisible by groups={groups}, "
-                         f"got {out_channels}")
+        raise ValueRuntimeError(f"{op}: weight: expected out_channels divisible by groups={groups}, "
+                                f"got {out_channels}")
     if bias is not None and bias.shape != (out_channels,):
-        raise ValueError(f"{op}: bias: expected shape ({out_channels},), got {bias.shape}")
+        raise ValueRuntimeError(f"{op}: bias: expected shape ({out_channels},), got {bias.shape}")
     if extra != (0, 0):
         x = ZeroPad2d.apply(x, pads=(0, extra[0], 0, extra[1]))
-    span = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))
-    _output_size(op, x.shape, span, stride, padding)
+    _output_size(op, x.shape, kernel, stride, padding, dilation)
     inputs = (x, weight) if bias is None else (x, weight, bias)
     y = Conv2d.apply(*inputs, stride=stride, padding=padding, groups=int(groups),
                      dilation=dilation, algorithm=algorithm)
@@ -183,7 +189,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """
     op = "max_pool2d"
     kernel, stride, padding = _pool_geometry(op, input, kernel_size, stride, padding, ceil_mode)
-    _only_default(op, "dilation", dilation, 1)
+    if _pair(op, "dilation", dilation, 1) != (1, 1):                # torch dilates; tinyalex does not
+        raise ValueError(f"{op}: dilation: only 1 is supported, got {dilation!r}")
     _check_bool(op, "return_indices", return_indices)
     x, unbatched = _batched(input, 4)
     indices = [] if return_indices else None
@@ -211,10 +218,11 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     kernel, stride, padding = _pool_geometry(op, input, kernel_size, stride, padding, ceil_mode)
     _check_bool(op, "count_include_pad", count_include_pad)
     if divisor_override is not None and (
-            not isinstance(divisor_override, numbers.Integral) or isinstance(divisor_override, bool)
-            or divisor_override == 0):
-        raise ValueError(f"{op}: divisor_override: expected None or a nonzero int, "
-                         f"got {divisor_override!r}")
+            not isinstance(divisor_override, numbers.Integral) or isinstance(divisor_override, bool)):
+        raise TypeError(f"{op}: divisor_override: expected None or a nonzero int, "
+                        f"got {divisor_override!r}")
+    if divisor_override == 0:
+        raise ValueRuntimeError(f"{op}: divisor_override: expected None or a nonzero int, got 0")
     x, unbatched = _batched(input, 4)
     y = AvgPool2d.apply(x, kernel_size=kernel, stride=stride, padding=padding,
                         ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad),
@@ -261,8 +269,10 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     if input.ndim < 3:
         raise ValueError(f"{op}: input: expected at least 3 dims (N, C, ...), got shape {input.shape}")
     _check_float_tensors(op, input=input)
-    if not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"{op}: size: expected an int >= 1, got {size!r}")
+    if not isinstance(size, numbers.Integral) or isinstance(size, bool):
+        raise TypeError(f"{op}: size: expected an int >= 1, got {size!r}")
+    if size < 1:
+        raise ValueRuntimeError(f"{op}: size: expected an int >= 1, got {size!r}")
     if not k > 0 or not alpha >= 0 or not beta >= 0:
         raise ValueError(f"{op}: expected k > 0, alpha >= 0 and beta >= 0, got k={k}, "
                          f"alpha={alpha}, beta={beta}")
@@ -294,8 +304,8 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{op}: reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
     if target.shape != input.shape:
-        raise ValueError(f"{op}: target: expected shape {input.shape} (the shape of input), "
-                         f"got {target.shape}")
+        raise ValueRuntimeError(f"{op}: target: expected shape {input.shape} (the shape of input), "
+                                f"got {target.shape}")
     if weight is None:
         return MSELoss.apply(input, target, reduction=reduction)
     if weight.shape != input.shape:
@@ -315,8 +325,12 @@ def dropout(input, p=0.5, training=True, inplace=False):
     input's row 0 is row r0 of the batch, so a data-parallel rank draws the masks that
     those rows get in a one-process run (tinyalex.train.parallel.distributed)."""
     op = "dropout"
-    _check_float_tensors(op, input=input)
-    if not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+    _check_tensor(op, "input", input)
+    if input.dtype not in FLOAT_DTYPES:                            # torch: float can't be cast to Long
+        raise TypeRuntimeError(f"{op}: input: expected float32 or float64, got {input.dtype}")
+    if not isinstance(p, numbers.Real) or isinstance(p, bool):
+        raise TypeError(f"{op}: p: expected a probability in [0, 1], got {p!r}")
+    if not 0.0 <= p <= 1.0:
         raise ValueError(f"{op}: p: expected a probability in [0, 1], got {p!r}")
     if not training or p == 0.0:
         return input
@@ -334,10 +348,10 @@ def linear(input, weight, bias=None):
     _check_float_tensors(op, input=input, weight=weight, bias=bias)
     out_features, in_features = weight.shape
     if input.ndim == 0 or input.shape[-1] != in_features:
-        raise ValueError(f"{op}: input: expected last dimension {in_features} (weight is "
-                         f"{weight.shape}), got shape {input.shape}")
+        raise ValueRuntimeError(f"{op}: input: expected last dimension {in_features} (weight is "
+                                f"{weight.shape}), got shape {input.shape}")
     if bias is not None and bias.shape != (out_features,):
-        raise ValueError(f"{op}: bias: expected shape ({out_features},), got {bias.shape}")
+        raise ValueRuntimeError(f"{op}: bias: expected shape ({out_features},), got {bias.shape}")
     rows = int(np.prod(input.shape[:-1]))                          # not -1: (0,) @ (8, 0)^T is (8,) zeros
     x = input if input.ndim == 2 else reshape(input, rows, in_features)
     y = Linear.apply(*((x, weight) if bias is None else (x, weight, bias)))
@@ -372,12 +386,14 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                              f" (use reduction=), got {value!r}")
     if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
         raise TypeError(f"{op}: ignore_index: expected an int, got {ignore_index!r}")
-    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{op}: label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+    if not isinstance(label_smoothing, numbers.Real) or isinstance(label_smoothing, bool):
+        raise TypeError(f"{op}: label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueRuntimeError(f"{op}: label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
     if isinstance(target, Tensor):
         if target.device != input.device:
-            raise ValueError(f"{op}: target: expected device '{input.device}' (the device of input), "
-                             f"got '{target.device}'")
+            raise ValueRuntimeError(f"{op}: target: expected device '{input.device}' (the device of input), "
+                                    f"got '{target.device}'")
         if target.requires_grad:
             raise ValueError(f"{op}: target: expected a target that does not require grad"
                              f" (gradients with respect to class probabilities are not implemented)")
@@ -403,21 +419,33 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         counted = target_array[target_array != ignore_index]
         if counted.size:
             low, high = int(counted.min()), int(counted.max())
-            if low < 0 or high >= classes:
+            if low < 0 or high >= classes:                         # torch: IndexError
                 bad = low if low < 0 else high
-                raise ValueError(f"{op}: target: expected class indices in [0, {classes}) or"
+                raise ValueIndexError(f"{op}: target: expected class indices in [0, {classes}) or"
                                  f" ignore_index={ignore_index}, got {bad}")
         target_array = target_array.astype(np.int64, copy=False)
-    elif kind in ("i", "u") and len(target_array.shape) == len(index_shape):
+    elif kind in ("i", "u", "f") and len(target_array.shape) == len(index_shape):
+        if kind == "f" and (unbatched or target_array.shape[0] == n):   # torch: "expected target dtype to be Long"
+            raise TypeRuntimeError(f"{op}: target: expected integer class indices (int64) of shape"
+                                   f" {index_shape} or float class probabilities of shape"
+                                   f" {probability_shape}, got {got}")
         raise ValueError(f"{op}: target: expected shape {index_shape} to match input"
                          f" {input.shape}, got {tuple(target_array.shape)}")
+    elif kind in ("i", "u", "f"):                                  # torch: "0D or 1D target tensor expected"
+        raise ValueRuntimeError(f"{op}: target: expected class indices of shape {index_shape} or"
+                                f" class probabilities of shape {probability_shape} (a multi-target"
+                                f" is not supported), got {got}")
+    elif kind == "b":
+        raise TypeRuntimeError(f"{op}: target: expected integer class indices (int64) of shape"
+                               f" {index_shape} or float class probabilities of shape"
+                               f" {probability_shape}, got {got}")
     else:
         raise TypeError(f"{op}: target: expected integer class indices (int64) of shape"
                         f" {index_shape} or float class probabilities of shape"
                         f" {probability_shape}, got {got}")
     if weight is not None:
         if weight.shape != (classes,):
-            raise ValueError(f"{op}: weight: expected shape ({classes},), one per class, got {weight.shape}")
+            raise ValueRuntimeError(f"{op}: weight: expected shape ({classes},), one per class, got {weight.shape}")
         if weight.requires_grad:
             raise ValueError(f"{op}: weight: expected a weight that does not require grad"
                              f" (its gradient is not implemented)")

@@ -29,6 +29,7 @@ import zipfile
 import numpy as np
 
 from tinyalex import device as _device
+from tinyalex.errors import ValueRuntimeError
 from tinyalex.tensor import Tensor
 
 FORMAT, VERSION = "tinyalex.save", 1
@@ -78,10 +79,19 @@ def save(obj, f):
     numbers and strings) to f, a path or a binary file object. The path is used as given
     (no extension is added), so ``tinyalex.save(net.state_dict(), './cifar_net.pth')`` works.
     CUDA tensors are copied to the host; their device is recorded for :func:`load`."""
+    if not isinstance(f, (str, os.PathLike)) and not hasattr(f, "write"):   # torch: AttributeError
+        raise AttributeError(f"save: f: expected a path or a file object with a 'write' method,"
+                             f" got {type(f).__name__}")
     writer = _Writer()
     root = writer.node(obj, "obj")
     manifest = json.dumps({"format": FORMAT, "version": VERSION, "root": root})
     if isinstance(f, (str, os.PathLike)):
+        parent = os.path.dirname(os.path.abspath(f))
+        if not os.path.isdir(parent):                              # torch: RuntimeError
+            raise ValueRuntimeError(f"save: f: expected a path in an existing folder, got {os.fspath(f)!r}"
+                                    f" (the parent directory {parent} does not exist)")
+        if os.path.isdir(f):
+            raise ValueRuntimeError(f"save: f: expected a file path, got the directory {os.fspath(f)!r}")
         tmp = f"{os.fspath(f)}.tmp"
         try:
             with open(tmp, "wb") as handle:
@@ -115,7 +125,13 @@ def load(f, map_location=None, weights_only=True, **kwargs):
     if map_location is not None and not isinstance(map_location, str):
         raise TypeError(f"load: map_location: expected a device such as 'cpu' or 'cuda', got "
                         f"{type(map_location).__name__}")
-    location = None if map_location is None else _device.parse_device(map_location)
+    try:
+        location = None if map_location is None else _device.parse_device(map_location)
+    except ValueRuntimeError as exc:
+        raise ValueRuntimeError(f"load: map_location: {exc}") from None
+    if not isinstance(f, (str, os.PathLike)) and not (hasattr(f, "read") and hasattr(f, "seek")):
+        raise AttributeError(f"load: f: expected a path or a seekable file object with 'read' and"
+                             f" 'seek' methods, got {type(f).__name__}")   # torch: AttributeError
     name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "<file>")
     try:
         archive = zipfile.ZipFile(f)

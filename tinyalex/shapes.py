@@ -5,6 +5,8 @@ words that name the argument, whatever array module holds the data.
 """
 import numpy as np
 
+from tinyalex.errors import TypeRuntimeError, ValueRuntimeError
+
 
 def conv_output_size(size, kernel, stride, padding, dilation=1):
     """Output length along one axis, floor mode: (size + 2*padding - span) // stride + 1,
@@ -12,9 +14,10 @@ def conv_output_size(size, kernel, stride, padding, dilation=1):
     span = dilation * (kernel - 1) + 1
     out = (size + 2 * padding - span) // stride + 1
     if out < 1:
-        dilated = f" (dilation {dilation}: a span of {span})" if dilation != 1 else ""
-        raise ValueError(f"kernel_size: a kernel of {kernel}{dilated} with padding {padding} does"
-                         f" not fit an input of size {size}")
+        spans = f" with dilation {dilation} spans {span} pixels, which" if dilation != 1 else ""
+        raise ValueRuntimeError(f"kernel_size: expected a kernel that fits the padded input, got"
+                                f" kernel_size {kernel}{spans} against an input of size {size} with"
+                                f" padding {padding} ({size + 2 * padding} pixels)")
     return out
 
 
@@ -28,8 +31,8 @@ def pool_output_size(x_shape, kernel_size, stride, padding, ceil_mode=False):
     """
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     if 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"padding: expected at most half the kernel {tuple(kernel_size)},"
-                         f" got {tuple(padding)}")
+        raise ValueRuntimeError(f"padding: expected at most half the kernel {tuple(kernel_size)},"
+                                f" got {tuple(padding)}")
     return tuple(_pool_length(size, k, s, p, ceil_mode)
                  for size, k, s, p in ((x_shape[2], kh, sh, ph), (x_shape[3], kw, sw, pw)))
 
@@ -85,12 +88,12 @@ def batch_chunks(n, bytes_per_sample, budget):
 
 def same_dtype(a, a_name, b, b_name):
     if a.dtype != b.dtype:
-        raise TypeError(f"{b_name}: expected dtype {a.dtype} (the dtype of {a_name}), got {b.dtype}")
+        raise TypeRuntimeError(f"{b_name}: expected dtype {a.dtype} (the dtype of {a_name}), got {b.dtype}")
 
 
 def same_shape(a, a_name, shape, what):
     if a.shape != tuple(shape):
-        raise ValueError(f"{a_name}: expected shape {tuple(shape)} ({what}), got {a.shape}")
+        raise ValueRuntimeError(f"{a_name}: expected shape {tuple(shape)} ({what}), got {a.shape}")
 
 
 def check_conv_operands(x, weight, bias, groups):
@@ -99,8 +102,8 @@ def check_conv_operands(x, weight, bias, groups):
     same_dtype(x, "x", weight, "weight")
     C, (OC, Cg) = x.shape[1], weight.shape[:2]
     if groups < 1 or C != Cg * groups or OC % groups:
-        raise ValueError(f"weight: expected shape (OC, C/groups, kh, kw) with OC divisible by"
-                         f" groups={groups} and C={C}, got {weight.shape}")
+        raise ValueRuntimeError(f"weight: expected shape (OC, C/groups, kh, kw) with OC divisible by"
+                                f" groups={groups} and C={C}, got {weight.shape}")
     if bias is not None:
         same_dtype(x, "x", bias, "bias")
         same_shape(bias, "bias", (OC,), "one per output channel")

@@ -319,16 +319,18 @@ class Tensor:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``, weighted by ``gradient``
         (required unless self has one element, as in PyTorch)."""
         if not self.requires_grad:
-            raise RuntimeError("backward(): the tensor does not require grad and has no grad_fn")
+            raise ValueRuntimeError("backward(): expected a tensor with requires_grad=True (or a"
+                                    " grad_fn), got one that does not require grad")
         if gradient is None:
             if self.numel() != 1:
-                raise RuntimeError(f"backward(): gradient can be omitted only for a tensor with one "
-                                   f"element, got shape {self.shape}")
+                raise ValueRuntimeError(f"backward(): gradient can be omitted only for a tensor with"
+                                        f" one element, got shape {self.shape}")
             gy = _device.array_module(self.array).ones_like(self.array)
         else:
             gy = _as_array(gradient, self.dtype, self.device)
             if gy.shape != self.array.shape:
-                raise ValueError(f"gradient: expected shape {self.shape}, got {tuple(gy.shape)}")
+                raise ValueRuntimeError(f"backward(): gradient: expected shape {self.shape} (the"
+                                        f" shape of the tensor), got {tuple(gy.shape)}")
         _autograd.backward(self, gy, retain_graph)
 
     # --- ops (defined in tinyalex.ops.basic; these are the PyTorch-named entry points) -
@@ -383,13 +385,13 @@ class Tensor:
         if isinstance(other, Tensor):
             if other.device != self.device:
                 raise ValueRuntimeError(f"{op}: expected other on device '{self.device}', got "
-                                  f"'{other.device}'")
+                                        f"'{other.device}'")
             other = other.array
         try:
             ufunc(self.array, other, out=self.array, casting="same_kind")
         except ValueError as exc:  # a shape that does not broadcast to self's
             raise ValueRuntimeError(f"{op}: other of shape {tuple(getattr(other, 'shape', ()))} does "
-                              f"not broadcast to this tensor's shape {self.shape}") from exc
+                                    f"not broadcast to this tensor's shape {self.shape}") from exc
         return self
 
     def __setitem__(self, index, value):
@@ -429,7 +431,7 @@ class Tensor:
             self.array[...] = _device.to_device(src.array, self.device).astype(self.dtype, copy=False)
         except ValueError as exc:
             raise ValueRuntimeError(f"copy_(): src of shape {src.shape} does not broadcast to "
-                              f"{self.shape}") from exc
+                                    f"{self.shape}") from exc
         return self
 
     def normal_(self, mean=0.0, std=1.0):
@@ -517,10 +519,11 @@ class Tensor:
     def reshape(self, *shape):
         return _basic.reshape(self, *shape)
 
-    view = reshape
+    def view(self, *shape):
+        return _basic.reshape(self, *shape, op="view")
 
     def view_as(self, other):
-        return _basic.reshape(self, other.shape)
+        return _basic.reshape(self, other.shape, op="view_as")
 
     def squeeze(self, dim=None):
         return _basic.squeeze(self, dim)

@@ -1,11 +1,13 @@
 """Layers with torch.nn's names, constructor arguments, parameter names and default init.
 Each forward is one call into tinyalex.functional."""
 import math
+import numbers
 
 import numpy as np
 
 from tinyalex.kernels import conv_algorithms
 from tinyalex import functional as F
+from tinyalex.errors import ValueRuntimeError
 from tinyalex.nn import init
 from tinyalex.nn.module import Module, Parameter
 
@@ -20,6 +22,16 @@ def _default_init(layer):
     init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
     if layer.bias is not None:
         init.default_bias_(layer.bias, layer.weight)
+
+
+def _check_sizes(layer, **sizes):
+    """Channel and feature counts are ints >= 0: torch's TypeError for another type, its
+    RuntimeError (here ValueRuntimeError) for a negative size."""
+    for name, size in sizes.items():
+        if not isinstance(size, numbers.Integral) or isinstance(size, bool):
+            raise TypeError(f"{layer}: {name}: expected an int, got {size!r}")
+        if size < 0:
+            raise ValueRuntimeError(f"{layer}: {name}: expected an int >= 0, got {size}")
 
 
 def _pair(value):
@@ -40,6 +52,9 @@ class Conv2d(Module):
         if algorithm is not None:
             conv_algorithms.check_name("Conv2d", algorithm)
         self.algorithm = algorithm
+        _check_sizes("Conv2d", in_channels=in_channels, out_channels=out_channels)
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"Conv2d: groups: expected a positive int, got {groups!r}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must be divisible by groups ({groups})")
@@ -80,6 +95,7 @@ class Conv2d(Module):
 class Linear(Module):
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
+        _check_sizes("Linear", in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = _empty(out_features, in_features)
         self.register_parameter("bias", _empty(out_features) if bias else None)  # None: registered, as in torch

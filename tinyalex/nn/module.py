@@ -209,6 +209,9 @@ class Module:
           naming the key and both shapes.
         Returns (missing_keys, unexpected_keys), like torch.
         """
+        if not (hasattr(state_dict, "keys") and hasattr(state_dict, "__getitem__")):
+            raise TypeError(f"load_state_dict: state_dict: expected a dict-like mapping of names to"
+                            f" tensors, got {type(state_dict).__name__}")
         own = self.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]

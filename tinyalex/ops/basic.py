@@ -3,6 +3,7 @@ and regularisers. Each op is written on the array module of its input (NumPy or 
 no kernel set is involved; gradients of broadcast operands are summed back to their shape.
 """
 import collections
+import operator
 
 import numpy as np
 
@@ -415,14 +416,28 @@ class Reshape(Function):
         return (gy.reshape(x_shape),)
 
 
-def reshape(x, *shape):
+def reshape(x, *shape, op="reshape"):
+    """x with the given shape (ints, at most one -1 to infer), as torch's reshape and view;
+    `op` names the caller in refusals."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     try:
+        if any(isinstance(n, bool) for n in shape):
+            raise TypeError
+        shape = tuple(operator.index(n) for n in shape)
+    except TypeError:
+        raise TypeError(f"{op}: shape: expected ints, got {shape}") from None
+    if any(n < -1 for n in shape):
+        raise ValueRuntimeError(f"{op}: shape: expected sizes >= 0 (or one -1 to infer), got {shape}")
+    if shape.count(-1) > 1:
+        raise ValueRuntimeError(f"{op}: shape: expected at most one -1 (only one size can be"
+                                f" inferred), got {shape}")
+    try:
         np.empty(x.shape, dtype=np.bool_).reshape(shape)  # validate without touching the data
-    except (ValueError, TypeError):
-        raise ValueRuntimeError(f"reshape: cannot view shape {x.shape} ({x.numel()} elements) as {shape}") from None
-    return Reshape.apply(x, shape=tuple(int(n) for n in shape))
+    except ValueError:
+        raise ValueRuntimeError(f"{op}: shape: cannot view shape {x.shape} ({x.numel()} elements)"
+                                f" as {shape}") from None
+    return Reshape.apply(x, shape=shape)
 
 
 def squeeze(x, dim=None):

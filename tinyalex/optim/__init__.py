@@ -1,5 +1,8 @@
 """Optimisers with torch.optim's names and update rules."""
+import numbers
+
 from tinyalex import device as _device
+from tinyalex.tensor import Tensor
 from tinyalex.kernels import kernels_for
 from tinyalex.optim import lr_scheduler
 
@@ -22,19 +25,40 @@ class SGD:
     they give the same bits.
     """
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: expected lr, momentum and weight_decay >= 0, got lr={lr}, "
-                             f"momentum={momentum}, weight_decay={weight_decay}")
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        for name, value in (("lr", lr), ("momentum", momentum), ("dampening", dampening),
+                            ("weight_decay", weight_decay)):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise TypeError(f"SGD: {name}: expected a number >= 0, got {value!r}")
+            if name != "dampening" and value < 0:
+                raise ValueError(f"SGD: {name}: expected a number >= 0, got {value!r}")
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: nesterov needs momentum > 0 and dampening == 0")
+            raise ValueError(f"SGD: nesterov: expected momentum > 0 and dampening == 0 with"
+                             f" nesterov=True, got momentum={momentum}, dampening={dampening}")
+        if isinstance(params, Tensor):
+            raise TypeError("SGD: params: expected an iterable of Tensors or dicts (such as"
+                            " model.parameters()), got a Tensor")
         params = list(params)
         if not params:
             raise ValueError("SGD: params: expected at least one parameter, got an empty list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
+        checked = []
+        for group in groups:
+            if "params" not in group:
+                raise KeyError(f"SGD: params: expected a 'params' key in every parameter group,"
+                               f" got keys {sorted(group)}")
+            group_params = group["params"]
+            group_params = [group_params] if isinstance(group_params, Tensor) else group_params
+            for p in group_params:
+                if not isinstance(p, Tensor):
+                    raise TypeError(f"SGD: params: expected Tensors, got {type(p).__name__}")
+                if not p.is_leaf:
+                    raise ValueError("SGD: params: can't optimize a non-leaf Tensor (expected"
+                                     " leaf tensors such as model.parameters())")
+            checked.append({**group, "params": list(group_params)})
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov)
-        self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
+        self.param_groups = [{**defaults, **g} for g in checked]
         self.state = {}  # parameter -> {"momentum_buffer": array}
 
     def zero_grad(self, set_to_none=True):
@@ -77,8 +101,8 @@ class SGD:
         params = [p for g in self.param_groups for p in g["params"]]
         groups = state_dict["param_groups"]
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
-            raise ValueError("SGD.load_state_dict: the saved parameter groups do not match this "
-                             "optimizer's")
+            raise ValueError("SGD.load_state_dict: state_dict: the saved parameter groups do not"
+                             " match this optimizer's")
         for group, saved in zip(self.param_groups, groups):
             group.update({k: v for k, v in saved.items() if k != "params"})
         self.state = {}
