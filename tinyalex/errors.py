@@ -36,3 +36,8 @@ class TypeNotImplementedError(TypeRuntimeError, NotImplementedError):
 
 class ValueIndexError(ValueError, IndexError):
     """A ValueError that torch would raise as IndexError (a class index out of range)."""
+
+
+class TypeAssertionError(TypeError, AssertionError):
+    """A TypeError that torch raises as AssertionError (Sequential.insert of a non-Module;
+    the other container methods raise TypeError for the same mistake)."""

@@ -14,10 +14,11 @@ def conv_output_size(size, kernel, stride, padding, dilation=1):
     span = dilation * (kernel - 1) + 1
     out = (size + 2 * padding - span) // stride + 1
     if out < 1:
-        spans = f" with dilation {dilation} spans {span} pixels, which" if dilation != 1 else ""
+        kernel_words = (f"kernel_size {kernel} with dilation {dilation}, which spans {span} pixels,"
+                        if dilation != 1 else f"kernel_size {kernel}")
         raise ValueRuntimeError(f"kernel_size: expected a kernel that fits the padded input, got"
-                                f" kernel_size {kernel}{spans} against an input of size {size} with"
-                                f" padding {padding} ({size + 2 * padding} pixels)")
+                                f" {kernel_words} against an input of size {size} with padding"
+                                f" {padding} ({size + 2 * padding} pixels)")
     return out
 
 

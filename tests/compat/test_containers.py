@@ -14,7 +14,7 @@ import torch
 
 import tinyalex as ta
 import tinyalex.nn as nn
-from tinyalex.nn.containers import NotAModuleError
+from tinyalex.errors import TypeAssertionError
 
 X_IMAGE = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
 X_VECTOR = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
@@ -444,10 +444,10 @@ def test_module_list_insert_checks_what_torch_does_not():
     assert list(blocks._modules) == ["0", "1", "2"] and blocks[1] is flatten_first
     with pytest.raises(IndexError, match="Index out of range: 4"):
         blocks.insert(4, nn.ReLU())
-    with pytest.raises(NotAModuleError, match="ModuleList.insert: module should be of type"
+    with pytest.raises(TypeAssertionError, match="ModuleList.insert: module should be of type"
                                               " Module, got int"):
         blocks.insert(0, 3)
-    assert isinstance(NotAModuleError("x"), (TypeError, AssertionError))
+    assert isinstance(TypeAssertionError("x"), (TypeError, AssertionError))
     assert len(blocks) == 3
 
 

@@ -28,9 +28,9 @@ CASES = [
     (lambda: F.conv2d(t(2, 3, 8, 8), t(4, 3, 3, 3), stride=2, padding="same"), ValueError, ["padding='same'", "strided", "(2, 2)"]),
     (lambda: F.conv2d(t(2, 3, 8, 8), t(4, 3, 3, 3), padding="full"), ValueError, ["padding", "'same' or 'valid'", "'full'"]),
     (lambda: F.conv2d(t(2, 3, 8, 8), t(4, 3, 3, 3), dilation=0), ValueError, ["dilation", ">= 1"]),
-    (lambda: F.conv2d(t(2, 3, 8, 8), t(4, 3, 3, 3), dilation=4), ValueError, ["kernel_size 3 with dilation 4 spans 9 pixels", "input of size 8"]),
+    (lambda: F.conv2d(t(2, 3, 8, 8), t(4, 3, 3, 3), dilation=4), ValueError, ["kernel_size 3 with dilation 4, which spans 9 pixels", "input of size 8"]),
     # the case: the message names the kernel the user wrote and its dilation, not the span alone
-    (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), dilation=3), RuntimeError, ["kernel_size 3 with dilation 3 spans 7 pixels", "input of size 5 with padding 0 (5 pixels)"]),
+    (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), dilation=3), RuntimeError, ["kernel_size 3 with dilation 3, which spans 7 pixels", "input of size 5 with padding 0 (5 pixels)"]),
     (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), padding=(1, 1, 1)), RuntimeError, ["padding", "pair", "3 values"]),
     (lambda: F.max_pool2d(t(2, 3, 8, 8), 2, ceil_mode="yes"), TypeError, ["ceil_mode", "True or False", "'yes'"]),
     (lambda: F.max_pool2d(t(2, 3, 8, 8), 2, return_indices=1), TypeError, ["return_indices", "True or False"]),

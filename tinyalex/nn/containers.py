@@ -9,12 +9,8 @@ import operator
 from collections import abc
 from itertools import chain
 
+from tinyalex.errors import TypeAssertionError
 from tinyalex.nn.module import Module, _typename
-
-
-class NotAModuleError(TypeError, AssertionError):
-    """insert() of something that is not a Module. torch's Sequential.insert raises
-    AssertionError; the other container methods raise TypeError: this is both."""
 
 
 def _absolute_index(container, idx):
@@ -32,7 +28,7 @@ def _insert(container, index, module):
     """Insert `module` before position `index` (negative counts from the end, as in
     torch's Sequential.insert), shifting the keys 'index'...'n-1' up by one as torch does."""
     if not isinstance(module, Module):
-        raise NotAModuleError(f"{type(container).__name__}.insert: module should be of type"
+        raise TypeAssertionError(f"{type(container).__name__}.insert: module should be of type"
                               f" Module, got {_typename(module)}")
     modules, n = container._modules, len(container._modules)
     index = operator.index(index)
