@@ -15,6 +15,7 @@ import weakref
 
 import numpy as np
 
+from tinyalex import device as _device
 from tinyalex.errors import ValueRuntimeError
 from tinyalex.tensor import Tensor
 
@@ -56,7 +57,7 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **params):
-        y, cache = cls.forward(*(t.array for t in inputs), **params)
+        y, cache = _checked_forward(cls, cls.forward(*(t.array for t in inputs), **params))
         requires_grad = _grad_enabled and any(t.requires_grad for t in inputs)
         out = Tensor(y, requires_grad=requires_grad)
         if requires_grad:
@@ -104,12 +105,12 @@ class _Produced:
     """What a Node keeps of an input that an op produced: its Node and shape, not its array.
     As in torch, the graph holds only what backward saved (the Node's cache), so an
     activation that nothing saved (a conv output before its ReLU) is freed during forward."""
-    __slots__ = ("grad_fn", "shape")
+    __slots__ = ("grad_fn", "shape", "dtype")
     requires_grad = True
     is_leaf = False
 
     def __init__(self, t):
-        self.grad_fn, self.shape = t.grad_fn, t.shape
+        self.grad_fn, self.shape, self.dtype = t.grad_fn, t.shape, t.dtype
 
 
 class AccumulateGrad:
@@ -170,23 +171,70 @@ def backward(root, gy, retain_graph=False):
         if node.freed:
             raise ValueRuntimeError(f"backward(): trying to go through {node.name()} a second time, "
                                     "but its saved arrays were freed; pass retain_graph=True")
-        input_grads = list(node.function.backward(gy, node.cache, node.needs_input_grad))
+        returned = node.function.backward(gy, node.cache, node.needs_input_grad)
+        input_grads = _checked_gradients(node, returned)
+        del returned                  # the list alone holds the arrays (_accumulate_leaf)
         inputs = node.inputs
         if not retain_graph:  # free the saved arrays and the edges to the activations now
             node.cache, node.inputs, node.freed = None, (), True
-        for i, t in enumerate(inputs[:len(input_grads)]):
+        for i, t in enumerate(inputs):
             g, input_grads[i] = input_grads[i], None  # g alone holds it (_accumulate_leaf)
             if g is None or not t.requires_grad:
                 continue
-            if tuple(g.shape) != t.shape:
-                raise RuntimeError(f"{node.name()}.backward returned a gradient of shape "
-                                   f"{tuple(g.shape)} for an input of shape {t.shape}")
             if t.grad_fn is None:
                 _accumulate_leaf(t, g)
             elif t.grad_fn in grads:
                 grads[t.grad_fn] = grads[t.grad_fn] + g  # out of place: g may be shared
             else:
                 grads[t.grad_fn] = g
+
+
+def _checked_forward(function, returned):
+    """(y, cache) from `function`.forward's result, or one sentence saying what is wrong."""
+    if not (isinstance(returned, tuple) and len(returned) == 2):
+        raise TypeError(f"{function.__name__}.forward returned {_described(returned)}; expected a"
+                        " tuple (y, cache): the output array and what backward needs")
+    y = returned[0]
+    if not _is_array(y):
+        raise TypeError(f"{function.__name__}.forward returned {_described(y)} as y; expected an"
+                        " array (NumPy or CuPy; a Tensor's is its .array)")
+    return returned
+
+
+def _checked_gradients(node, returned):
+    """`node`.function.backward's result as a list, one entry per input, each None or an
+    array of that input's shape and dtype; else one sentence saying what is wrong."""
+    name, inputs = node.name(), node.inputs
+    expected = (f"expected a tuple with one gradient (an array, or None) per input: {len(inputs)}"
+                f" for {name}")
+    if not isinstance(returned, (tuple, list)):
+        raise TypeError(f"{name}.backward returned {_described(returned)}; {expected}")
+    if len(returned) != len(inputs):
+        raise TypeError(f"{name}.backward returned {len(returned)} gradient"
+                        f"{'s' if len(returned) != 1 else ''}; {expected}")
+    for i, (g, t) in enumerate(zip(returned, inputs)):
+        if g is None:
+            continue
+        if not _is_array(g) or tuple(g.shape) != tuple(t.shape) or g.dtype != t.dtype:
+            raise TypeError(f"{name}.backward returned {_described(g)} as the gradient of input {i};"
+                            f" expected None or an array of that input's shape {tuple(t.shape)} and"
+                            f" dtype {t.dtype}")
+    return list(returned)
+
+
+def _is_array(value):
+    return isinstance(value, (np.ndarray, np.generic)) or _device.device_of(value) == "cuda"
+
+
+def _described(value):
+    """A value in a few words, for contract errors: 'an array of shape (2, 3), float64'."""
+    if isinstance(value, Tensor):
+        return f"a Tensor of shape {tuple(value.shape)}"
+    if _is_array(value):
+        return f"an array of shape {tuple(value.shape)}, {value.dtype}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} item{'s' if len(value) != 1 else ''}"
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 def _topological_order(root_node):

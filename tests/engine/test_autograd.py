@@ -165,7 +165,7 @@ class _Returns(ta.autograd.Function):
 
 def test_a_fresh_first_gradient_becomes_grad_uncopied_and_a_shared_one_is_copied():
     import weakref
-    a, b = ta.tensor([1.0, 2.0], requires_grad=True), ta.tensor([3.0, 4.0], requires_grad=True)
+    a, b = (ta.tensor(v, dtype=ta.float64, requires_grad=True) for v in ([1.0, 2.0], [3.0, 4.0]))
     made = []
 
     def fresh(gy):
