@@ -20,7 +20,7 @@ from tinyalex.autograd import Function, enable_grad, is_grad_enabled, no_grad  #
 from tinyalex.device import cuda_is_available  # noqa: E402
 from tinyalex.errors import KeyRuntimeError, ValueRuntimeError  # noqa: E402
 from tinyalex.gradcheck import GradcheckError, gradcheck  # noqa: E402
-from tinyalex.kernels import use_kernels  # noqa: E402
+from tinyalex.kernels import register_kernels, use_kernels  # noqa: E402
 from tinyalex.kernels.conv_algorithms import conv_algorithm, get_conv_algorithm, set_conv_algorithm  # noqa: E402
 from tinyalex.ops.basic import matmul  # noqa: E402
 from tinyalex.random import manual_seed  # noqa: E402

@@ -8,8 +8,10 @@ the folder named as users select it:
 - ``cupy`` (tinyalex/kernels/cupy): CUDA C kernels from ``kernels/*.cu`` plus cuBLAS.
 
 The device of the array decides between CPU and GPU; on the CPU, ``TINYALEX_CPU``
-(``numpy`` or ``numba``) or the context manager :func:`use_kernels` decides which set.
-conv_algorithms.py chooses among a set's convolution algorithms ('gemm', 'winograd').
+(``numpy``, ``numba``, a registered set's name or a file of kernels) or the context manager
+:func:`use_kernels` decides which set. registered.py holds sets of your own
+(:func:`register_kernels`); conv_algorithms.py chooses among a set's convolution
+algorithms ('gemm', 'winograd').
 """
 import contextlib
 import importlib
@@ -17,11 +19,46 @@ import os
 
 from tinyalex.device import device_of
 
+from tinyalex.errors import ValueRuntimeError
+from tinyalex.kernels import registered as _own_sets
+
 KERNEL_SETS = {name: f"tinyalex.kernels.{name}" for name in ("numpy", "numba", "cupy")}
 CPU_KERNEL_SETS = ("numpy", "numba")
 DEFAULT_CPU_KERNELS = "numba"
 
 _cpu_override = None
+_registered = {}            # name -> a set of your own (register_kernels)
+_file_texts = {}            # path -> the text its registered set was built from
+
+
+def registered(name):
+    """The set registered as `name`, or None."""
+    return _registered.get(name)
+
+
+def register_kernels(name, kernels, base="numpy"):
+    """Register `kernels` (a module, or any object with the functions as attributes) as the
+    CPU kernel set `name`: the contract's functions it defines run, the rest come from the
+    set `base`. Select it with use_kernels(name) or TINYALEX_CPU=name. Mistakes are refused
+    here, each named (registered.py). Returns the set."""
+    if not isinstance(name, str) or not name or name in KERNEL_SETS:
+        raise ValueRuntimeError(f"register_kernels: name: expected a new set name, not one of"
+                                f" {tuple(KERNEL_SETS)}, got {name!r}")
+    if base not in CPU_KERNEL_SETS and registered(base) is None:
+        raise ValueRuntimeError(f"register_kernels: base: expected a CPU kernel set ('numpy',"
+                                f" 'numba' or a registered one), got {base!r}")
+    _registered[name] = _own_sets.assemble(name, kernels, load_kernel_set(base))
+    return _registered[name]
+
+
+def _register_file(path):
+    """A .py file of kernels, registered under its path on first use, and again whenever
+    its text has changed since (a learner edits and re-runs in one session)."""
+    text = _own_sets.read_file(path)
+    if registered(path) is None or _file_texts.get(path) != text:
+        module = _own_sets.load_file(path)
+        register_kernels(path, module, base=getattr(module, "BASE", "numpy"))
+        _file_texts[path] = text
 
 
 def cpu_kernel_set_name():
@@ -29,13 +66,19 @@ def cpu_kernel_set_name():
     if _cpu_override is not None:
         return _cpu_override
     name = os.environ.get("TINYALEX_CPU", DEFAULT_CPU_KERNELS) or DEFAULT_CPU_KERNELS
-    if name not in CPU_KERNEL_SETS:
-        raise ValueError(f"TINYALEX_CPU: expected one of {CPU_KERNEL_SETS}, got {name!r}")
+    if name.endswith(".py"):
+        _register_file(name)
+    elif name not in CPU_KERNEL_SETS and registered(name) is None:
+        raise ValueError(f"TINYALEX_CPU: expected one of {CPU_KERNEL_SETS}, a registered set"
+                         f" or a .py file of kernels, got {name!r}")
     return name
 
 
 def load_kernel_set(name):
-    """Import and return the module of kernel set `name` ('numpy', 'numba' or 'cupy')."""
+    """Import and return the module of kernel set `name` ('numpy', 'numba' or 'cupy'), or the
+    set registered as `name` (register_kernels)."""
+    if registered(name) is not None:
+        return registered(name)
     if name not in KERNEL_SETS:
         raise ValueError(f"kernels: expected one of {tuple(KERNEL_SETS)}, got {name!r}")
     try:
@@ -53,14 +96,17 @@ def kernels_for(array):
 
 @contextlib.contextmanager
 def use_kernels(name):
-    """Run CPU ops with kernel set `name` ('numpy' or 'numba') inside the block.
+    """Run CPU ops with kernel set `name` ('numpy', 'numba', a registered set, or a .py file
+    of kernels, registered on first use) inside the block.
 
     The GPU set ('cupy') is chosen by putting tensors on device 'cuda', not here.
     """
     global _cpu_override
-    if name not in CPU_KERNEL_SETS:
-        raise ValueError(f"use_kernels: expected one of {CPU_KERNEL_SETS} (the GPU set 'cupy'"
-                         f" is chosen by device='cuda'), got {name!r}")
+    if isinstance(name, str) and name.endswith(".py"):
+        _register_file(name)
+    elif name not in CPU_KERNEL_SETS and registered(name) is None:
+        raise ValueError(f"use_kernels: expected one of {CPU_KERNEL_SETS} or a registered set"
+                         f" (the GPU set 'cupy' is chosen by device='cuda'), got {name!r}")
     load_kernel_set(name)  # fail here, with the reason, rather than at the first op
     previous, _cpu_override = _cpu_override, name
     try:

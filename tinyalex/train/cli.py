@@ -240,6 +240,20 @@ def _one_of(names):
     return parse
 
 
+def _kernel_set(text):
+    """--kernels: a built-in set's name, or a .py file of your own kernels, checked against
+    the contract now (so a mistake is one line before any op runs)."""
+    if text.endswith(".py"):
+        from tinyalex.kernels import use_kernels
+        try:
+            with use_kernels(text):
+                pass
+        except (ValueError, OSError, SyntaxError, ImportError) as exc:
+            raise argparse.ArgumentTypeError(" ".join(str(exc).split())) from exc
+        return text
+    return _one_of(("numpy", "numba", "cupy"))(text)
+
+
 def _per_model(key):
     """'cpu-alexnet 3, fashion-alexnet 10, ...': a preset value for each model."""
     from tinyalex.train.models import PRESETS
@@ -363,9 +377,9 @@ def build_parser():
     which = check.add_mutually_exclusive_group(required=True)
     which.add_argument("--op", type=_one_of(ops), metavar="OP", help="one op: " + ", ".join(ops))
     which.add_argument("--all", action="store_true", help="every op")
-    check.add_argument("--kernels", default=None, type=_one_of(("numpy", "numba", "cupy")),
-                       metavar="{numpy,numba,cupy}",
-                       help="kernel set (default: the CPU default, $TINYALEX_CPU or numba)")
+    check.add_argument("--kernels", default=None, type=_kernel_set, metavar="{numpy,numba,cupy,FILE.py}",
+                       help="kernel set, or a .py file of kernels of your own (any part of the"
+                            " contract; the rest from numpy) (default: $TINYALEX_CPU or numba)")
     check.add_argument("--dtype", default="float64", type=_one_of(("float64", "float32")),
                        metavar="{float64,float32}", help="default: %(default)s")
     check.set_defaults(run=_gradcheck)
