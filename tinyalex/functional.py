@@ -117,7 +117,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     """2-D convolution (cross-correlation) of input (N, C, H, W) with weight
     (OC, C/groups, kh, kw). Same signature as torch, plus the keyword `algorithm`.
 
-    algorithm: 'gemm' (im2col + GEMM), 'winograd' (Winograd F(2x2, r x r): square 3x3 or
+    algorithm: 'gemm' (im2col + GEMM), 'winograd' (Winograd F(4x4, r x r): square 3x3 or
     5x5 kernels, stride 1, no dilation; docs/ops/conv2d_winograd.md), 'auto' (a fixed
     per-shape rule) or None (the global setting, 'auto' unless
     tinyalex.set_conv_algorithm changed it). See tinyalex.kernels.conv_algorithms.

@@ -18,7 +18,7 @@ def graph(tensor, params=None):
     if not isinstance(tensor, Tensor):
         raise TypeError(f"graph: tensor: expected a tinyalex.Tensor, got {type(tensor).__name__}")
     names = {id(t): name for name, t in (params or {}).items()}
-    lines = ["digraph tinyalex {", '  rankdir="LR";', '  node [fontname="Helvetica", fontsize=10];']
+    lines = ["digraph tinyalex {", '  rankdir="TB";', '  node [fontname="Helvetica", fontsize=10];']
     seen = set()
 
     def shape_text(shape):

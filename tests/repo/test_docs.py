@@ -69,6 +69,24 @@ def test_python_blocks_run(page, tmp_path, monkeypatch, capsys):
                                  f" {type(exc).__name__}: {exc}\n{code}") from exc
 
 
+def test_the_tour_prints_one_line_per_layer_and_says_which_conv_algorithm_ran(tmp_path, monkeypatch):
+    import contextlib
+    import io
+    monkeypatch.chdir(tmp_path)
+    printed, namespace = io.StringIO(), {"__name__": "__docs__"}
+    with contextlib.redirect_stdout(printed):
+        for code in blocks("python", (ROOT / "docs" / "tour.md").read_text()):
+            exec(compile(code, "docs/tour.md", "exec"), namespace)
+    lines = printed.getvalue().splitlines()
+    names = [name for name, _ in namespace["layers"]]
+    layers = [line for line in lines if " saves: " in line and line.split()[0] in names]
+    assert [line.split()[0] for line in layers] == names, "one line per layer, and one only"
+    assert len(lines) <= 90 and max(map(len, lines)) <= 220, (len(lines), max(map(len, lines)))
+    conv_lines = [line for line in layers if " Conv2d " in line]
+    assert all("('gemm'," in line or "('winograd', WinogradCache(" in line for line in conv_lines)
+    assert any("winograd" in line for line in conv_lines) and any("gemm" in line for line in conv_lines)
+
+
 def test_readme_gives_exactly_two_commands_and_ci_runs_the_test_command():
     commands = [b.strip() for b in blocks("bash", README.read_text())]
     assert len(commands) == 2, commands

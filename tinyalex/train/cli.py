@@ -171,7 +171,9 @@ def _graph(args):
         try:
             viz.render(dot, args.png)
         except RuntimeError as exc:  # no Graphviz: the DOT text is still there
-            raise TrainingError(str(exc)) from exc
+            kept = f"the DOT text is in {args.out}" if args.out else "pass --out FILE to keep the DOT text"
+            raise TrainingError(f"--png {args.png}: Graphviz's `dot` program was not found (install it"
+                                f" with `apt-get install graphviz`); {kept}") from exc
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
@@ -344,7 +346,7 @@ def _add_train(sub):
 
 def build_parser():
     from tinyalex.train import models
-    parser = _Parser(prog="tinyalex", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="tinyalex", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"tinyalex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)

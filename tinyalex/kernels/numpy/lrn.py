@@ -36,7 +36,8 @@ def lrn_forward(x, size, alpha, beta, k):
     Shapes: x (N, C, H, W) -> y (N, C, H, W), same dtype.
     Saved for backward: x and s (the denominator's base), plus the constants. The
     backward needs x (for d s / d x) and s at every channel; s is the expensive part
-    (a window sum), and y = x * s^(-beta) is recomputed from them rather than stored.
+    (a window sum), so it is kept, and the backward recomputes s^(-beta) from it rather
+    than keeping y as well.
     """
     # x (N, C, H, W) -> y (N, C, H, W)
     s = k + alpha / size * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
