@@ -28,6 +28,7 @@ import numpy as np
 
 from tinyalex import autograd
 from tinyalex import device as _device
+from tinyalex.errors import ValueRuntimeError
 from tinyalex.tensor import Tensor
 from tinyalex.ops import basic
 from tinyalex.ops.conv import Conv2d
@@ -44,8 +45,9 @@ __all__ = ["export", "OPSET"]
 OPSET = 18
 
 
-class UnsupportedOperatorError(ValueError):
-    """An op (a tinyalex Function) with no ONNX mapping, or a use of one ONNX cannot express."""
+class UnsupportedOperatorError(ValueRuntimeError):
+    """An op (a tinyalex Function) with no ONNX mapping, or a use of one ONNX cannot express:
+    a ValueError, and the RuntimeError torch.onnx's UnsupportedOperatorError is."""
 
 
 def export(model, args, f, input_names=None, output_names=None, dynamic_axes=None,
