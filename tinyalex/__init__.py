@@ -16,6 +16,7 @@ shorten_spin_waits()  # OpenBLAS reads its setting when numpy loads (see threads
 
 from tinyalex.tensor import Tensor, bool_, float32, float64, int64, tensor  # noqa: E402  (first: the ops need Tensor)
 from tinyalex import cuda, device, functional, nn, optim, utils  # noqa: E402
+from tinyalex import onnx  # noqa: E402  (tinyalex.onnx.export; the onnx package loads inside it)
 from tinyalex.autograd import Function, enable_grad, is_grad_enabled, no_grad  # noqa: E402
 from tinyalex.device import cuda_is_available  # noqa: E402
 from tinyalex.errors import KeyRuntimeError, ValueRuntimeError  # noqa: E402

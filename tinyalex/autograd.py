@@ -6,7 +6,8 @@ private ``cache``). :func:`backward` walks those nodes in reverse topological or
 calls each ``Function.backward(gy, cache, needs_input_grad)`` with plain arrays, and
 accumulates the returned arrays into the inputs' gradients. Nothing here knows which
 kernel set or device computed the arrays. Tensor, the user-facing array, is in
-tinyalex/tensor.py.
+tinyalex/tensor.py. :func:`trace_ops` lets an exporter (tinyalex.onnx) see every op applied,
+with its parameters, which a Node does not keep.
 """
 import contextlib
 import itertools
@@ -45,6 +46,22 @@ def enable_grad():
     return _set_grad_enabled(True)
 
 
+_tracer = None  # trace_ops's callback, or None
+
+
+@contextlib.contextmanager
+def trace_ops(callback):
+    """Call ``callback(function, inputs, params, output)`` for every Function applied inside,
+    recorded or not (no_grad too): how tinyalex.onnx.export sees a forward pass. A Node keeps
+    no params (stride, padding, ...; a kernel set may keep them in its cache, or not)."""
+    global _tracer
+    previous, _tracer = _tracer, callback
+    try:
+        yield
+    finally:
+        _tracer = previous
+
+
 class Function:
     """One differentiable op. Subclasses define two static methods on raw arrays::
 
@@ -62,6 +79,8 @@ class Function:
         out = Tensor(y, requires_grad=requires_grad)
         if requires_grad:
             out.grad_fn = Node(cls, inputs, cache, out.shape)
+        if _tracer is not None:
+            _tracer(cls, inputs, params, out)
         return out
 
     @staticmethod

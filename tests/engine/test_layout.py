@@ -24,7 +24,7 @@ def test_the_package_top_level_holds_engine_modules_only():
     top = sorted(p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
                  if (p.suffix == ".py" or (p / "__init__.py").is_file()))
     assert top == ["__init__", "__main__", "autograd", "cuda", "device", "errors", "functional",
-                   "gradcheck", "kernels", "nn", "ops", "optim", "random", "serialization", "shapes",
+                   "gradcheck", "kernels", "nn", "onnx", "ops", "optim", "random", "serialization", "shapes",
                    "tensor", "threads", "torch_compat", "train", "utils", "viz"]
     engine = [name for name in top if name != "train"]
     for name in engine:

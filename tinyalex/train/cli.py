@@ -1,4 +1,4 @@
-"""The ``tinyalex`` command: train, eval, predict, gradcheck, graph, bench.
+"""The ``tinyalex`` command: train, eval, predict, export, gradcheck, graph, bench.
 
 A mistake the user can fix (a bad option, a missing file, a full disk, no GPU) ends the
 command with exit code 2 and one line on stderr, ``tinyalex COMMAND: error: ...``, saying
@@ -132,6 +132,33 @@ def _predict(args):
         probs /= probs.sum()
         top = np.argsort(-probs)[:min(5, len(probs))]
         print(f"{path}: " + ", ".join(f"{meta['classes'][i]} {probs[i]:.3f}" for i in top))
+    return 0
+
+
+def _export(args):
+    """The checkpoint's model as ONNX (tinyalex.onnx.export), batch axis dynamic, traced on
+    --batch inputs of the model's size."""
+    from tinyalex import onnx as tinyalex_onnx
+    from tinyalex.errors import TrainingError
+    from tinyalex.tensor import tensor
+    from tinyalex.train import models
+    try:
+        import onnx  # noqa: F401  (refused before the checkpoint is read)
+    except ImportError as exc:
+        raise TrainingError(f"--onnx needs the onnx package, expected it installed (pip install "
+                            f"'tinyalex[onnx]'), got {type(exc).__name__}: {exc}") from exc
+    model, meta = _load_for_inference(args.checkpoint, "cpu")
+    name = meta["config"]["model"]
+    shape = (args.batch, *models.MODELS[name][1])
+    x = tensor(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+    try:
+        tinyalex_onnx.export(model, x, args.onnx, input_names=["input"], output_names=["logits"],
+                             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    except OSError as exc:
+        raise TrainingError(f"--onnx {args.onnx}: cannot write the ONNX file, expected a writable "
+                            f"path, got [Errno {exc.errno}] {exc.strerror or exc}") from exc
+    print(f"wrote {args.onnx}: {name}, input 'input' (batch, {', '.join(map(str, shape[1:]))}) float32,"
+          f" output 'logits' (batch, {len(meta['classes'])}), ONNX opset {tinyalex_onnx.OPSET}")
     return 0
 
 
@@ -372,6 +399,14 @@ def build_parser():
     predict.add_argument("--device", type=_one_of(("cpu", "cuda")), metavar="{cpu,cuda}",
                          help="default: cuda if a CUDA GPU is usable, else cpu")
     predict.set_defaults(run=_predict)
+
+    export = sub.add_parser("export", help="export a checkpoint's model to ONNX (needs tinyalex[onnx])")
+    export.add_argument("checkpoint", help="a checkpoint written by tinyalex train (OUT/best.npz)")
+    export.add_argument("--onnx", required=True, metavar="FILE", help="write the ONNX model here")
+    export.add_argument("--batch", metavar="N", type=_number("batch_size"), default=1,
+                        help="batch size of the traced example input; the exported batch axis is"
+                             " dynamic (default: %(default)s)")
+    export.set_defaults(run=_export)
 
     from tinyalex.train.opcheck import CASES
     ops = list(dict.fromkeys(case.op for case in CASES))
