@@ -3,16 +3,20 @@ and the plain containers around them, in the file format torch.save writes (torc
 ZIP archive of ``data.pkl`` and ``data/<key>`` storages), written and read without torch.
 Loading never runs code from the file: data.pkl is read by an unpickler that resolves
 only the globals of a weights-only file (torch_reader.py), as torch.load(weights_only=True)
-does. Files of tinyalex's earlier ZIP+JSON format (manifest.py) still load. The formats:
-docs/save_format.md.
+does. Files of tinyalex's earlier ZIP+JSON format (manifest.py) still load.
+``save_safetensors`` / ``load_safetensors`` write and read the safetensors format through
+the ``safetensors`` package (tinyalex[safetensors]). The formats: docs/save_format.md.
 """
 import os
 import re
 import zipfile
 
+import numpy as np
+
 from tinyalex import device as _device
 from tinyalex.errors import UnpicklingValueError, ValueRuntimeError
 from tinyalex.serialization import manifest, torch_reader, torch_writer
+from tinyalex.tensor import Tensor
 
 #: the start of a file of torch's legacy format (torch < 1.6, or
 #: _use_new_zipfile_serialization=False): PROTO 2, then the magic number 0x1950a86a20f9469cfc6c
@@ -106,3 +110,48 @@ def _load(handle, name, location):
         except (zipfile.BadZipFile, EOFError) as exc:   # a bad CRC, a record cut short
             raise ValueRuntimeError(f"load: {name}: a damaged ZIP archive ({exc}); expected a "
                                     "whole torch.save file") from None
+
+
+def save_safetensors(state_dict, path):
+    """Write a state dict (names -> Tensors or arrays) as safetensors, the format for
+    sharing weights without pickle, with the safetensors package's NumPy API
+    (pip install tinyalex[safetensors]). ``safetensors.torch.load_file`` reads it."""
+    numpy_api = _safetensors("save_safetensors")
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"save_safetensors: state_dict: expected a dict of names to tensors, got "
+                        f"{type(state_dict).__name__}")
+    arrays = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise TypeError(f"save_safetensors: state_dict: expected str keys, got {key!r}")
+        array = value.array if isinstance(value, Tensor) else value
+        if not (isinstance(array, np.ndarray) or _device.device_of(array) == "cuda"):
+            raise TypeError(f"save_safetensors: state_dict[{key!r}]: expected a Tensor or an array, "
+                            f"got {type(value).__name__}")
+        arrays[key] = np.asarray(_device.to_device(array, "cpu"), order="C")   # 0-d stays 0-d
+    numpy_api.save_file(arrays, os.fspath(path))
+
+
+def load_safetensors(path, device=None):
+    """A safetensors file as a dict of names to Tensors (on `device`, default CPU), read
+    with the safetensors package's NumPy API. Only tinyalex's dtypes (float32, float64,
+    int64, bool) are accepted."""
+    numpy_api = _safetensors("load_safetensors")
+    where = "cpu" if device is None else _device.parse_device(device)
+    arrays = numpy_api.load_file(os.fspath(path))
+    state = {}
+    for key, array in arrays.items():
+        if array.dtype not in torch_writer.STORAGE_OF:
+            raise TypeError(f"load_safetensors: {os.fspath(path)}: {key!r} has dtype {array.dtype}; "
+                            "tinyalex has float32, float64, int64 and bool")
+        state[key] = Tensor(_device.to_device(array, where))
+    return state
+
+
+def _safetensors(caller):
+    try:
+        from safetensors import numpy as numpy_api
+    except ImportError as exc:
+        raise ImportError(f"{caller}: needs the safetensors package; install it with "
+                          "pip install 'tinyalex[safetensors]'") from exc
+    return numpy_api
