@@ -179,6 +179,8 @@ CASES = {
                                              "--weights", "expected a state dict of cpu-alexnet"),
     "predict-labels-count": Case("bad data", lambda w: ["predict", w.image, "--checkpoint", w.best, "--labels", w.afile],
                                  "--labels", "10 lines, got 1"),
+    "predict-labels-empty": Case("bad data", lambda w: ["predict", w.image, "--checkpoint", w.best, "--labels", w.empty_labels],
+                                 "--labels", "10 lines, got 0"),
     "predict-not-an-image": Case("bad data", lambda w: ["predict", w.text_png, "--checkpoint", w.best], "text.png", "cannot read the image"),
 }
 
@@ -196,6 +198,8 @@ def where(tmp_path_factory, monkeypatch_module):
     (base / "empty").mkdir()
     w.tmp_empty = str(base / "empty")
     w.afile = str(base / "a-file")
+    (base / "labels.txt").write_text("\n\n")
+    w.empty_labels = str(base / "labels.txt")
     (base / "a-file").write_text("a regular file, so nothing can be created under it")
     data = base / "data"
     data.mkdir()

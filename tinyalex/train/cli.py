@@ -75,7 +75,7 @@ def _load_weights_for_inference(args, labels, device):
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise TrainingError(f"--weights {args.weights}: cannot load it ({reason}); expected a "
                             f"state dict of {args.model} in a .pth, .pt, .safetensors or .npz file") from exc
-    classes = labels or [f"class {i}" for i in range(num_classes)]
+    classes = labels if labels is not None else [f"class {i}" for i in range(num_classes)]
     if len(classes) != num_classes:
         raise TrainingError(f"--labels: expected one name per class of --weights, {num_classes} "
                             f"lines, got {len(classes)}")
@@ -172,12 +172,12 @@ def _predict(args):
                             f"names its model), got only {'--model' if args.weights is None else '--weights'}")
     device = _device_for(args)
     _open_images(args.images)
-    labels = args.labels and _read_labels(args.labels)
+    labels = None if args.labels is None else _read_labels(args.labels)
     if args.weights is not None:
         model, meta = _load_weights_for_inference(args, labels, device)
     else:
         model, meta = _load_for_inference(args.checkpoint or DEFAULT_CHECKPOINT, device)
-        if labels:
+        if labels is not None:
             if len(labels) != len(meta["classes"]):
                 raise TrainingError(f"--labels: expected one name per class of the checkpoint, "
                                     f"{len(meta['classes'])} lines, got {len(labels)}")
