@@ -25,7 +25,7 @@ from tinyalex.kernels import register_kernels, use_kernels  # noqa: E402
 from tinyalex.kernels.conv_algorithms import conv_algorithm, get_conv_algorithm, set_conv_algorithm  # noqa: E402
 from tinyalex.ops.basic import matmul  # noqa: E402
 from tinyalex.random import manual_seed  # noqa: E402
-from tinyalex.serialization import load, save  # noqa: E402
+from tinyalex.serialization import load, load_safetensors, save, save_safetensors  # noqa: E402
 from tinyalex.torch_compat import *  # noqa: E402,F403  (torch's top-level functions)
 
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ Where torch raises RuntimeError and tinyalex raised something more specific befo
 (KeyError, ValueError), tinyalex raises a class that is both: code written for torch
 (`except RuntimeError`) and code written for tinyalex (`except KeyError`) catch it alike.
 """
+import pickle
 
 
 class KeyRuntimeError(KeyError, RuntimeError):
@@ -41,3 +42,9 @@ class ValueIndexError(ValueError, IndexError):
 class TypeAssertionError(TypeError, AssertionError):
     """A TypeError that torch raises as AssertionError (Sequential.insert of a non-Module;
     the other container methods raise TypeError for the same mistake)."""
+
+
+class UnpicklingValueError(pickle.UnpicklingError, ValueError):
+    """A file tinyalex.load refuses to unpickle (a global that is not a tensor's, a legacy or
+    junk file): the pickle.UnpicklingError that torch.load(weights_only=True) raises, and the
+    ValueError that tinyalex raised for files it could not read."""

@@ -109,6 +109,11 @@ CASES = {
     "device-name": Case("bad name", lambda w: ["train", "--device", "gpu"], "--device", "cpu, cuda", "'gpu'"),
     "kernels": Case("bad name", lambda w: ["gradcheck", "--all", "--kernels", "torch"], "--kernels", "numba", "'torch'"),
     "dtype": Case("bad name", lambda w: ["gradcheck", "--all", "--dtype", "float16"], "--dtype", "float32", "'float16'"),
+    "predict-weights-without-model": Case("bad name", lambda w: ["predict", w.image, "--weights", w.best],
+                                          "--model and --weights together", "got only --weights"),
+    "predict-weights-and-checkpoint": Case("bad name", lambda w: ["predict", w.image, "--weights", w.best, "--model",
+                                                                  "cpu-alexnet", "--checkpoint", w.best], "either --weights or --checkpoint"),
+    "predict-model": Case("bad name", lambda w: ["predict", w.image, "--weights", w.best, "--model", "vgg16"], "--model", "torchvision-alexnet", "'vgg16'"),
     "command": Case("bad name", lambda w: ["trian"], "expected one of train, eval", "'trian'"),
     "option": Case("bad name", lambda w: ["train", "--learning-rate", "0.1"], "unrecognized", "--learning-rate", "tinyalex train --help"),
 
@@ -123,6 +128,12 @@ CASES = {
     "eval-checkpoint-is-dir": Case("missing file", lambda w: ["eval", "--checkpoint", w.tmp], "is a directory", "expected a .npz file"),
     "eval-corrupt-checkpoint": Case("missing file", lambda w: ["eval", "--checkpoint", w.corrupt], "truncated or corrupt"),
     "predict-missing-image": Case("missing file", lambda w: ["predict", w.missing, "--checkpoint", w.best], "cannot read the image", "No such file"),
+    "predict-missing-weights": Case("missing file", lambda w: ["predict", w.image, "--weights", w.missing + ".pth", "--model", "cpu-alexnet"],
+                                    "--weights", "No such file", "expected a state dict of cpu-alexnet"),
+    "predict-corrupt-weights": Case("missing file", lambda w: ["predict", w.image, "--weights", w.corrupt, "--model", "cpu-alexnet"],
+                                    "--weights", "corrupt.npz", "cannot load it"),
+    "predict-missing-labels": Case("missing file", lambda w: ["predict", w.image, "--checkpoint", w.best, "--labels", w.missing],
+                                   "--labels", "No such file"),
     "predict-missing-checkpoint": Case("missing file", lambda w: ["predict", w.image, "--checkpoint", w.missing], "does not exist"),
     "data-dir-missing": Case("missing file", lambda w: ["train", "--data-dir", w.missing], "--data-dir", "not a directory"),
     "data-dir-empty": Case("missing file", lambda w: train_args(w, data_dir=w.tmp_empty), "Fashion-MNIST not found", "--data-dir"),
@@ -164,6 +175,12 @@ CASES = {
     "imagefolder-bad-val-image": Case("bad data", lambda w: ["train", "--dataset", f"imagefolder:{w.folder_val}", "--out", w.new_out,
                                                               "--device", "cpu"], "notes.jpg", "1 that is not"),
     "truncated-idx": Case("bad data", lambda w: train_args(w, data_dir=w.truncated_idx), "train-images-idx3-ubyte.gz", "truncated"),
+    "predict-weights-not-a-state-dict": Case("bad data", lambda w: ["predict", w.image, "--weights", w.best, "--model", "cpu-alexnet"],
+                                             "--weights", "expected a state dict of cpu-alexnet"),
+    "predict-labels-count": Case("bad data", lambda w: ["predict", w.image, "--checkpoint", w.best, "--labels", w.afile],
+                                 "--labels", "10 lines, got 1"),
+    "predict-labels-empty": Case("bad data", lambda w: ["predict", w.image, "--checkpoint", w.best, "--labels", w.empty_labels],
+                                 "--labels", "10 lines, got 0"),
     "predict-not-an-image": Case("bad data", lambda w: ["predict", w.text_png, "--checkpoint", w.best], "text.png", "cannot read the image"),
 }
 
@@ -181,6 +198,8 @@ def where(tmp_path_factory, monkeypatch_module):
     (base / "empty").mkdir()
     w.tmp_empty = str(base / "empty")
     w.afile = str(base / "a-file")
+    (base / "labels.txt").write_text("\n\n")
+    w.empty_labels = str(base / "labels.txt")
     (base / "a-file").write_text("a regular file, so nothing can be created under it")
     data = base / "data"
     data.mkdir()

@@ -108,4 +108,6 @@ class SGD:
         self.state = {}
         for i, s in state_dict["state"].items():
             p = params[int(i)]
-            self.state[p] = {k: _device.to_device(v, p.device).astype(p.dtype) for k, v in s.items()}
+            # arrays as state_dict() gives them, or Tensors as tinyalex.load / torch files hold them
+            self.state[p] = {k: _device.to_device(v.array if isinstance(v, Tensor) else v, p.device)
+                             .astype(p.dtype) for k, v in s.items()}

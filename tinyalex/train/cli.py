@@ -17,6 +17,9 @@ import numpy as np
 from tinyalex import __version__
 
 
+DEFAULT_CHECKPOINT = "runs/tinyalex/best.npz"
+
+
 def _train(args, parts):
     from tinyalex.train.config import TrainConfig
     from tinyalex.train.loop import Parts, train
@@ -48,6 +51,48 @@ def _load_for_inference(checkpoint, device):
     model.load_state_dict(model_state)
     model.to(device).eval()
     return model, meta
+
+
+def _load_weights_for_inference(args, labels, device):
+    """--weights FILE --model NAME: the model with the state dict's number of classes, and
+    the class names of --labels (else 'class 0', 'class 1', ...)."""
+    import zipfile
+
+    from tinyalex.train import models
+    from tinyalex.errors import TrainingError
+    model = models.create_model(args.model, 1000)                   # ImageNet's, as a rule
+    last = [k for k in model.state_dict() if k.endswith(".weight")][-1]   # the output layer's
+    try:
+        state = models.read_weights(args.weights)
+        if not isinstance(state, dict) or last not in state or len(state[last].shape) != 2:
+            raise ValueError(f"expected a state dict of {args.model} with {last!r} (classes x "
+                             f"features), got a {type(state).__name__} without it")
+        num_classes = state[last].shape[0]
+        if num_classes != 1000:
+            model = models.create_model(args.model, num_classes)
+        model.load_state_dict(state)
+    except (OSError, ValueError, KeyError, TypeError, ImportError, EOFError, zipfile.BadZipFile) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TrainingError(f"--weights {args.weights}: cannot load it ({reason}); expected a "
+                            f"state dict of {args.model} in a .pth, .pt, .safetensors or .npz file") from exc
+    classes = labels if labels is not None else [f"class {i}" for i in range(num_classes)]
+    if len(classes) != num_classes:
+        raise TrainingError(f"--labels: expected one name per class of --weights, {num_classes} "
+                            f"lines, got {len(classes)}")
+    model.to(device).eval()
+    return model, {"classes": classes, "config": {"model": args.model}}
+
+
+def _read_labels(path):
+    """--labels FILE: one class name per line (blank lines left out)."""
+    from tinyalex.errors import TrainingError
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TrainingError(f"--labels {path}: cannot read it, expected a text file of class "
+                            f"names, one a line, got {reason}") from exc
 
 
 def _device_for(args):
@@ -119,9 +164,24 @@ def _predict(args):
     from tinyalex.autograd import no_grad
     from tinyalex.tensor import tensor
     from tinyalex.train.data.run_data import transforms_for
+    from tinyalex.errors import TrainingError
+    if args.weights is not None and args.checkpoint is not None:
+        raise TrainingError("--weights: expected either --weights or --checkpoint, got both")
+    if (args.weights is None) != (args.model is None):
+        raise TrainingError("--model: expected --model and --weights together (a checkpoint "
+                            f"names its model), got only {'--model' if args.weights is None else '--weights'}")
     device = _device_for(args)
     _open_images(args.images)
-    model, meta = _load_for_inference(args.checkpoint, device)
+    labels = None if args.labels is None else _read_labels(args.labels)
+    if args.weights is not None:
+        model, meta = _load_weights_for_inference(args, labels, device)
+    else:
+        model, meta = _load_for_inference(args.checkpoint or DEFAULT_CHECKPOINT, device)
+        if labels is not None:
+            if len(labels) != len(meta["classes"]):
+                raise TrainingError(f"--labels: expected one name per class of the checkpoint, "
+                                    f"{len(meta['classes'])} lines, got {len(labels)}")
+            meta = {**meta, "classes": labels}
     channels = models.MODELS[meta["config"]["model"]][1][0]
     transform = transforms_for(meta["config"]["model"], train=False)
     for path, array in zip(args.images, _open_images(args.images, channels)):
@@ -392,10 +452,19 @@ def build_parser():
                           help="use only the first N test images (default: all)")
     evaluate.set_defaults(run=_eval)
 
-    predict = sub.add_parser("predict", help="classify images with a checkpoint")
+    predict = sub.add_parser("predict", help="classify images with a checkpoint or a state dict")
     predict.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
-    predict.add_argument("--checkpoint", default="runs/tinyalex/best.npz",
-                         help="a checkpoint written by tinyalex train (default: %(default)s)")
+    predict.add_argument("--checkpoint", default=None,
+                         help=f"a checkpoint written by tinyalex train (default: {DEFAULT_CHECKPOINT})")
+    predict.add_argument("--weights", metavar="FILE", default=None,
+                         help="a state dict instead of a checkpoint: .pth/.pt (torch.save, read "
+                              "without torch), .safetensors or .npz, e.g. torchvision's AlexNet "
+                              "weights; needs --model (default: none)")
+    predict.add_argument("--model", type=_one_of(models.MODELS), metavar="{" + ",".join(models.MODELS) + "}",
+                         default=None, help="the network --weights is for (default: none)")
+    predict.add_argument("--labels", metavar="FILE", default=None,
+                         help="class names, one a line (e.g. ImageNet's 1000), instead of the "
+                              "checkpoint's or 'class N' (default: none)")
     predict.add_argument("--device", type=_one_of(("cpu", "cuda")), metavar="{cpu,cuda}",
                          help="default: cuda if a CUDA GPU is usable, else cpu")
     predict.set_defaults(run=_predict)

@@ -156,21 +156,23 @@ def create_model(name, num_classes):
     return MODELS[name][0](num_classes=num_classes)
 
 
-def load_weights(model, path):
-    """Load a state_dict saved by torch (``.pth``/``.pt``, e.g. torchvision's AlexNet
-    weights; needs torch installed to unpickle) or by NumPy (``.npz`` with the same keys)
-    into `model`. Nothing is downloaded."""
+def read_weights(path):
+    """A state_dict from a file: ``.pth``/``.pt`` written by torch.save (e.g. torchvision's
+    AlexNet weights) or tinyalex.save, read by tinyalex's weights-only reader (no torch
+    needed); ``.safetensors`` (needs the safetensors package); or ``.npz``. Nothing is
+    downloaded."""
+    from tinyalex import serialization
     path = str(path)
     if path.endswith(".npz"):
         with np.load(path) as archive:
-            state = {k: archive[k] for k in archive.files}
-    elif path.endswith((".pth", ".pt")):
-        try:
-            import torch
-        except ImportError as exc:
-            raise RuntimeError(f"load_weights: reading {path} needs torch to unpickle it; "
-                               "convert it to .npz with torch elsewhere, or install torch") from exc
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"path: expected a .pth, .pt or .npz file, got {path!r}")
-    return model.load_state_dict(state)
+            return {k: archive[k] for k in archive.files}
+    if path.endswith((".pth", ".pt")):
+        return serialization.load(path, map_location="cpu")
+    if path.endswith(".safetensors"):
+        return serialization.load_safetensors(path)
+    raise ValueError(f"path: expected a .pth, .pt, .safetensors or .npz file, got {path!r}")
+
+
+def load_weights(model, path):
+    """Load the state_dict in `path` (see :func:`read_weights`) into `model`."""
+    return model.load_state_dict(read_weights(path))
