@@ -426,16 +426,19 @@ def test_grad_stats_logs_every_layer(data_dir, tmp_path):
     assert [row["layer"] for row in rows] == layers * steps
     assert [row["step"] for row in rows] == [step for step in range(steps) for _ in layers]
     for row in rows:
-        stats = {"act_mean", "act_std", "grad_mean", "grad_std", "update_ratio"}
+        stats = {"act_mean", "act_std", "grad_mean", "grad_std", "update_ratio", "act_grad_abs_mean",
+                 "act_grad_norm"}
         if row["layer"] == "classifier.6":  # the output layer: no ReLU follows it
-            assert "relu_zero_frac" not in row
+            assert "relu_zero_frac" not in row and "dead_frac" not in row
         else:
-            stats.add("relu_zero_frac")
+            stats |= {"relu_zero_frac", "dead_frac"}
         assert stats <= row.keys(), row["layer"]
         assert all(math.isfinite(row[key]) for key in stats), row
         assert row["act_std"] > 0 and row["grad_std"] > 0 and 0 < row["update_ratio"] < 1, row
-        assert 0 < row.get("relu_zero_frac", 0.5) < 1, row
-    assert (out / "grad_stats.png").read_bytes().startswith(PNG_MAGIC)
+        assert 0 < row.get("relu_zero_frac", 0.5) < 1 and 0 <= row.get("dead_frac", 0) < 1, row
+        assert row["act_grad_norm"] > 0 and "act_hist" in row and "act_grad_hist" in row, row
+    for name in ("grad_stats.png", "grad_hist.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
     assert len(read_jsonl(out / "metrics.jsonl")) == 1
 
 

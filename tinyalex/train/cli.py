@@ -1,4 +1,4 @@
-"""The ``tinyalex`` command: train, eval, predict, export, gradcheck, graph, bench.
+"""The ``tinyalex`` command: train, eval, predict, export, show, gradcheck, graph, bench.
 
 A mistake the user can fix (a bad option, a missing file, a full disk, no GPU) ends the
 command with exit code 2 and one line on stderr, ``tinyalex COMMAND: error: ...``, saying
@@ -7,6 +7,7 @@ bug in tinyalex itself still shows its traceback.
 """
 import argparse
 import dataclasses
+import importlib
 import os
 import re
 import sys
@@ -130,10 +131,10 @@ def _eval(args):
     return 0
 
 
-def _open_images(paths, channels=None):
+def _open_images(paths, channels=None, command="predict"):
     """Open every image (channels None: read the headers only, a fast check before the model
     loads; else decode each to uint8 at the model's input size). One error lists the files
-    that cannot be read, naming the first with its reason."""
+    that cannot be read, naming the first with its reason (after `command`)."""
     from PIL import Image
 
     from tinyalex.errors import TrainingError
@@ -153,7 +154,7 @@ def _open_images(paths, channels=None):
     if bad:
         more = (f"; {len(bad) - 1} more cannot be read either: " + ", ".join(p for p, _ in bad[1:4])
                 + (" ..." if len(bad) > 4 else "")) if len(bad) > 1 else ""
-        raise TrainingError(f"predict: {bad[0][0]}: cannot read the image, expected an image file, "
+        raise TrainingError(f"{command}: {bad[0][0]}: cannot read the image, expected an image file, "
                             f"got {bad[0][1]}{more}")
     return arrays
 
@@ -202,8 +203,8 @@ def _export(args):
     from tinyalex.errors import TrainingError
     from tinyalex.tensor import tensor
     from tinyalex.train import models
-    try:
-        import onnx  # noqa: F401  (refused before the checkpoint is read)
+    try:                                             # refused before the checkpoint is read
+        importlib.import_module("onnx")
     except ImportError as exc:
         raise TrainingError(f"--onnx needs the onnx package, expected it installed (pip install "
                             f"'tinyalex[onnx]'), got {type(exc).__name__}: {exc}") from exc
@@ -219,6 +220,52 @@ def _export(args):
                             f"path, got [Errno {exc.errno}] {exc.strerror or exc}") from exc
     print(f"wrote {args.onnx}: {name}, input 'input' (batch, {', '.join(map(str, shape[1:]))}) float32,"
           f" output 'logits' (batch, {len(meta['classes'])}), ONNX opset {tinyalex_onnx.OPSET}")
+
+def _write_png(path, write):
+    """Write a PNG atomically; an OSError becomes one line naming --out."""
+    from tinyalex.errors import TrainingError
+    from tinyalex.train.checkpoint import atomic_write
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise TrainingError(f"--out {path}: cannot write the PNG, expected a writable path, got "
+                            f"[Errno {exc.errno}] {exc.strerror or exc}") from exc
+    print(f"wrote {path}")
+
+
+def _show(args):
+    from tinyalex.train import models, show
+    from tinyalex.train.data.run_data import transforms_for
+    if args.picture == "activations":
+        _open_images([args.image], command="activations")  # before the model loads
+    model, meta = _load_for_inference(args.checkpoint, "cpu")
+    out = args.out or os.path.join(os.path.dirname(args.checkpoint), f"{args.picture}.png")
+    if args.picture == "filters":
+        name, conv = show.first_conv(model)
+        weights = conv.weight.array
+        kind = ("colour tiles (input channels as R, G, B)" if weights.shape[1] == 3 else
+                "grey tiles" if weights.shape[1] == 1 else "grey tiles of the mean over the input channels")
+        image = show.filter_grid(weights)
+        _write_png(out, lambda f: f.write(show.png_bytes(image)))
+        print(f"{name}: the first conv layer's weights, {'x'.join(map(str, weights.shape))} "
+              f"(filters x input channels x height x width), as {weights.shape[0]} {kind}, each "
+              f"normalised to its own min..max, scaled {show.filter_scale(weights.shape[2:])}x; "
+              f"a {image.shape[1]}x{image.shape[0]} px image")
+        return 0
+    channels = models.MODELS[meta["config"]["model"]][1][0]
+    array = _open_images([args.image], channels, command="activations")[0]
+    x = transforms_for(meta["config"]["model"], train=False)(array[None], np.random.default_rng(0))
+    logits, layers = show.activation_maps(model, x)
+    logits = logits[0].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    best = int(probs.argmax())
+    title = (f"{os.path.basename(args.image)} through {args.checkpoint} "
+             f"({meta['config']['model']}): {meta['classes'][best]} {probs[best]:.3f}")
+    _write_png(out, lambda f: show.plot_activations(x[0], layers, title, f))
+    for name, after_relu, maps in layers:
+        print(f"{name}: {'x'.join(map(str, maps.shape))} maps {'after ReLU' if after_relu else '(no ReLU)'}"
+              f", {min(len(maps), show.MAX_MAPS)} shown")
     return 0
 
 
@@ -417,7 +464,8 @@ def _add_train(sub):
     train.add_argument("--ten-crop", action="store_true", default=None,
                        help="RGB models: average the paper's 10 test crops (default: off)")
     train.add_argument("--grad-stats", action="store_true", default=None,
-                       help="log per-layer statistics to grad_stats.jsonl (default: off)")
+                       help="log per-layer statistics to grad_stats.jsonl, plotted to grad_stats.png and "
+                            "grad_hist.png (default: off)")
     train.add_argument("--skip-bad-images", action="store_true", default=None,
                        help="image folders: leave undecodable images out and count them, instead "
                             "of refusing to start (default: off)")
@@ -476,6 +524,19 @@ def build_parser():
                         help="batch size of the traced example input; the exported batch axis is"
                              " dynamic (default: %(default)s)")
     export.set_defaults(run=_export)
+
+    show = sub.add_parser("show", help="pictures of what a trained network learned (PNG)")
+    pictures = show.add_subparsers(dest="picture", required=True, metavar="PICTURE")
+    filters = pictures.add_parser("filters", help="the first conv layer's filters as an image grid "
+                                  "(the 2012 paper's Figure 3)")
+    maps = pictures.add_parser("activations", help="each conv layer's output maps (after ReLU) for one image")
+    maps.add_argument("image", help="an image file (any format Pillow reads)")
+    for picture in (filters, maps):
+        picture.add_argument("--checkpoint", default="runs/tinyalex/best.npz",
+                             help="a checkpoint written by tinyalex train (default: %(default)s)")
+        picture.add_argument("--out", metavar="PNG", help=f"the PNG to write (default: "
+                             f"{picture.prog.split()[-1]}.png beside the checkpoint)")
+    show.set_defaults(run=_show)
 
     from tinyalex.train.opcheck import CASES
     ops = list(dict.fromkeys(case.op for case in CASES))

@@ -133,6 +133,8 @@ def train(config, log=print, parts=Parts()):
         run_dir.write_curves(run.history)
         if run.stats is not None:
             run_dir.write("grad_stats.png", run.stats.plot)
+            if any("act_hist" in row for row in run.stats.samples):
+                run_dir.write("grad_hist.png", run.stats.plot_histograms)
         if world is not None:
             world.barrier()               # no rank leaves while rank 0 still writes
     return run.history
@@ -198,7 +200,7 @@ class _Run:
             self.stats = GradStats(self.model, self.run_dir.paths["grad_stats.jsonl"],
                                    self.config.epochs * len(self.train_loader),
                                    start_step=self.start_epoch * len(self.train_loader) + self.start_batch,
-                                   start_epoch=self.start_epoch)
+                                   start_epoch=self.start_epoch, summed_loss=self.gradient is not None)
 
     def _resume(self, changes):
         model_state, optim_state, meta = self.run_dir.load_checkpoint()

@@ -28,7 +28,7 @@ from tinyalex.train.curves import plot_curves
 
 #: The files of a run in --out; --overwrite deletes them.
 RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png", "grad_stats.jsonl",
-             "grad_stats.png")
+             "grad_stats.png", "grad_hist.png")
 
 
 class RunDir:
