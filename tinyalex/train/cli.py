@@ -220,6 +220,8 @@ def _export(args):
                             f"path, got [Errno {exc.errno}] {exc.strerror or exc}") from exc
     print(f"wrote {args.onnx}: {name}, input 'input' (batch, {', '.join(map(str, shape[1:]))}) float32,"
           f" output 'logits' (batch, {len(meta['classes'])}), ONNX opset {tinyalex_onnx.OPSET}")
+    return 0
+
 
 def _write_png(path, write):
     """Write a PNG atomically; an OSError becomes one line naming --out."""
