@@ -284,6 +284,12 @@ def _gradcheck(args):
     return 1 if failed else 0
 
 
+def _exercise(args):
+    from tinyalex.train import exercise
+    return exercise.check(args.file, train=not args.no_train, train_images=args.train_images,
+                          test_images=args.test_images, data_dir=args.data_dir)
+
+
 def _graph(args):
     from tinyalex import functional as F
     from tinyalex.train import models
@@ -552,6 +558,21 @@ def build_parser():
     check.add_argument("--dtype", default="float64", type=_one_of(("float64", "float32")),
                        metavar="{float64,float32}", help="default: %(default)s")
     check.set_defaults(run=_gradcheck)
+
+    exercise = sub.add_parser("exercise", help="grade a file of backward functions (docs/exercises)")
+    grade = exercise.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
+        "check", help="grade FILE: each op against the reference and gradcheck, then a short training run",
+        description="Exit status: 0 every op correct, 1 one wrong (or training failed), 2 a usage "
+                    "error, 3 none wrong but some still blank.")
+    grade.add_argument("file", metavar="FILE", help="your copy of an exercise (docs/exercises/*.py)")
+    grade.add_argument("--no-train", action="store_true", help="skip the training run")
+    grade.add_argument("--train-images", metavar="N", type=_number("limit_train"), default=512,
+                       help="Fashion-MNIST images to train one epoch on (default: %(default)s)")
+    grade.add_argument("--test-images", metavar="N", type=_number("limit_test"), default=512,
+                       help="test images to evaluate on (default: %(default)s)")
+    grade.add_argument("--data-dir", metavar="DIR", help="where the Fashion-MNIST .gz files are "
+                                                         "(default: /usr/share/datasets/fashion-mnist)")
+    grade.set_defaults(run=_exercise)
 
     graph = sub.add_parser("graph", help="dump a model's recorded graph (forward and loss) as DOT")
     graph.add_argument("--model", default="cpu-alexnet", type=_one_of(models.MODELS),
