@@ -199,7 +199,7 @@ def test_a_missing_file_or_data_is_a_usage_error(tmp_path, capsys):
 
 def test_your_linear_is_the_linear_layer_only_inside_the_block(tmp_path):
     import tinyalex.functional as F
-    from tinyalex.kernels.registered import load_file
+    from tinyalex.kernels.own_sets import load_file
     from tinyalex.tensor import tensor
     (tmp_path / "mine.py").write_text(solved("linear.py"))
     module = load_file(str(tmp_path / "mine.py"))
@@ -216,7 +216,7 @@ def test_the_max_pool_exercise_forward_is_the_reference_s():
     """The exercise's tap-by-tap forward picks the reference's argmax: first maximum, real
     pixels only, the last NaN, ceil mode."""
     from tinyalex.kernels.numpy import pool
-    from tinyalex.kernels.registered import load_file
+    from tinyalex.kernels.own_sets import load_file
     mine = load_file(str(EXERCISES / "max_pool2d.py"))
     rng = np.random.default_rng(0)
     for _ in range(60):

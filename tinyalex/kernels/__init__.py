@@ -9,7 +9,7 @@ the folder named as users select it:
 
 The device of the array decides between CPU and GPU; on the CPU, ``TINYALEX_CPU``
 (``numpy``, ``numba``, a registered set's name or a file of kernels) or the context manager
-:func:`use_kernels` decides which set. registered.py holds sets of your own
+:func:`use_kernels` decides which set. own_sets.py builds sets of your own
 (:func:`register_kernels`); conv_algorithms.py chooses among a set's convolution
 algorithms ('gemm', 'winograd').
 """
@@ -20,7 +20,7 @@ import os
 from tinyalex.device import device_of
 
 from tinyalex.errors import ValueRuntimeError
-from tinyalex.kernels import registered as _own_sets
+from tinyalex.kernels import own_sets as _own_sets
 
 KERNEL_SETS = {name: f"tinyalex.kernels.{name}" for name in ("numpy", "numba", "cupy")}
 CPU_KERNEL_SETS = ("numpy", "numba")
@@ -40,7 +40,7 @@ def register_kernels(name, kernels, base="numpy"):
     """Register `kernels` (a module, or any object with the functions as attributes) as the
     CPU kernel set `name`: the contract's functions it defines run, the rest come from the
     set `base`. Select it with use_kernels(name) or TINYALEX_CPU=name. Mistakes are refused
-    here, each named (registered.py). Returns the set."""
+    here, each named (own_sets.py). Returns the set."""
     if not isinstance(name, str) or not name or name in KERNEL_SETS:
         raise ValueRuntimeError(f"register_kernels: name: expected a new set name, not one of"
                                 f" {tuple(KERNEL_SETS)}, got {name!r}")

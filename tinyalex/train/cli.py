@@ -1,4 +1,5 @@
-"""The ``tinyalex`` command: train, eval, predict, export, show, gradcheck, graph, bench.
+"""The ``tinyalex`` command: train, eval, predict, export, show, gradcheck, exercise, graph,
+bench.
 
 A mistake the user can fix (a bad option, a missing file, a full disk, no GPU) ends the
 command with exit code 2 and one line on stderr, ``tinyalex COMMAND: error: ...``, saying

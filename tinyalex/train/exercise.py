@@ -128,7 +128,7 @@ def your_linear(module):
 def _load(path):
     """The learner's module, registered as the kernel set `path`; a mistake is a TrainingError."""
     from tinyalex.kernels import register_kernels
-    from tinyalex.kernels.registered import load_file, read_file
+    from tinyalex.kernels.own_sets import load_file, read_file
     try:
         read_file(path)
     except ValueError as exc:
