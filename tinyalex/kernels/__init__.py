@@ -51,14 +51,22 @@ def register_kernels(name, kernels, base="numpy"):
     return _registered[name]
 
 
-def _register_file(path):
-    """A .py file of kernels, registered under its path on first use, and again whenever
-    its text has changed since (a learner edits and re-runs in one session)."""
-    text = _own_sets.read_file(path)
-    if registered(path) is None or _file_texts.get(path) != text:
-        module = _own_sets.load_file(path)
-        register_kernels(path, module, base=getattr(module, "BASE", "numpy"))
-        _file_texts[path] = text
+def _cpu_set(name, option, refresh):
+    """`name` if it selects a CPU set: 'numpy', 'numba', a registered set, or a .py file of
+    kernels, registered under its path (again when `refresh` and its text has changed: a
+    learner edits and re-runs in one session). Else a ValueError naming `option`."""
+    if isinstance(name, str) and name.endswith(".py"):
+        if registered(name) is None or refresh:
+            text = _own_sets.read_file(name)
+            if registered(name) is None or _file_texts.get(name) != text:
+                module = _own_sets.load_file(name)
+                register_kernels(name, module, base=getattr(module, "BASE", "numpy"))
+                _file_texts[name] = text
+    elif name not in CPU_KERNEL_SETS and registered(name) is None:
+        raise ValueError(f"{option}: expected one of {CPU_KERNEL_SETS}, a registered set or a .py"
+                         f" file of kernels (the GPU set 'cupy' is chosen by device='cuda'),"
+                         f" got {name!r}")
+    return name
 
 
 def cpu_kernel_set_name():
@@ -66,12 +74,7 @@ def cpu_kernel_set_name():
     if _cpu_override is not None:
         return _cpu_override
     name = os.environ.get("TINYALEX_CPU", DEFAULT_CPU_KERNELS) or DEFAULT_CPU_KERNELS
-    if name.endswith(".py"):
-        _register_file(name)
-    elif name not in CPU_KERNEL_SETS and registered(name) is None:
-        raise ValueError(f"TINYALEX_CPU: expected one of {CPU_KERNEL_SETS}, a registered set"
-                         f" or a .py file of kernels, got {name!r}")
-    return name
+    return _cpu_set(name, "TINYALEX_CPU", refresh=False)  # every op asks: no file read here
 
 
 def load_kernel_set(name):
@@ -102,11 +105,7 @@ def use_kernels(name):
     The GPU set ('cupy') is chosen by putting tensors on device 'cuda', not here.
     """
     global _cpu_override
-    if isinstance(name, str) and name.endswith(".py"):
-        _register_file(name)
-    elif name not in CPU_KERNEL_SETS and registered(name) is None:
-        raise ValueError(f"use_kernels: expected one of {CPU_KERNEL_SETS} or a registered set"
-                         f" (the GPU set 'cupy' is chosen by device='cuda'), got {name!r}")
+    _cpu_set(name, "use_kernels", refresh=True)
     load_kernel_set(name)  # fail here, with the reason, rather than at the first op
     previous, _cpu_override = _cpu_override, name
     try:

@@ -48,17 +48,14 @@ def assemble(name, kernels, base_set):
                                         f" of its own, the rest from {base_set.__name__}")
     for n in SET_API:
         setattr(kernel_set, n, given.get(n, getattr(base_set, n)))
-    # a conv of its own runs as written: the base's Winograd would bypass it
-    if all(n in given for n in WINOGRAD_API):
-        algorithms, winograd = ("gemm", "winograd"), given
-    elif "conv2d_forward" in given:
-        algorithms, winograd = ("gemm",), {}
-    else:
-        algorithms, winograd = base_set.CONV2D_ALGORITHMS, base_set.__dict__
-    kernel_set.CONV2D_ALGORITHMS = algorithms
-    for n in WINOGRAD_API:
-        if "winograd" in algorithms:
-            setattr(kernel_set, n, winograd[n])
+    # Winograd: the set's own pair, or the base's unless the set has a conv of its own (which
+    # the base's Winograd would bypass)
+    own_conv = "conv2d_forward" in given and "conv2d_winograd_forward" not in given
+    kernel_set.CONV2D_ALGORITHMS = ("gemm",) if own_conv else (
+        ("gemm", "winograd") if "conv2d_winograd_forward" in given else base_set.CONV2D_ALGORITHMS)
+    if "winograd" in kernel_set.CONV2D_ALGORITHMS:
+        for n in WINOGRAD_API:
+            setattr(kernel_set, n, given.get(n, getattr(base_set, n, None)))
     kernel_set.own = tuple(sorted(given))
     return kernel_set
 

@@ -144,6 +144,10 @@ class RunDir:
                 if os.path.exists(self.paths[name]):
                     os.unlink(self.paths[name])
 
+    def path(self, name):
+        """Where file `name` of the run lives (a RUN_FILES name, or another file in --out)."""
+        return self.paths.get(name, os.path.join(self.out, name))
+
     # --- during training ------------------------------------------------------------------
     def load_checkpoint(self):
         """(model state, optimizer state, meta) of OUT/checkpoint.npz."""
@@ -175,7 +179,7 @@ class RunDir:
             return
         write = content if callable(content) else (lambda f: f.write(content))
         try:
-            atomic_write(self.paths.get(name, os.path.join(self.out, name)), write)
+            atomic_write(self.path(name), write)
         except OSError as exc:
             raise self.write_error(name, exc) from exc
 
@@ -186,7 +190,7 @@ class RunDir:
         intact = (f"the last checkpoint, {self.paths['checkpoint.npz']} ({where}), is intact: free "
                   "some space (or fix --out), then run again with --resume" if where else
                   "no checkpoint had been written yet: free some space (or fix --out), then run again")
-        folder = os.path.dirname(self.paths.get(name, os.path.join(self.out, name))) or "."
+        folder = os.path.dirname(self.path(name)) or "."
         return TrainingError(f"--out {folder}: cannot write {name}, expected a writable "
                              f"directory with free space, got [Errno {exc.errno}] "
                              f"{exc.strerror or exc}; {intact}")
