@@ -174,10 +174,28 @@ def ranks_at_half_efficiency(compute_full_batch, nbytes, bandwidth):
     return 1 + compute_full_batch * bandwidth / (2 * nbytes)
 
 
+def print_overlap(measured, h100_compute_ms):
+    print("\ncheck: the 2-rank CPU training step, allreduce after backward and overlapped with it")
+    for model, kinds in check_overlap_against_cpu(measured).items():
+        print(f"  {model:12s} " + "  ".join(f"{kind} predicted {p * 1e3:7.1f} ms measured {m * 1e3:7.1f} ms"
+                                            for kind, (p, m) in kinds.items()))
+    timeline = measured["models"]["alexnet2012"]["1"]["backward_timeline"]
+    share = timeline["forward_s"] / (timeline["forward_s"] + timeline["backward_s"])
+    print(f"\nalexnet2012 on K H100s, overlapped in {NcclAllreduce.BUCKET_BYTES / 2**20:.0f} MiB buckets; "
+          f"forward {share:.0%} of compute, and when each bucket goes, from the CPU timeline:")
+    print("  " + ", ".join(f"{n / 1e6:.1f} MB at {f:.0%}" for f, n in bucket_handovers(timeline, NcclAllreduce.BUCKET_BYTES)))
+    for compute_ms in h100_compute_ms:
+        for ranks, (name, after, overlapped, eff_after, eff_overlapped) in predict_h100(timeline, compute_ms).items():
+            print(f"  compute {compute_ms:4.0f} ms, K={ranks:2d} ({name.split(' (')[0]}): step after "
+                  f"{after * 1e3:6.2f} ms ({eff_after:4.0%}), overlapped {overlapped * 1e3:6.2f} ms "
+                  f"({eff_overlapped:4.0%})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--measured", default="benchmarks/results/dist_cpu.json",
-                        help="bench_dist.py's JSON (default: %(default)s)")
+    parser.add_argument("--measured", default="benchmarks/results/dist_cpu_overlap.json",
+                        help="bench_dist.py's JSON (default: %(default)s; dist_cpu.json, from before "
+                             "the overlap, has no training steps or timeline: the overlap's parts are left out)")
     parser.add_argument("--compute-ms", type=float, nargs="+", default=[50, 100, 200, 400],
                         help="assumed one-device forward+backward time of the global batch, ms")
     parser.add_argument("--h100-compute-ms", type=float, nargs="+", default=[10, 25, 50],
@@ -193,20 +211,8 @@ def main():
     for model, (predicted, got, error, comm, comm_got) in check_against_cpu(measured).items():
         print(f"  {model:12s} step predicted {predicted * 1e3:8.1f} ms  measured {got * 1e3:8.1f} ms  "
               f"({error:+.0%}); allreduce predicted {comm * 1e3:6.1f} ms  measured {comm_got * 1e3:6.1f} ms")
-    print("\ncheck: the 2-rank CPU training step, allreduce after backward and overlapped with it")
-    for model, kinds in check_overlap_against_cpu(measured).items():
-        print(f"  {model:12s} " + "  ".join(f"{kind} predicted {p * 1e3:7.1f} ms measured {m * 1e3:7.1f} ms"
-                                            for kind, (p, m) in kinds.items()))
-    timeline = measured["models"]["alexnet2012"]["1"]["backward_timeline"]
-    share = timeline["forward_s"] / (timeline["forward_s"] + timeline["backward_s"])
-    print(f"\nalexnet2012 on K H100s, overlapped in {NcclAllreduce.BUCKET_BYTES / 2**20:.0f} MiB buckets; "
-          f"forward {share:.0%} of compute, and when each bucket goes, from the CPU timeline:")
-    print("  " + ", ".join(f"{n / 1e6:.1f} MB at {f:.0%}" for f, n in bucket_handovers(timeline, NcclAllreduce.BUCKET_BYTES)))
-    for compute_ms in args.h100_compute_ms:
-        for ranks, (name, after, overlapped, eff_after, eff_overlapped) in predict_h100(timeline, compute_ms).items():
-            print(f"  compute {compute_ms:4.0f} ms, K={ranks:2d} ({name.split(' (')[0]}): step after "
-                  f"{after * 1e3:6.2f} ms ({eff_after:4.0%}), overlapped {overlapped * 1e3:6.2f} ms "
-                  f"({eff_overlapped:4.0%})")
+    if "backward_timeline" in measured["models"]["alexnet2012"]["1"]:
+        print_overlap(measured, args.h100_compute_ms)
     nbytes = 4 * ALEXNET2012_PARAMETERS
     for name, (bandwidth, latency) in LINKS.items():
         print(f"\n{name}: allreduce of {nbytes / 1e6:.0f} MB on 2/8 ranks: "

@@ -35,7 +35,8 @@ ends non-zero within seconds instead of hanging in a collective (docs/pitfalls.m
 Stops that every rank agrees on (Ctrl-C carried in the stop flag, a NaN loss, which the
 allreduce makes global) end all ranks at the same batch without Abort. Every wait polls a
 non-blocking request with a sleep that grows to 1 ms, so a rank waiting for another never
-spins a core (MPICH's blocking calls busy-poll).
+spins a core (MPICH's blocking calls busy-poll); the overlap's communication thread blocks
+only once its partner is there (:meth:`World._swap`).
 
 Threads: each rank gets cores / local ranks threads for Numba, OpenMP and BLAS, set before
 they load (:func:`configure_rank_threads`, called by ``import tinyalex``;
@@ -108,10 +109,11 @@ class World:
 
         On the main thread every request is polled with wait(). A communication thread
         polls too, but then it runs only when the main thread lets go of the GIL, which
-        a Numba kernel holds until it returns: MPI would move a few kilobytes between two
+        a Numba kernel holds until it returns: the transfer would advance only between two
         kernels. So the thread first swaps an empty message with its partner, polled (a
         late partner costs a sleep, not a spinning core), then waits for the data in
-        MPI_Waitall, which drives the copy in C with the GIL released."""
+        MPI_Waitall, which drives the copy in C with the GIL released (and busy-polls,
+        but only while both partners move bytes)."""
         requests = [self.comm.Isend(buffer, dest=partner, tag=tag),
                     self.comm.Irecv(received, source=partner, tag=tag)]
         if on_thread:
