@@ -25,10 +25,10 @@ import bisect
 import queue
 import threading
 
-#: Bucket size for CPU ranks. A message through MPICH's shared memory costs tens of
-#: microseconds, so buckets can be small: 1 MiB cuts cpu-alexnet's 2.4 MB into 4, of which
-#: 3 (the classifier) travel during the convolutions' backward. GPU ranks take NCCL's
-#: (distributed.NcclAllreduce.bucket_bytes, DDP's 25 MB).
+#: Bucket size for CPU ranks. A message between ranks of one machine costs little beyond
+#: its bytes (benchmarks/bench_dist.py's fit puts the latency near 0), so buckets can be
+#: small: 1 MiB cuts cpu-alexnet's 2.4 MB into 4, of which 3 (the classifier) travel during
+#: the convolutions' backward. GPU ranks take NCCL's (NcclAllreduce.BUCKET_BYTES, DDP's 25 MiB).
 CPU_BUCKET_BYTES = 2**20
 
 
