@@ -290,6 +290,12 @@ def _metrics(out):
         return [json.loads(line) for line in f]
 
 
+def _steps(out):
+    """steps.jsonl's rows without their wall time."""
+    with open(os.path.join(out, "steps.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in f]
+
+
 def _masks_by_step_and_layer(saved, micro_batches, steps=2, layers=2):
     """The dropout masks a process drew, joined over its micro-batches: [step][layer]."""
     masks = [saved[f"mask{i}"] for i in range(steps * micro_batches * layers)]
@@ -363,6 +369,10 @@ def test_mpiexec_train_writes_the_one_process_metrics_bit_for_bit(tmp_path):
     assert {k: v for k, v in b.items() if k not in TIMING + ("test_loss",)} == \
         {k: v for k, v in a.items() if k not in TIMING + ("test_loss",)}
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-12, abs=0)
+    # steps.jsonl: rank 0's rows (the global batch's loss), once each, as one process writes them
+    rows_one, rows_two = (_steps(d) for d in (one, two))
+    assert [r["step"] for r in rows_two] == list(range(8))
+    assert rows_two == rows_one
     from tinyalex.train.checkpoint import load_checkpoint, read_checkpoint_meta
     assert read_checkpoint_meta(two / "checkpoint.npz")["world_size"] == 2
     (weights_one, _, _), (weights_two, _, _) = (load_checkpoint(d / "checkpoint.npz") for d in (one, two))

@@ -42,6 +42,7 @@ class TrainConfig:
     overwrite: bool = False      # delete the run in `out` and start over
     ten_crop: bool = None        # RGB models: average the paper's 10 crops at test time
     grad_stats: bool = None
+    tensorboard: str = None      # a directory for TensorBoard event files (step_log.py)
     skip_bad_images: bool = None  # leave undecodable images out (counted) instead of refusing
     workers: int = None          # worker processes that decode and augment (0: in-process)
     limit_train: int = None      # use only the first N training images (quick runs, tests)
@@ -94,6 +95,8 @@ ON_RESUME = {
     "limit_test": ("apply", "evaluates on that many test images from now on"),
     "ten_crop": ("apply", "evaluates that way from now on"),
     "grad_stats": ("apply", "logs per-layer statistics from now on, or stops"),
+    "tensorboard": ("apply", "writes the run's TensorBoard events there, its past steps "
+                             "included (rebuilt from steps.jsonl and metrics.jsonl)"),
     "skip_bad_images": ("apply", "decides what undecodable images do from now on"),
     "device": ("apply", "moves the run; results then match a run that stayed only to "
                         "rounding"),
