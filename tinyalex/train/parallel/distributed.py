@@ -32,8 +32,9 @@ Semantics (what makes K ranks reproduce the one-process run, bit for bit with
 
 Faults: an exception on one rank calls ``MPI_Abort`` (:func:`abort_on_error`), so the job
 ends non-zero within seconds instead of hanging in a collective (docs/pitfalls.md#mpi-hang).
-A rank whose processes die is seen by mpiexec, which kills the job at once. A host that
-goes silent (power, network) is not: MPI reports nothing to the ranks waiting for it, so a
+A rank whose process dies is seen by mpiexec, which kills the job at once, and by the
+liveness channel (tinyalex.train.parallel.liveness, opened by :func:`world`), whose helper
+names the lost rank first. A host that goes silent (power, network) is not: MPI reports nothing to the ranks waiting for it, so a
 rank that has waited TINYALEX_RANK_TIMEOUT seconds in one collective raises
 :class:`LostRankError` naming the rank and host it waits for (docs/pitfalls.md#lost-host).
 Stops that every rank agrees on (Ctrl-C carried in the stop flag, a NaN loss, which the
@@ -45,8 +46,10 @@ Threads: each rank gets cores / local ranks threads for Numba, OpenMP and BLAS, 
 they load (:func:`configure_rank_threads`, called by ``import tinyalex``;
 docs/pitfalls.md#rank-threads).
 """
+import atexit
 import os
 import sys
+import threading
 import time
 
 from tinyalex.threads import launched
@@ -101,12 +104,13 @@ class World:
     """The ranks of this job over an mpi4py communicator: the collectives training needs,
     each completed by :func:`wait` (no spinning)."""
 
-    def __init__(self, comm, local_size=1, local_rank=0, hosts=None, timeout=None):
+    def __init__(self, comm, local_size=1, local_rank=0, hosts=None, timeout=None, channel=None):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.local_size, self.local_rank = local_size, local_rank
         self.hosts = hosts                     # each rank's host name, for LostRankError
         self.timeout = timeout                 # seconds, or None: wait forever
+        self.channel = channel                 # the liveness.Channel, or None
         self._received = None                  # allreduce_'s receive buffer
 
     @property
@@ -213,7 +217,11 @@ def world():
                                f"{comm.Get_size()} (is mpi4py built for another MPI than mpiexec's?)")
         # the host names mpiexec was given (hydra's PMI_HOSTNAME), once, for LostRankError
         hosts = comm.allgather(os.environ.get("PMI_HOSTNAME") or MPI.Get_processor_name())
-        _world = World(comm, local_size, local_rank, hosts, timeout)
+        from tinyalex.train.parallel import liveness
+        channel = liveness.open_channel(comm, hosts, _lost_rank)
+        _world = World(comm, local_size, local_rank, hosts, timeout, channel)
+        if channel is not None:
+            atexit.register(channel.close)     # runs before mpi4py's MPI_Finalize
     _world_checked = True
     return _world
 
@@ -235,16 +243,33 @@ def abort_on_error(exc, command="tinyalex"):
     the job (exit code 2 for a user error, 130 for an unagreed Ctrl-C, else 1), so no rank
     waits forever in a collective. Returns without doing anything in a one-process run or
     for a collective exception."""
-    w = _world
-    if w is None or getattr(exc, "collective", False):
+    if _world is None or getattr(exc, "collective", False):
         return
     code = 130 if isinstance(exc, KeyboardInterrupt) else 2 if _is_user_error(exc) else 1
-    where = f"rank {w.rank} of {w.size}"
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    # the line that says what happened first: MPI_Abort may cut what the launcher forwards
-    print(f"{command}: error on {where}: {message}; stopping all {w.size} ranks",
-          file=sys.stderr, flush=True)
-    if code == 1 and not isinstance(exc, LostRankError):   # a lost host's trace says nothing
+    trace = code == 1 and not isinstance(exc, LostRankError)    # a lost host's trace says nothing
+    _stop_job(" ".join(str(exc).split()) or type(exc).__name__, code, command, exc if trace else None)
+
+
+def _lost_rank(rank):
+    """The liveness channel's call when `rank` ended without a word (its helper has said so)."""
+    _stop_job(None, 1)
+
+
+_stopping = threading.Lock()   # taken once, never given back: the first to stop the job says why
+
+
+def _stop_job(message, code, command="tinyalex", exc=None):
+    """Print this rank's one line on why the job ends (unless `message` is None: said
+    already), then `exc`'s trace; tell the liveness channel that this end is on purpose,
+    and MPI_Abort every rank with `code`."""
+    w = _world
+    _stopping.acquire()
+    if w.channel is not None:
+        w.channel.failing()
+    if message is not None:   # the line first: MPI_Abort may cut what the launcher forwards
+        print(f"{command}: error on rank {w.rank} of {w.size}: {message}; stopping all {w.size} ranks",
+              file=sys.stderr, flush=True)
+    if exc is not None:
         import traceback
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     sys.stderr.flush()
