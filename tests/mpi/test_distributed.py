@@ -406,6 +406,7 @@ def test_a_failing_rank_ends_the_job_within_seconds(tmp_path):
     assert done.returncode != 0
     assert "rank 1 broke at its second step" in done.stderr
     assert "error on rank 1 of 2" in done.stderr
+    assert "lost rank" not in done.stderr     # its own error, not a lost rank (the liveness channel)
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end"  # minutes if a rank hung
 
 
