@@ -121,15 +121,17 @@ class World:
     def _wait(self, request, what, peers=None):
         """wait() for this rank's part of `what` (a collective's name), on `peers` (the
         ranks it waits for; default every other rank) for at most self.timeout."""
-        def lost(waited):
-            others = [r for r in range(self.size) if r != self.rank] if peers is None else peers
-            named = ", ".join(f"{r}" + (f" (host {self.hosts[r]})" if self.hosts else "")
-                              for r in others)
-            return LostRankError(
-                f"no reply from rank{'s' if len(others) > 1 else ''} {named} for {waited:.0f} s "
-                f"in the {what}: a host died, hangs or left the network "
-                "(TINYALEX_RANK_TIMEOUT sets this wait, in seconds)")
-        wait(request, timeout=self.timeout, lost=lost)
+        wait(request, timeout=self.timeout, lost=lambda waited: self.lost(what, waited, peers))
+
+    def lost(self, what, waited, peers=None):
+        """The LostRankError for `waited` seconds without a reply from `peers` in `what`."""
+        others = [r for r in range(self.size) if r != self.rank] if peers is None else peers
+        named = ", ".join(f"{r}" + (f" (host {self.hosts[r]})" if self.hosts else "")
+                          for r in others)
+        return LostRankError(
+            f"no reply from rank{'s' if len(others) > 1 else ''} {named} for {waited:.0f} s "
+            f"in the {what}: a host died, hangs or left the network "
+            "(TINYALEX_RANK_TIMEOUT sets this wait, in seconds)")
 
     def allreduce_(self, buffer, on_thread=False):
         """Sum a NumPy buffer over the ranks, in place.

@@ -24,6 +24,7 @@ bucket is final only once every micro-batch of the step has added into it
 import bisect
 import queue
 import threading
+import time
 
 #: Bucket size for CPU ranks. A message between ranks of one machine costs little beyond
 #: its bytes (benchmarks/bench_dist.py's fit puts the latency near 0), so buckets can be
@@ -129,15 +130,23 @@ class ThreadAllreduce:
             raise TrainingError("overlapping the allreduce with backward: expected an MPI with "
                                 f"MPI_THREAD_SERIALIZED ({MPI.THREAD_SERIALIZED}), got thread level "
                                 f"{level}; pass --no-overlap")
-        return cls(World(world.comm.Dup(), world.local_size, world.local_rank))
+        return cls(World(world.comm.Dup(), world.local_size, world.local_rank, hosts=world.hosts,
+                         timeout=world.timeout))
 
     def start(self, view):
         """Queue a slice of the flat buffer to be summed in place."""
         self._queue.put(view)
 
     def finish(self):
-        """Wait until every queued bucket is summed; raise the thread's error, if any."""
-        self._queue.join()
+        """Wait until every queued bucket is summed; raise the thread's error, if any. The
+        thread's MPI_Waitall cannot time out, so a partner gone silent mid-transfer is
+        noticed here, after the world's timeout, as a LostRankError."""
+        timeout, start = getattr(self.world, "timeout", None), time.monotonic()
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise self.world.lost("overlapped allreduce", time.monotonic() - start)
+                self._queue.all_tasks_done.wait(timeout=None if timeout is None else 1.0)
         if self._error is not None:
             error, self._error = self._error, None
             raise error
