@@ -21,7 +21,8 @@
 //                                   over the row for the max, then the sum of exponentials,
 //                                   then (eps != 0 only) the weighted sum of nlp, each reduced
 //                                   with warp shuffles and one shared value per warp: a fixed
-//                                   tree, deterministic.
+//                                   tree, deterministic. The passes after the first take the
+//                                   logits from registers (CE_CACHED per thread).
 //   cross_entropy_backward<T>       -> glogits (N, C). One thread per element, a grid-stride
 //                                   loop over N*C. g_n = g[n * g_stride]: g_stride 0
 //                                   broadcasts one scalar ('mean': gloss/D, 'sum': gloss),
@@ -74,20 +75,43 @@ __device__ T block_reduce(T v, Op op, T identity, T* partials)
     return result;
 }
 
-// The row's maximum m and lse = m + log sum_c exp(z_c - m), on every thread of the block.
-template <typename T>
-__device__ void row_lse(const T* z, int C, T* partials, T& m, T& lse)
+// The forwards keep the logits this thread reads, z[threadIdx.x + i * blockDim.x] for
+// i < CE_CACHED, in registers, so each pass after the first reads registers, not global
+// memory: a row of up to CE_CACHED * blockDim.x logits (2048 at 256 threads) is read once.
+constexpr int CE_CACHED = 8;
+
+// f(c, z[c]) for each logit c of this thread, in ascending order (the order the sums add in).
+template <typename T, typename F>
+__device__ void for_each_logit(const T* z, int C, const T (&cached)[CE_CACHED], F f)
 {
+    for (int i = 0; i < CE_CACHED; ++i) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c < C) {
+            f(c, cached[i]);
+        }
+    }
+    for (int c = threadIdx.x + CE_CACHED * blockDim.x; c < C; c += blockDim.x) {
+        f(c, z[c]);                                       // a row longer than the cache
+    }
+}
+
+// Fills `cached` with the row's logits; the row's maximum m and lse = m + log sum_c
+// exp(z_c - m), on every thread of the block.
+template <typename T>
+__device__ void row_lse(const T* z, int C, T (&cached)[CE_CACHED], T* partials, T& m, T& lse)
+{
+    for (int i = 0; i < CE_CACHED; ++i) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c < C) {
+            cached[i] = z[c];
+        }
+    }
     // z[0] is a neutral start for the max: the row's max is at least z[0].
     T v = z[0];
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        v = MaxOp()(v, z[c]);
-    }
+    for_each_logit(z, C, cached, [&](int, T zc) { v = MaxOp()(v, zc); });
     m = block_reduce(v, MaxOp(), z[0], partials);
     T sum = T(0);
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        sum += exp(z[c] - m);
-    }
+    for_each_logit(z, C, cached, [&](int, T zc) { sum += exp(zc - m); });
     sum = block_reduce(sum, SumOp(), T(0), partials);
     lse = m + log(sum);
 }
@@ -102,15 +126,14 @@ __global__ void cross_entropy_forward(const T* __restrict__ logits,
     __shared__ T partials[32];
     const long long row = blockIdx.x;
     const T* z = logits + row * C;
+    T cached[CE_CACHED];
     T m, row_lse_value;
-    row_lse(z, C, partials, m, row_lse_value);
+    row_lse(z, C, cached, partials, m, row_lse_value);
     // sum_c w_c * nlp_c, the label-smoothing term; smoothing is the same for the whole
     // block, so every thread takes this branch or none does (block_reduce syncs).
     T smooth = T(0);
     if (smoothing != T(0)) {
-        for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            smooth += weight[c] * (row_lse_value - z[c]);
-        }
+        for_each_logit(z, C, cached, [&](int c, T zc) { smooth += weight[c] * (row_lse_value - zc); });
         smooth = block_reduce(smooth, SumOp(), T(0), partials);
     }
     if (threadIdx.x == 0) {
@@ -163,15 +186,16 @@ __global__ void soft_cross_entropy_forward(const T* __restrict__ logits,
     const long long row = blockIdx.x;
     const T* z = logits + row * C;
     const T* probs = target + row * C;
+    T cached[CE_CACHED];
     T m, row_lse_value;
-    row_lse(z, C, partials, m, row_lse_value);
+    row_lse(z, C, cached, partials, m, row_lse_value);
     T weighted = T(0);
     T total_q = T(0);
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    for_each_logit(z, C, cached, [&](int c, T zc) {
         const T q = weight[c] * ((T(1) - smoothing) * probs[c] + smoothing / T(C));
-        weighted += q * (row_lse_value - z[c]);
+        weighted += q * (row_lse_value - zc);
         total_q += q;
-    }
+    });
     weighted = block_reduce(weighted, SumOp(), T(0), partials);
     total_q = block_reduce(total_q, SumOp(), T(0), partials);
     if (threadIdx.x == 0) {
