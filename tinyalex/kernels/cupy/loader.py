@@ -76,9 +76,21 @@ def kernels_dir():
 
 
 def source(file):
-    """The CUDA C source text of kernels/`file`."""
+    """The CUDA C source text of kernels/`file`, each ``#include "name.cuh"`` line replaced by
+    that header's text between #line directives (errors still name the header's lines): one
+    self-contained text for NVRTC, whose cache key then covers the headers too."""
     _check_file(file)
-    return (kernels_dir() / file).read_text(encoding="utf-8")
+    folder = kernels_dir()
+    text = (folder / file).read_text(encoding="utf-8")
+
+    def inline(match):
+        line = text.count("\n", 0, match.start()) + 1
+        header = (folder / match.group(1)).read_text(encoding="utf-8")
+        return f'#line 1 "{match.group(1)}"\n{header}#line {line + 1} "{file}"'
+    return _INCLUDE.sub(inline, text)
+
+
+_INCLUDE = re.compile(r'^#include "(\w+\.cuh)"$', re.MULTILINE)
 
 
 def name_expressions(file):
