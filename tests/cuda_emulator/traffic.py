@@ -77,9 +77,11 @@ class Instruction:
 @dataclasses.dataclass(frozen=True)
 class ArrayTraffic:
     """One argument array or __shared__ variable: the distinct sectors the launch read and wrote."""
-    name: str
+    name: str              # the kernel's parameter name ('x') or the __shared__ variable's
+    label: str             # as error messages name it, with the argument's type and shape
     nbytes: int
     shared: bool
+    const: bool            # a `const T*` argument
     read_sectors: int
     written_sectors: int
 
@@ -160,19 +162,46 @@ def combine(launches):
                          sum(launch.launches for launch in launches))
 
 
+@dataclasses.dataclass(frozen=True)
+class LibraryCall:
+    """Work the cupy kernel set hands to CuPy itself, which the emulator does not run as
+    CUDA: a cuBLAS GEMM, or one of CuPy's own elementwise, reduction or copy kernels.
+    fake_cupy records each inside a count_traffic() block, with what an ideal kernel would
+    cost: its operands read once and its result written once."""
+    what: str              # 'cuBLAS GEMM', 'CuPy elementwise', 'CuPy reduction', 'CuPy copy'
+    detail: str            # '(96x363) @ (363x6050)', 'add', ...
+    flops: int
+    bytes: int
+
+
+class Counted(list):
+    """What a count_traffic() block saw: a list of LaunchTraffic, one per kernel launch in
+    order, and the LibraryCalls in `library_calls`."""
+
+    def __init__(self):
+        super().__init__()
+        self.library_calls = []
+
+
 _sinks = []
 
 
 @contextmanager
 def count_traffic():
-    """Count the memory traffic of every emulated launch in the block: yields a list that
-    gets one :class:`LaunchTraffic` per launch, in order."""
-    launches = []
+    """Count the memory traffic of every emulated launch in the block: yields a list
+    (:class:`Counted`) that gets one :class:`LaunchTraffic` per launch, in order."""
+    launches = Counted()
     _sinks.append(launches)
     try:
         yield launches
     finally:
         _sinks.remove(launches)
+
+
+def record_library_call(what, detail, flops, nbytes):
+    """Note CuPy's or cuBLAS's work in the innermost count_traffic() block, if there is one."""
+    if _sinks:
+        _sinks[-1].library_calls.append(LibraryCall(what, detail, int(flops), int(nbytes)))
 
 
 def active_sink():
@@ -190,7 +219,8 @@ def read_launch(lib, kernel, grid, block, buffers, shared):
     instructions = tuple(Instruction(source, KINDS[c.kind], c.requests, c.lanes, c.bytes, c.sectors,
                                      c.wavefronts, c.ideal_wavefronts) for c, source in zip(raw, sources))
     counts = [lib.emu_counted_region(i) for i in range(lib.emu_counted_regions())]
-    arrays = tuple(ArrayTraffic(name, size, index >= len(buffers), c.read_sectors, c.written_sectors)
-                   for index, ((_, size, _, name, _), c) in enumerate(zip(buffers + shared, counts))
+    arrays = tuple(ArrayTraffic(label.split("'")[1], label, size, index >= len(buffers), not writable,
+                                c.read_sectors, c.written_sectors)
+                   for index, ((_, size, writable, label, _), c) in enumerate(zip(buffers + shared, counts))
                    if c.read_sectors or c.written_sectors)
     return LaunchTraffic(kernel.name, tuple(grid), tuple(block), instructions, arrays)
