@@ -10,6 +10,9 @@
 //   col2im<T>  cols -> x (N, C, H, W), the adjoint. One thread per input pixel, a
 //              grid-stride loop over N*C*H*W; each thread SUMS the column entries of the
 //              taps (i, j) that read its pixel, in a fixed order: deterministic, no atomics.
+//              It loops over the windows that can cover its pixel (ceil(kh/sh) x ceil(kw/sw)
+//              at dilation 1), not over all kh*kw taps: at stride 1 a warp reads 32
+//              consecutive entries of one column row per step.
 // Launch: 1-D, 256 threads per block, grid = min(ceil(total / 256), 2^20) blocks.
 //
 // Column layout. Entry (n, row, l), with row = c*kh*kw + i*kw + j and l = oh*OW + ow,
@@ -71,6 +74,10 @@ __global__ void col2im(const T* __restrict__ cols, T* __restrict__ x,
 {
     const long long HW = (long long)H * W;
     const long long total = (long long)N * C * HW;
+    // The windows over one padded row: oh in [(hp - (kh-1)*dh) / sh, hp / sh], at most
+    // per_row of them (likewise columns).
+    const int per_row = ((kh - 1) * dh + sh) / sh;
+    const int per_col = ((kw - 1) * dw + sw) / sw;
     for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
          t += (long long)gridDim.x * blockDim.x) {
         const long long plane = t / HW;                   // n*C + c
@@ -80,28 +87,25 @@ __global__ void col2im(const T* __restrict__ cols, T* __restrict__ x,
         const int hp = hw / W + ph;                       // the pixel in padded coordinates
         const int wp = hw % W + pw;
         const T* col_c = cols + n * sample_stride + (long long)c * kh * kw * row_stride;
-        // Tap i of window oh reads padded row oh*sh + i*dh, so the taps that read row hp
-        // are those i with hp - i*dh = oh*sh for an oh in [0, OH). Likewise for columns.
+        // Every candidate window (oh, ow), from hp / sh down, so that taps (i, j) come in
+        // ascending order: tap i of window oh reads row oh*sh + i*dh, so i = (hp - oh*sh) / dh
+        // when that divides and lies in [0, kh). A candidate that is no tap reads the entry
+        // of the nearest one and adds an exact +0 (sum starts at +0): every lane reads at
+        // every step, and the sum adds the same terms in the same order as a loop over taps.
         T sum = T(0);
-        for (int i = 0; i < kh; ++i) {
-            const int row_start = hp - i * dh;            // oh*sh, if some window has it
-            if (row_start < 0) {
-                break;                                    // larger i only go further up
-            }
-            const int oh = row_start / sh;
-            if (oh * sh != row_start || oh >= OH) {
-                continue;
-            }
-            for (int j = 0; j < kw; ++j) {
-                const int col_start = wp - j * dw;
-                if (col_start < 0) {
-                    break;
-                }
-                const int ow = col_start / sw;
-                if (ow * sw != col_start || ow >= OW) {
-                    continue;
-                }
-                sum += col_c[(long long)(i * kw + j) * row_stride + oh * OW + ow];
+        for (int a = 0; a < per_row; ++a) {
+            const int oh = hp / sh - a;
+            const int di = hp - oh * sh;                  // i*dh
+            const bool row_tap = oh >= 0 && oh < OH && di % dh == 0 && di / dh < kh;
+            const int i = min(di / dh, kh - 1);
+            for (int b = 0; b < per_col; ++b) {
+                const int ow = wp / sw - b;
+                const int dj = wp - ow * sw;
+                const bool tap = row_tap && ow >= 0 && ow < OW && dj % dw == 0 && dj / dw < kw;
+                const int j = min(dj / dw, kw - 1);
+                const T v = col_c[(long long)(i * kw + j) * row_stride
+                                  + min(max(oh, 0), OH - 1) * OW + min(max(ow, 0), OW - 1)];
+                sum += tap ? v : T(0);
             }
         }
         x[t] = sum;
