@@ -24,10 +24,12 @@
 //                                   tree, deterministic. The passes after the first take the
 //                                   logits from registers (CE_CACHED per thread).
 //   cross_entropy_backward<T>       -> glogits (N, C). One thread per element, a grid-stride
-//                                   loop over N*C. g_n = g[n * g_stride]: g_stride 0
-//                                   broadcasts one scalar ('mean': gloss/D, 'sum': gloss),
+//                                   loop over N*C; each block first stages the factors of
+//                                   its rows in shared memory. g_n = g[n * g_stride]: g_stride
+//                                   0 broadcasts one scalar ('mean': gloss/D, 'sum': gloss),
 //                                   g_stride 1 reads gloss per row ('none'). W is read from a
-//                                   one-element device array.
+//                                   one-element device array; weighted = 0 means no class
+//                                   weights (every w_c = 1, and `weight` is not read).
 //   soft_cross_entropy_forward<T>   logits, probabilities T, weight -> loss (N,), lse (N,)
 //                                   and q_sum (N,) = Q_n. One block per row, as above, with
 //                                   two more reductions (sum q*(m - z) and sum q).
@@ -148,30 +150,59 @@ __global__ void cross_entropy_forward(const T* __restrict__ logits,
     }
 }
 
+// The backward's blocks stage the per-row factors of the rows their elements lie in (at
+// most one per thread: blockDim.x <= CE_ROWS), read once per block instead of once per
+// element.
+constexpr int CE_ROWS = 256;
+
 template <typename T>
 __global__ void cross_entropy_backward(const T* __restrict__ logits,
                                        const long long* __restrict__ target,
-                                       const T* __restrict__ weight, long long ignore_index,
-                                       T smoothing, const T* __restrict__ weight_sum,
+                                       const T* __restrict__ weight, int weighted,
+                                       long long ignore_index, T smoothing,
+                                       const T* __restrict__ weight_sum,
                                        const T* __restrict__ lse, const T* __restrict__ g,
                                        long long g_stride, T* __restrict__ glogits,
                                        int N, int C)
 {
+    __shared__ long long row_target[CE_ROWS];
+    __shared__ T row_picked[CE_ROWS];                     // q[n, t] without the smoothing
+    __shared__ T row_total_q[CE_ROWS];
+    __shared__ T row_lse[CE_ROWS];
+    __shared__ T row_g[CE_ROWS];
     const long long total = (long long)N * C;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        const long long row = i / C;
-        const int c = (int)(i - row * C);
-        const long long t = target[row];
-        if (t == ignore_index) {
-            glogits[i] = T(0);                            // not 0 * (gloss / 0): torch gives 0
-            continue;
+    const T spread = smoothing / T(C);
+    for (long long i0 = (long long)blockIdx.x * blockDim.x; i0 < total;
+         i0 += (long long)gridDim.x * blockDim.x) {
+        const long long first_row = i0 / C;
+        const int rows = (int)((min(i0 + (long long)blockDim.x, total) - 1) / C - first_row) + 1;
+        if ((int)threadIdx.x < rows) {
+            const long long row = first_row + threadIdx.x;
+            const long long t = target[row];
+            row_target[threadIdx.x] = t;
+            if (t != ignore_index) {
+                const T picked = (T(1) - smoothing) * (weighted ? weight[t] : T(1));
+                row_picked[threadIdx.x] = picked;
+                row_total_q[threadIdx.x] = picked + spread * weight_sum[0];
+                row_lse[threadIdx.x] = lse[row];
+                row_g[threadIdx.x] = g[row * g_stride];
+            }
         }
-        const T picked = (T(1) - smoothing) * weight[t];  // q[n, t] without the smoothing
-        const T spread = smoothing / T(C);
-        const T total_q = picked + spread * weight_sum[0];
-        const T q = (c == t ? picked : T(0)) + spread * weight[c];
-        glogits[i] = (total_q * exp(logits[i] - lse[row]) - q) * g[row * g_stride];
+        __syncthreads();
+        const long long i = i0 + threadIdx.x;
+        if (i < total) {
+            const long long row = i / C;
+            const int c = (int)(i - row * C);
+            const int r = (int)(row - first_row);
+            const long long t = row_target[r];
+            if (t == ignore_index) {
+                glogits[i] = T(0);                        // not 0 * (gloss / 0): torch gives 0
+            } else {
+                const T q = (c == t ? row_picked[r] : T(0)) + spread * (weighted ? weight[c] : T(1));
+                glogits[i] = (row_total_q[r] * exp(logits[i] - row_lse[r]) - q) * row_g[r];
+            }
+        }
+        __syncthreads();                                  // all have read before the next rows
     }
 }
 

@@ -83,8 +83,17 @@ def test_swapped_pointers_in_the_im2col_launch_are_caught_by_the_bounds_check(mo
 
 @pytest.mark.parametrize("barrier", [0, 1, 2])
 def test_a_removed_barrier_in_cross_entropy_is_a_race(monkeypatch, emulated_kernels, barrier):
-    """Any of block_reduce's three __syncthreads(), on a row of 70 classes (three warps)."""
-    plant(monkeypatch, "cross_entropy.cu", "__syncthreads();", ";", count=3, occurrence=barrier)
+    """Any of block_reduce's three __syncthreads() (the file's first three), on a row of 70
+    classes (three warps)."""
+    plant(monkeypatch, "cross_entropy.cu", "__syncthreads();", ";", count=5, occurrence=barrier)
     with pytest.raises(EmulatedKernelError, match=r"cross_entropy.cu:\d+: cross_entropy_forward<double>,"
+                                                  r" .*(race|which no thread of this block has written)"):
+        cross_entropy.test_cross_entropy_matches_torch(emulated_kernels, 70, "mean", 1.0, np.float64)
+
+
+def test_a_removed_barrier_in_the_cross_entropy_backward_is_caught(monkeypatch, emulated_kernels):
+    """The barrier between staging the rows' factors and reading them (the file's fourth)."""
+    plant(monkeypatch, "cross_entropy.cu", "__syncthreads();", ";", count=5, occurrence=3)
+    with pytest.raises(EmulatedKernelError, match=r"cross_entropy.cu:\d+: cross_entropy_backward<double>,"
                                                   r" .*(race|which no thread of this block has written)"):
         cross_entropy.test_cross_entropy_matches_torch(emulated_kernels, 70, "mean", 1.0, np.float64)
