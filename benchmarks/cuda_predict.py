@@ -353,7 +353,7 @@ def report(rows, resources, scaling, batch, command):
              " sectors per request on a 4-byte type, any bank-conflict replay. Over one now: "
              + (", ".join(f"`{k}`" for k in flagged) or "none") + ".",
              "- Not at AlexNet's shapes, so not here: avg_pool2d_forward/backward and"
-             " soft_cross_entropy_forward/backward (`tests/kernels/test_cuda_resources.py` prints their resources).",
+             " soft_cross_entropy_forward/backward (`tests/kernels/test_kernel_resources.py` prints their resources).",
              ""]
     if scaling:
         lines += ["## Scaling check: extrapolated against counted", "",
@@ -379,6 +379,9 @@ def as_json(rows, batch):
     for r in rows:
         entry = {"ours": r.ours, "ideal_us": r.ideal_s * 1e6, "predicted_us": r.predicted_s * 1e6,
                  **{name: r.q[name] for name in QUANTITIES}}
+        if r.ours:
+            entry.update(load_sectors_per_request=r.sectors_per_request("load"),
+                         store_sectors_per_request=r.sectors_per_request("store"))
         cases[f"{r.case.name} {r.direction}"]["kernels"][r.kernel] = entry
     return {"batch": batch, "bytes_per_s": H100_BYTES_PER_S, "flop_per_s": H100_FLOP_PER_S, "cases": cases}
 

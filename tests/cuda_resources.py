@@ -14,7 +14,7 @@ sub-partition (4 of 16,384 registers); shared memory in units of 128 bytes, plus
 driver reserves per block, from 228 KB per SM; at most 2,048 threads (64 warps) and 32
 blocks per SM.
 
-Used by tests/kernels/test_cuda_resources.py (the table in CI, and no spills) and
+Used by tests/kernels/test_kernel_resources.py (the table in CI, and no spills) and
 benchmarks/bench_cuda.py --predict (cuda-predicted.md).
 """
 import dataclasses

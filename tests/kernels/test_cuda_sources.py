@@ -14,7 +14,7 @@ tinyalex.kernels.cupy.loader hands cupy.RawModule, plus the two options CuPy add
 the GPU's architecture, here sm_90, the lent machines' H100/H200), down to a cubin. These
 tests fail, never skip, when the bindings are missing: they are a test dependency.
 The compile helper lives in tests/cuda_resources.py, which also reads ptxas's report
-(tests/kernels/test_cuda_resources.py).
+(tests/kernels/test_kernel_resources.py).
 """
 import re
 import shutil

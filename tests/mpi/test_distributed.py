@@ -297,18 +297,22 @@ def _masks_by_step_and_layer(saved, micro_batches, steps=2, layers=2):
              for layer in range(layers)] for s in range(steps)]
 
 
-@pytest.mark.parametrize("ranks, micro", [(2, 6), (2, 3), (4, 3)],
-                         ids=["2-ranks-1-micro-batch-each", "2-ranks-2-each", "4-ranks-1-each"])
-def test_ranks_train_bit_for_bit_the_one_process_step_with_the_same_micro_batches(tmp_path, ranks, micro):
+@pytest.mark.parametrize("ranks, micro, overlap", [(2, 6, "on"), (2, 3, "on"), (4, 3, "on"), (2, 3, "off")],
+                         ids=["2-ranks-1-micro-batch-each", "2-ranks-2-each", "4-ranks-1-each",
+                              "2-ranks-2-each-no-overlap"])
+def test_ranks_train_bit_for_bit_the_one_process_step_with_the_same_micro_batches(tmp_path, ranks, micro,
+                                                                                  overlap):
     """A batch of 12 in micro-batches of `micro`: each rank runs its share of them, and the
-    gradients meet in the one-process pairwise order, so every bit agrees."""
+    gradients meet in the one-process pairwise order, so every bit agrees, whether the
+    allreduce overlaps backward in buckets or follows it. Overlapped, the first bucket's
+    sum over the ranks is complete before the first layer's gradient is computed."""
     mpiexec = _mpiexec()
     (tmp_path / "one").mkdir()
     (tmp_path / "ranks").mkdir()
     subprocess.run([sys.executable, STEP_SCRIPT, str(tmp_path / "one"), str(micro)], env=_env(),
                    timeout=300, check=True)
-    subprocess.run([mpiexec, "-n", str(ranks), sys.executable, STEP_SCRIPT, str(tmp_path / "ranks"), str(micro)],
-                   env=_env(), timeout=300, check=True)
+    subprocess.run([mpiexec, "-n", str(ranks), sys.executable, STEP_SCRIPT, str(tmp_path / "ranks"), str(micro),
+                    overlap], env=_env(), timeout=300, check=True)
     one = np.load(tmp_path / "one" / "rank0.npz")
     saved = [np.load(tmp_path / "ranks" / f"rank{r}.npz") for r in range(ranks)]
     one_masks = _masks_by_step_and_layer(one, 12 // micro)
@@ -319,6 +323,7 @@ def test_ranks_train_bit_for_bit_the_one_process_step_with_the_same_micro_batche
             for layer, mask in enumerate(layers):             # the rows' masks, bit for bit
                 np.testing.assert_array_equal(mask, one_masks[step][layer][first:stop])
         np.testing.assert_array_equal(rank["losses"], one["losses"])
+        assert rank["mid_backward"].tolist() == ([True] * 2 if overlap == "on" else [])
     params = [k for k in one.files if k.startswith("param/")]
     assert len(params) == 16
     for key in params:

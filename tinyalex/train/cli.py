@@ -448,6 +448,10 @@ def _add_train(sub):
                             "the one-process run with the same M when each rank gets a power-of-two "
                             "number of them; none: a rank's whole share at once "
                             f"({preset}{_per_model('micro_batch')})")
+    train.add_argument("--no-overlap", dest="overlap", action="store_false", default=None,
+                       help="with several ranks: sum the gradients over the ranks after backward "
+                            "instead of in buckets during it, last layers first (default: during; "
+                            "the results are the same bits, only the speed differs)")
     train.add_argument("--lr", metavar="LR", type=_number("lr"), help=f"SGD learning rate ({preset}{_per_model('lr')})")
     train.add_argument("--momentum", metavar="M", type=_number("momentum"),
                        help=f"SGD momentum, in [0, 1) (default: {DEFAULTS['momentum']})")

@@ -28,6 +28,8 @@ class TrainConfig:
     epochs: int = None           # None: the model's preset (PRESETS), and likewise below
     batch_size: int = None
     micro_batch: int = None      # None: each rank's whole share of a batch in one forward/backward
+    overlap: bool = None         # ranks: allreduce gradient buckets during backward (False: after
+                                 # it); the same bits either way, so --resume does not keep it
     lr: float = None
     momentum: float = None       # None: DEFAULTS, and likewise below
     weight_decay: float = None
@@ -48,7 +50,7 @@ class TrainConfig:
 
 #: The settings no preset decides (the paper's SGD recipe and the data set).
 DEFAULTS = dict(dataset="fashion-mnist", momentum=0.9, weight_decay=5e-4, seed=0,
-                ten_crop=False, grad_stats=False, skip_bad_images=False, workers=0)
+                ten_crop=False, grad_stats=False, skip_bad_images=False, workers=0, overlap=True)
 
 LR_SCHEDULES = ("plateau", "step", "none")
 

@@ -35,7 +35,8 @@ ends non-zero within seconds instead of hanging in a collective (docs/pitfalls.m
 Stops that every rank agrees on (Ctrl-C carried in the stop flag, a NaN loss, which the
 allreduce makes global) end all ranks at the same batch without Abort. Every wait polls a
 non-blocking request with a sleep that grows to 1 ms, so a rank waiting for another never
-spins a core (MPICH's blocking calls busy-poll).
+spins a core (MPICH's blocking calls busy-poll); the overlap's communication thread blocks
+only once its partner is there (:meth:`World._swap`).
 
 Threads: each rank gets cores / local ranks threads for Numba, OpenMP and BLAS, set before
 they load (:func:`configure_rank_threads`, called by ``import tinyalex``;
@@ -77,14 +78,19 @@ class World:
     def is_main(self):
         return self.rank == 0
 
-    def allreduce_(self, buffer):
+    def allreduce_(self, buffer, on_thread=False):
         """Sum a NumPy buffer over the ranks, in place.
 
         With a power-of-two number of ranks the sum is the pairwise tree over rank order,
         ((b0 + b1) + (b2 + b3)) + ..., by recursive doubling: at distance d = 1, 2, 4, ...
         each rank swaps its partial sum with rank ^ d and adds the two (a + b == b + a, so
         both partners hold the same bits). MPI's own allreduce may sum in another order
-        for large buffers. With another number of ranks, MPI's allreduce."""
+        for large buffers. With another number of ranks, MPI's allreduce. The sum is
+        elementwise, so summing the slices of a buffer one by one gives the same bits.
+
+        on_thread: called from a communication thread while the main thread computes
+        (tinyalex.train.parallel.overlap): each swap then moves its bytes in one blocking
+        MPI call, which releases Python's GIL, once the partner is known to be there."""
         size = self.size
         if size & (size - 1):
             from mpi4py import MPI
@@ -93,23 +99,44 @@ class World:
         received = self._receive_buffer(buffer)
         distance = 1
         while distance < size:
-            partner = self.rank ^ distance
-            requests = [self.comm.Isend(buffer, dest=partner, tag=distance),
-                        self.comm.Irecv(received, source=partner, tag=distance)]
-            for request in requests:
-                wait(request)
+            self._swap(buffer, received, self.rank ^ distance, distance, on_thread)
             buffer += received
             distance *= 2
         return buffer
 
-    def _receive_buffer(self, like):
-        """An array like `like` to receive a partner's sum into, kept from step to step (a
-        fresh one would fault in its pages every step)."""
-        held = self._received
-        if held is None or held.shape != like.shape or held.dtype != like.dtype:
+    def _swap(self, buffer, received, partner, tag, on_thread):
+        """Send `buffer` to `partner` and receive its into `received`.
+
+        On the main thread every request is polled with wait(). A communication thread
+        polls too, but then it runs only when the main thread lets go of the GIL, which
+        a Numba kernel holds until it returns: the transfer would advance only between two
+        kernels. So the thread first swaps an empty message with its partner, polled (a
+        late partner costs a sleep, not a spinning core), then waits for the data in
+        MPI_Waitall, which drives the copy in C with the GIL released (and busy-polls,
+        but only while both partners move bytes)."""
+        requests = [self.comm.Isend(buffer, dest=partner, tag=tag),
+                    self.comm.Irecv(received, source=partner, tag=tag)]
+        if on_thread:
             import numpy as np
-            held = self._received = np.empty_like(like)
-        return held
+            from mpi4py import MPI
+            met = [self.comm.Isend(np.empty(0, np.uint8), dest=partner, tag=0),  # distances >= 1
+                   self.comm.Irecv(np.empty(0, np.uint8), source=partner, tag=0)]
+            for request in met:
+                wait(request)
+            MPI.Request.Waitall(requests)
+            return
+        for request in requests:
+            wait(request)
+
+    def _receive_buffer(self, like):
+        """An array like `like` to receive a partner's sum into: a view of one array kept
+        from step to step and grown to the largest buffer summed (a fresh one would fault
+        in its pages every step)."""
+        held = self._received
+        if held is None or held.size < like.size or held.dtype != like.dtype:
+            import numpy as np
+            held = self._received = np.empty(like.size, like.dtype)
+        return held[:like.size].reshape(like.shape)
 
     def broadcast_(self, buffer, root=0):
         """Overwrite a NumPy buffer with root's, in place."""
@@ -151,7 +178,9 @@ def world():
     if size > 1:
         try:
             import mpi4py
-            mpi4py.rc.threads = False          # only the main thread calls MPI
+            # the main thread calls MPI, and the overlap's communication thread while the
+            # main thread makes no MPI call (tinyalex.train.parallel.overlap)
+            mpi4py.rc.thread_level = "serialized"
             from mpi4py import MPI
         except ImportError as exc:
             raise RuntimeError(f"the launcher started {size} processes: expected mpi4py to be "
@@ -242,13 +271,24 @@ class FlatBuffer:
         """Copy the gradients (zeros for a parameter without one) and `extras` (a dict of
         EXTRAS) into the buffer, or into `out`, an array like it."""
         flat = self.flat if out is None else out
+        self.pack_gradients(flat)
+        self.pack_extras(extras, flat)
+
+    def pack_gradients(self, out, start=0, stop=None):
+        """Copy the gradients of the parameters that lie in elements [start, stop) of the
+        buffer (a bucket: whole parameters) into `out`, zeros for a parameter without one."""
+        stop = self.grad_size if stop is None else stop
         for p, offset in zip(self.params, self.offsets):
-            view = flat[offset:offset + p.array.size]
-            if p.grad is None:
-                view[...] = 0
-            else:
-                view[...] = p.grad.array.reshape(-1)
-        flat[self.grad_size:] = self.xp.asarray([float(extras[k]) for k in EXTRAS], dtype=flat.dtype)
+            if start <= offset < stop:
+                view = out[offset:offset + p.array.size]
+                if p.grad is None:
+                    view[...] = 0
+                else:
+                    view[...] = p.grad.array.reshape(-1)
+
+    def pack_extras(self, extras, out):
+        """Write `extras` (a dict of EXTRAS) after the gradients of `out`."""
+        out[self.grad_size:] = self.xp.asarray([float(extras[k]) for k in EXTRAS], dtype=out.dtype)
 
     def extras(self):
         """EXTRAS as Python floats, read from the buffer (after the allreduce)."""
@@ -337,7 +377,9 @@ class NcclAllreduce:
     makes it and MPI broadcasts it (`w.broadcast_object`). `nccl` may be injected (tests).
     """
 
-    def __init__(self, w, nccl=None, bucket_bytes=25 * 2**20):
+    BUCKET_BYTES = 25 * 2**20               # DDP's default bucket
+
+    def __init__(self, w, nccl=None, bucket_bytes=BUCKET_BYTES):
         if nccl is None:
             from cupy.cuda import nccl
         self.nccl, self.world, self.bucket_bytes = nccl, w, bucket_bytes
