@@ -83,6 +83,29 @@ def test_each_source_opens_with_a_header_naming_its_kernels_and_launch(file):
     assert "Launch:" in header, f"the header of {file} gives no launch geometry"
 
 
+@pytest.mark.parametrize("file", ["im2col.cu", "pool.cu"])
+def test_the_loader_inlines_included_headers_with_their_line_numbers(file):
+    """One self-contained text (NVRTC's cache key covers the header), whose #line directives
+    map every line back to its file: after the header, line k of the text is line k of `file`."""
+    original = (loader.kernels_dir() / file).read_text().splitlines()
+    text = loader.source(file)
+    assert '#include "windows.cuh"' in original and "#include" not in text
+    header = (loader.kernels_dir() / "windows.cuh").read_text().splitlines()
+    lines = text.splitlines()
+    start = lines.index('#line 1 "windows.cuh"')
+    assert lines[start + 1:start + 1 + len(header)] == header
+    resume = re.fullmatch(r'#line (\d+) "(.+)"', lines[start + 1 + len(header)])
+    assert resume.group(2) == file
+    after = int(resume.group(1))
+    assert lines[start + 2 + len(header):] == original[after - 1:]
+
+
+def test_tile_sizes_come_from_the_source(emulated_cuda):
+    assert loader.constant("lrn.cu", "LRN_PIXELS") == 32
+    with pytest.raises(ValueError, match="LRN_TILE"):
+        loader.constant("lrn.cu", "LRN_TILE")
+
+
 def test_the_loader_refuses_other_dtypes_and_unknown_names():
     with pytest.raises(ValueError, match="file"):
         loader.name_expressions("gemm.cu")
