@@ -10,6 +10,10 @@ into tinyalex.kernels.numpy.
   the nonzero pattern of the LRN backward's Jacobian, for an odd and an even size.
 - pool_argmax_routing.png (docs/ops/max_pool2d.md): each window of an overlapping 3/2
   max-pool and the input pixel its gradient is routed to (the saved argmax), with ties.
+- model_parallel.png (docs/model-parallel.md): the two columns of alexnet2012 that
+  `--model-parallel 2` puts on two ranks, read off tinyalex.train.parallel.model_parallel's
+  column models and a forward through them: each rank's layers and weight shapes, and the
+  maps the ranks exchange.
 """
 import pathlib
 import sys
@@ -114,8 +118,108 @@ def pool_argmax_routing(path):
     plt.close(fig)
 
 
+class _RecordedExchange:
+    """A column's view of the other ranks for drawing: the allgather returns zeros for the
+    others' blocks and records the shape each rank sends (no MPI)."""
+
+    def __init__(self, column, count=2):
+        self.column, self.count, self.sent = column, count, []
+
+    def allgather(self, local, sizes):
+        self.sent.append(tuple(local.shape[1:]))
+        return [local if q == self.column else np.zeros((local.shape[0], sizes[q], *local.shape[2:]), local.dtype)
+                for q in range(self.count)]
+
+
+def _column_rows(model, sent):
+    """The rows of one column, top to bottom: ["box", text] for a weight layer and the
+    layers after it, ("share", text, backward) where the ranks exchange maps."""
+    from tinyalex import nn
+    names = {nn.ReLU: "ReLU", nn.LocalResponseNorm: "LRN (own maps)", nn.MaxPool2d: "max-pool 3/2",
+             nn.Dropout: "dropout 0.5 (the same mask on both ranks)"}
+    reduce = "backward: each sends the other its part of the gradient, both add (reduce-scatter)"
+    rows, sent, count, shared = [], iter(sent), {"conv": 0, "fc": 0}, True
+    for block in ("features", "classifier"):
+        for index, layer in enumerate(getattr(model, block)):
+            if index in model.shares[block]:
+                shape = "x".join(map(str, next(sent)))
+                rows.append(("share", f"allgather: each rank sends its {shape} per image", reduce))
+                shared = True
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                kind = "conv" if isinstance(layer, nn.Conv2d) else "fc"
+                count[kind] += 1
+                name = f"conv{count['conv']}" if kind == "conv" else f"fc{5 + count['fc']}"
+                reads = "" if shared else " (own maps only)"
+                rows.append(["box", f"{name}{reads}  weight {'x'.join(map(str, layer.weight.shape))}"])
+                shared = False
+            elif type(layer) in names:
+                if rows and rows[-1][0] == "box" and not isinstance(layer, nn.Dropout):
+                    rows[-1][1] += ", " + names[type(layer)]
+                else:
+                    rows.append(["box", names[type(layer)]])
+    shape = "x".join(map(str, next(sent)))
+    rows.append(("share", f"allgather of the logits: each rank sends its {shape} per image",
+                 "backward: each keeps its own columns of the loss gradient (no message)"))
+    rows.append(["box", "softmax cross-entropy: the same loss on both ranks"])
+    return rows
+
+
+def model_parallel(path):
+    """alexnet2012 (1000 classes) split in two columns: each rank's layers with their
+    weight shapes, and the exchanges (forward: allgather; backward: the gradient's
+    reduce-scatter), from the column models and one image through them."""
+    from tinyalex import random as _random
+    from tinyalex.autograd import no_grad
+    from tinyalex.tensor import tensor
+    from tinyalex.train import models
+    from tinyalex.train.parallel import model_parallel as mp
+    columns = []
+    for c in range(2):
+        _random.manual_seed(0)
+        exchange = _RecordedExchange(c)
+        model = mp.column_model(models.create_model("alexnet2012", 1000, model_parallel=2), exchange)
+        model.eval()
+        with no_grad():
+            model(tensor(np.zeros((1, 3, 227, 227), np.float32)))
+        columns.append(_column_rows(model, exchange.sent))
+    rows = [("box", "image 3x227x227: both ranks read the same batch")] + columns[0]
+    fig, ax = plt.subplots(figsize=(11, 0.62 * len(rows) + 1))
+    xs, y = (0.27, 0.73), 0.0
+    box = dict(boxstyle="round,pad=0.3", fc="#e8f0fb", ec="#4a6fa5")
+    for i, (kind, *_) in enumerate(rows):
+        y = -i
+        if kind == "box":
+            for c, x in enumerate(xs):
+                text = rows[i][1] if i == 0 else columns[c][i - 1][1]
+                ax.text(x, y, text, ha="center", va="center", fontsize=8, bbox=box)
+                if i + 1 < len(rows) and rows[i + 1][0] == "box":
+                    ax.annotate("", xy=(x, y - 0.72), xytext=(x, y - 0.28),
+                                arrowprops=dict(arrowstyle="->", color="#4a6fa5"))
+        else:
+            for x in xs:                                               # own maps go on down
+                ax.annotate("", xy=(x, y - 0.72), xytext=(x, y + 0.72),
+                            arrowprops=dict(arrowstyle="->", color="#4a6fa5"))
+            for a, b in ((xs[0], xs[1]), (xs[1], xs[0])):              # and cross to the other rank
+                ax.annotate("", xy=(b, y - 0.72), xytext=(a, y + 0.72),
+                            arrowprops=dict(arrowstyle="->", color="crimson", lw=1.6))
+            ax.text(0.5, y + 0.12, rows[i][1], ha="center", va="bottom", fontsize=8, color="crimson",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none"))
+            ax.text(0.5, y - 0.12, rows[i][2], ha="center", va="top", fontsize=7, color="crimson",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none"))
+    for c, x in enumerate(xs):
+        ax.text(x, 0.9, f"rank {c}: column {c}", ha="center", va="bottom", fontsize=11, weight="bold")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(y - 0.6, 1.5)
+    ax.axis("off")
+    ax.set_title("alexnet2012 in two columns (tinyalex train --model-parallel 2): half of every "
+                 "layer per rank; red: the messages", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 FIGURES = {"im2col_columns.png": im2col_columns, "lrn_window.png": lrn_window,
-           "pool_argmax_routing.png": pool_argmax_routing}
+           "pool_argmax_routing.png": pool_argmax_routing, "model_parallel.png": model_parallel}
 
 
 def main(out_dir=HERE / "figures"):

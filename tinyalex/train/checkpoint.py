@@ -116,12 +116,15 @@ def read_checkpoint_meta(path):
     return _parse_meta(path, raw)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, read=None):
     """(model state, optimizer state, meta) from a checkpoint; a clear error if the file is
-    missing, truncated or not a tinyalex checkpoint."""
+    missing, truncated or not a tinyalex checkpoint. read(archive, key): how to read each
+    array but 'meta' from the open np.load archive (default: whole; a model-parallel rank
+    reads its own rows, parallel/model_parallel.py)."""
     try:
         with _open_checkpoint(path) as archive:
-            arrays = {k: archive[k] for k in archive.files}
+            arrays = {k: archive[k] if read is None or k == "meta" else read(archive, k)
+                      for k in archive.files}
         raw = arrays.pop("meta")
     except TrainingError:
         raise

@@ -49,7 +49,7 @@ def _load_for_inference(checkpoint, device):
     from tinyalex.train.checkpoint import load_checkpoint
     model_state, _, meta = load_checkpoint(checkpoint)
     name = meta["config"]["model"]
-    model = models.create_model(name, len(meta["classes"]))
+    model = models.create_model(name, len(meta["classes"]), meta["config"].get("model_parallel"))
     model.load_state_dict(model_state)
     model.to(device).eval()
     return model, meta
@@ -452,6 +452,12 @@ def _add_train(sub):
                        help="with several ranks: sum the gradients over the ranks after backward "
                             "instead of in buckets during it, last layers first (default: during; "
                             "the results are the same bits, only the speed differs)")
+    train.add_argument("--model-parallel", metavar="C", type=_number("model_parallel"),
+                       help="2: alexnet2012 in the 2012 paper's two columns, one per rank under "
+                            "`mpiexec -n 2` (2R ranks: R data-parallel replicas), each holding half "
+                            "of every layer; in one process, both columns (the same model, to "
+                            "rounding) (default: 1, the whole model on each rank; see "
+                            "docs/model-parallel.md)")
     train.add_argument("--lr", metavar="LR", type=_number("lr"), help=f"SGD learning rate ({preset}{_per_model('lr')})")
     train.add_argument("--momentum", metavar="M", type=_number("momentum"),
                        help=f"SGD momentum, in [0, 1) (default: {DEFAULTS['momentum']})")

@@ -30,6 +30,7 @@ class TrainConfig:
     micro_batch: int = None      # None: each rank's whole share of a batch in one forward/backward
     overlap: bool = None         # ranks: allreduce gradient buckets during backward (False: after
                                  # it); the same bits either way, so --resume does not keep it
+    model_parallel: int = None   # 2: alexnet2012 in the paper's two columns, one per rank (1: whole)
     lr: float = None
     momentum: float = None       # None: DEFAULTS, and likewise below
     weight_decay: float = None
@@ -51,7 +52,8 @@ class TrainConfig:
 
 #: The settings no preset decides (the paper's SGD recipe and the data set).
 DEFAULTS = dict(dataset="fashion-mnist", momentum=0.9, weight_decay=5e-4, seed=0,
-                ten_crop=False, grad_stats=False, skip_bad_images=False, workers=0, overlap=True)
+                ten_crop=False, grad_stats=False, skip_bad_images=False, workers=0, overlap=True,
+                model_parallel=1)
 
 LR_SCHEDULES = ("plateau", "step", "none")
 
@@ -69,6 +71,7 @@ NUMBER_RULES = {
     "limit_train": (int, lambda v: v >= 1, "an integer >= 1"),
     "limit_test": (int, lambda v: v >= 1, "an integer >= 1"),
     "workers": (int, lambda v: v >= 0, "an integer >= 0"),
+    "model_parallel": (int, lambda v: v in (1, 2), "1, or 2 (the 2012 paper's two columns)"),
 }
 
 #: What --resume does with a setting given a value other than the checkpoint's: "refuse"
@@ -84,6 +87,8 @@ ON_RESUME = {
                               "set the rate"),
     "lr_step": ("refuse", "the saved step schedule counts epochs in its steps; --lr can "
                           "still set the rate"),
+    "model_parallel": ("refuse", "the columns normalise (LRN) within their own maps, which makes "
+                                 "it another model"),
     "epochs": ("apply", "trains to the new total; not below the epochs already done"),
     "micro_batch": ("apply", "sums each batch's gradient over micro-batches of that size from "
                              "now on; the run then matches an unchanged one to float rounding"),
@@ -133,6 +138,7 @@ def check_config(config):
             and config.micro_batch > config.batch_size:
         raise TrainingError(f"--micro-batch: expected at most --batch-size {config.batch_size}, "
                             f"got {config.micro_batch}")
+    check_model_parallel(config)
     if config.resume and config.overwrite:
         raise TrainingError("--resume and --overwrite: expected at most one of them, got both "
                             "(--resume continues the run in --out, --overwrite deletes it)")
@@ -141,6 +147,13 @@ def check_config(config):
     check_data_location(config.dataset, config.data_dir)
     if config.device is not None:
         check_device(config.device)
+
+
+def check_model_parallel(config):
+    """--model-parallel 2 splits alexnet2012 only (the model of the paper's two GPUs)."""
+    if config.model_parallel not in (None, 1) and config.model not in (None, "alexnet2012"):
+        raise TrainingError(f"--model-parallel {config.model_parallel}: expected --model alexnet2012 "
+                            f"(the 2012 paper's two-column network), got {config.model}")
 
 
 def check_data_location(dataset, data_dir):
@@ -215,6 +228,7 @@ def choose_defaults(config):
     for key, value in DEFAULTS.items():
         if getattr(config, key) is None:
             setattr(config, key, value)
+    check_model_parallel(config)
     return config, reasons
 
 

@@ -15,7 +15,8 @@ since a resumed run's settings are the checkpoint's); then the data (data/run_da
 and optimizer (:func:`build`, models.py), and the epochs (:class:`_Run`: a training pass of
 :func:`one_step` per batch, evaluation.py, the writes through the run directory). With
 several ranks the step is parallel/data_parallel.py's, and parallel/distributed.py carries
-the collectives.
+the collectives; with --model-parallel across ranks, each rank holds one column of the model
+and trains with its column's replicas as its world (parallel/model_parallel.py).
 
 The loop calls what a test may replace through :class:`Parts`, an explicit parameter of
 :func:`train`, never through this module's globals.
@@ -39,6 +40,7 @@ from tinyalex.train.data.image_folder import UnreadableImageError
 from tinyalex.train.evaluation import evaluate
 from tinyalex.train.interrupt import DeferredInterrupt
 from tinyalex.train.parallel import distributed as _dist
+from tinyalex.train.parallel import model_parallel
 from tinyalex.train.parallel.data_parallel import (BatchGradient, allreduce_sums, distributed_step,
                                                    optimizer_step, step_from_sums)
 from tinyalex.train.progress import Progress
@@ -52,12 +54,15 @@ from tinyalex.utils.data.loader import DataLoader, split_units
 EVAL_BATCH = 256
 
 
-def build(config, num_classes):
+def build(config, num_classes, columns=None):
     """Model, optimizer and schedule for a config (weights from config.seed); settings not
-    given take DEFAULTS."""
+    given take DEFAULTS. columns: this rank's model_parallel.Columns, to keep one column
+    of the model (built whole first, so its weights are the one-process run's)."""
     config = dataclasses.replace(config, **{k: v for k, v in DEFAULTS.items() if getattr(config, k) is None})
     _random.manual_seed(config.seed)
-    model = models.create_model(config.model, num_classes)
+    model = models.create_model(config.model, num_classes, config.model_parallel)
+    if columns is not None:
+        model = model_parallel.column_model(model, columns)
     model.to(config.device)
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                     weight_decay=config.weight_decay)
@@ -155,6 +160,11 @@ class _Run:
     def __init__(self, config, log, run_dir, world=None, parts=Parts()):
         self.config, self.log, self.run_dir, self.world, self.parts = config, log, run_dir, world, parts
         self.main = world is None or world.is_main
+        self.columns = model_parallel.split_world(world, config)
+        if self.columns is not None:   # the data-parallel world: the ranks holding this column
+            world = self.world = self.columns.replicas
+            self.parts = parts = dataclasses.replace(parts, distributed_step=self.columns.agreeing(
+                parts.distributed_step))
         rank, size = (0, 1) if world is None else (world.rank, world.size)
         self.train_set, self.test_set = parts.load_datasets(config, log)
         channels = models.MODELS[config.model][1][0]
@@ -163,7 +173,7 @@ class _Run:
         if found != channels:
             raise TrainingError(f"--model {config.model}: expected {channels}-channel images, got "
                                 f"{found}-channel ones in {config.dataset}")
-        self.model, self.optimizer, self.scheduler = build(config, len(self.train_set.classes))
+        self.model, self.optimizer, self.scheduler = build(config, len(self.train_set.classes), self.columns)
         if config.batch_size < size:
             raise TrainingError(f"--batch-size: expected at least one image per rank ({size} ranks), "
                                 f"got {config.batch_size}")
@@ -186,7 +196,8 @@ class _Run:
         self.ten_crop_size = models.MODELS[config.model][1][1] if config.ten_crop and channels == 3 else None
         n = len(self.train_loader)  # steps.jsonl's interval is the run's first (kept on resume)
         self.meta = dict(config=dataclasses.asdict(config), classes=list(self.train_set.classes),
-                         world_size=size, steps_per_epoch=n, steps_every=steps_every(config.epochs * n))
+                         world_size=size * (1 if self.columns is None else self.columns.count),
+                         steps_per_epoch=n, steps_every=steps_every(config.epochs * n))
         self.history, self.start_epoch, self.start_batch, self.partial = [], 0, 0, None
         self.stats, self.reported_skips = None, 0
 
@@ -212,7 +223,8 @@ class _Run:
                                    start_epoch=self.start_epoch, summed_loss=self.gradient is not None)
 
     def _resume(self, changes):
-        model_state, optim_state, meta = self.run_dir.load_checkpoint()
+        model_state, optim_state, meta = (self.run_dir.load_checkpoint() if self.columns is None
+                                          else self.columns.load_checkpoint(self.run_dir))
         if meta["classes"] != self.meta["classes"]:
             raise TrainingError(f"--resume: expected the checkpoint's classes {meta['classes']}, got "
                                 f"{self.meta['classes']} in {self.config.dataset}")
@@ -253,7 +265,10 @@ class _Run:
         self.steps.sync()  # the rows this checkpoint counts are on disk before it
         state = dict(self.meta, history=self.history, rng=_random.get_rng_state(),
                      best=self.best, **position)
-        self.run_dir.save_checkpoint(name, self.model, self.optimizer, self.scheduler, state)
+        if self.columns is None:
+            self.run_dir.save_checkpoint(name, self.model, self.optimizer, self.scheduler, state)
+        else:  # rank 0 writes the whole model, the other columns' rows streamed in
+            self.columns.save_checkpoint(self.run_dir, name, self.model, self.optimizer, self.scheduler, state)
 
     def train_epoch(self, epoch, ctrl_c):
         """One pass over the training set (from start_batch when resuming mid-epoch), then a
@@ -313,7 +328,10 @@ class _Run:
                                 f"in {path}: remove the file or pass --skip-bad-images, then run "
                                 "again with --resume") from exc
         running["seconds"] += time.perf_counter() - tick
-        if not _weights_finite(self.model):  # the epoch's last update overflowed
+        finite = _weights_finite(self.model)
+        if self.columns is not None:     # each column rank holds other weights: all stop, or none
+            finite = not self.columns.any(not finite)
+        if not finite:  # the epoch's last update overflowed
             raise _dist.mark_collective(TrainingError(
                 f"the weights became non-finite in the last step of epoch {epoch + 1}: training "
                 f"stopped; the last good checkpoint ({path}) is intact. Try a lower --lr."))

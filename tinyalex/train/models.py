@@ -3,7 +3,8 @@
 - :func:`alexnet2012`: the 2012 paper (Krizhevsky, Sutskever, Hinton): 3x227 input, conv
   96-256-384-384-256, LRN after the ReLUs of conv1 and conv2, overlapping 3/2 max-pooling,
   dropout 0.5 in fc6 and fc7, the two-GPU split as ``groups=2`` in conv2, conv4 and conv5,
-  and the paper's init (section 5).
+  and the paper's init (section 5). ``column_lrn=True`` normalises within each GPU's half of
+  the channels, the one-process twin of the two-rank split (parallel/model_parallel.py).
 - :class:`AlexNet`: the container every variant uses, with torchvision's block names
   (``features``, ``avgpool``, ``classifier``), so state_dict keys read 'features.0.weight'
   as in torchvision.
@@ -57,22 +58,52 @@ def _classifier(in_features, hidden, num_classes, dropout):
         nn.Linear(hidden, num_classes))
 
 
-def _paper_lrn():
+class ColumnLocalResponseNorm(nn.LocalResponseNorm):
+    """LRN within each of `columns` equal groups of channels: a window never reaches into the
+    next group, as on the paper's two GPUs, which each normalised the maps they held. The
+    (N, C, H, W) input is rearranged to (N, C / columns, columns, H * W), so each group's
+    maps sit at their own spatial positions of one channel axis and the ordinary LRN sees
+    zeros beyond each group's edges. (The batch axis stays first, so ONNX export keeps it
+    dynamic.)"""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0, columns=2):
+        super().__init__(size, alpha, beta, k)
+        self.columns = columns
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        if c % self.columns:
+            raise ValueError(f"ColumnLocalResponseNorm: input: expected channels that {self.columns} "
+                             f"columns divide, got {c}")
+        grouped = x.reshape(n, self.columns, c // self.columns, h * w).transpose(1, 2)
+        return super().forward(grouped).transpose(1, 2).reshape(n, c, h, w)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", columns={self.columns}"
+
+
+def _paper_lrn(columns=1):
     # the paper's LRN in PyTorch's convention (docs/ops/local_response_norm.md#5-constants-pytorch-the-2012-paper-tinyalex)
+    if columns > 1:
+        return ColumnLocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0, columns=columns)
     return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
 
 
-def alexnet2012(num_classes=1000, groups=2, dropout=0.5):
+def alexnet2012(num_classes=1000, groups=2, dropout=0.5, column_lrn=False):
     """The 2012 paper's network for 3x227 inputs (section 3.5, figure 2).
 
     groups=2 reproduces the two-GPU split: conv2, conv4 and conv5 see only the half of the
     previous layer's channels that lived on their GPU; groups=1 connects all channels.
+    column_lrn=True: each LRN normalises within each of the `groups` halves of its channels,
+    as each GPU did with its own maps (the one-process twin of ``--model-parallel 2``);
+    False: across all channels, a window straddling the halves.
     Init (section 5): weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6 and fc7
     (to give the ReLUs positive inputs early on), 0 elsewhere.
     """
+    lrn_columns = groups if column_lrn else 1
     features = nn.Sequential(
-        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), _paper_lrn(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2, groups=groups), nn.ReLU(), _paper_lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), _paper_lrn(lrn_columns), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=groups), nn.ReLU(), _paper_lrn(lrn_columns), nn.MaxPool2d(3, 2),
         nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
         nn.Conv2d(384, 384, 3, padding=1, groups=groups), nn.ReLU(),
         nn.Conv2d(384, 256, 3, padding=1, groups=groups), nn.ReLU(), nn.MaxPool2d(3, 2))
@@ -150,10 +181,17 @@ PRESETS = {
 }
 
 
-def create_model(name, num_classes):
+def create_model(name, num_classes, model_parallel=1):
+    """The model `name`; model_parallel=2 gives alexnet2012's one-process twin of the
+    two-column split (per-column LRN, tinyalex.train.parallel.model_parallel)."""
     if name not in MODELS:
         raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name][0](num_classes=num_classes)
+    if model_parallel in (None, 1):
+        return MODELS[name][0](num_classes=num_classes)
+    if (name, model_parallel) != ("alexnet2012", 2):
+        raise ValueError(f"model_parallel: expected 1, or 2 with alexnet2012 (the paper's two "
+                         f"columns), got {model_parallel!r} with {name}")
+    return alexnet2012(num_classes=num_classes, column_lrn=True)
 
 
 def read_weights(path):

@@ -150,16 +150,18 @@ class RunDir:
         return self.paths.get(name, os.path.join(self.out, name))
 
     # --- during training ------------------------------------------------------------------
-    def load_checkpoint(self):
-        """(model state, optimizer state, meta) of OUT/checkpoint.npz."""
-        return load_checkpoint(self.paths["checkpoint.npz"])
+    def load_checkpoint(self, read=None):
+        """(model state, optimizer state, meta) of OUT/checkpoint.npz (`read`: see
+        checkpoint.load_checkpoint)."""
+        return load_checkpoint(self.paths["checkpoint.npz"], read)
 
-    def save_checkpoint(self, name, model, optimizer, scheduler, meta):
+    def save_checkpoint(self, name, model, optimizer, scheduler, meta, savez=np.savez):
         """checkpoint.npz or best.npz, holding the model, optimizer, schedule and `meta` (its
-        epoch, batch and partial sums say where the run stands)."""
+        epoch, batch and partial sums say where the run stands). savez(f, **arrays) writes
+        the arrays (a model-parallel rank 0 adds the other column's, model_parallel.py)."""
         if self.writes:
             arrays = checkpoint_arrays(model, optimizer, scheduler, meta)
-            self.write(name, lambda f: np.savez(f, **arrays))
+            self.write(name, lambda f: savez(f, **arrays))
         if name == "checkpoint.npz":
             self.last_saved = meta
 
