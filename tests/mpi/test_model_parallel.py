@@ -108,6 +108,17 @@ def test_a_column_of_a_model_without_column_lrn_is_refused():
         model_parallel.column_model(models.alexnet2012(10), _columns(0))
 
 
+def test_a_ctrl_c_on_either_column_rank_stops_both_at_the_same_batch():
+    """The step's stop flag is summed over the column ranks (the exchange's allreduce_), so
+    a rank that saw no Ctrl-C still stops when the other did."""
+    columns = object.__new__(model_parallel.Columns)
+    step = columns.agreeing(lambda run, images, labels, first_row, stop: (0.5, 1, 2, stop))
+    columns.exchange = types.SimpleNamespace(allreduce_=lambda flag: flag + 1.0)     # the other asked
+    assert step(None, None, None, 0, False) == (0.5, 1, 2, True)
+    columns.exchange = types.SimpleNamespace(allreduce_=lambda flag: flag)           # nobody else did
+    assert step(None, None, None, 0, False)[3] is False and step(None, None, None, 0, True)[3] is True
+
+
 class Mailbox:
     """A comm whose sends are queued and whose receives take them in order: one rank's
     send_rows replayed into another's write_joined, in one process."""
