@@ -79,7 +79,7 @@ def rank_run(batch, steps, out, flat):
     reset = reset_peak()
     losses, wall, cpu = [], [], []
     run = types.SimpleNamespace(model=model, optimizer=optimizer, world=None if columns is None else columns.replicas,
-                                stats=None, config=types.SimpleNamespace(device="cpu"), gradient=gradient)
+                                stats=None, config=types.SimpleNamespace(device="cpu", overlap=False), gradient=gradient)
     for _ in range(steps):
         t0, c0 = time.perf_counter(), time.process_time()
         if columns is None:

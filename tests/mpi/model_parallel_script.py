@@ -42,7 +42,7 @@ else:
     replicas = columns.replicas
     distributed.broadcast_parameters(replicas, model, optimizer)
     run = types.SimpleNamespace(model=model, optimizer=optimizer, world=replicas, stats=None,
-                                config=types.SimpleNamespace(device="cpu"), gradient=gradient)
+                                config=types.SimpleNamespace(device="cpu", overlap=False), gradient=gradient)
     step = columns.agreeing(distributed_step)
     first, stop = split_units(batch, micro, replicas.size, replicas.rank)
     for _ in range(steps):

@@ -165,6 +165,8 @@ class _Run:
             world = self.world = self.columns.replicas
             self.parts = parts = dataclasses.replace(parts, distributed_step=self.columns.agreeing(
                 parts.distributed_step))
+            # the columns exchange maps during backward, on the main thread: no allreduce beside it
+            self.config = config = dataclasses.replace(config, overlap=False)
         rank, size = (0, 1) if world is None else (world.rank, world.size)
         self.train_set, self.test_set = parts.load_datasets(config, log)
         channels = models.MODELS[config.model][1][0]

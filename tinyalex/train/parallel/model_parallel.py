@@ -84,8 +84,10 @@ class Columns:
 
     def __init__(self, world, count):
         self.count, self.column, self.replica = count, world.rank % count, world.rank // count
-        self.exchange = _dist.World(world.comm.Split(self.replica, self.column))
-        self.replicas = _dist.World(world.comm.Split(self.column, self.replica))
+        self.exchange = _part_of(world, world.comm.Split(self.replica, self.column),
+                                 [self.replica * count + q for q in range(count)])
+        self.replicas = _part_of(world, world.comm.Split(self.column, self.replica),
+                                 list(range(self.column, world.size, count)))
 
     # --- the maps a layer reads ----------------------------------------------------------
     def allgather(self, local, sizes):
@@ -119,12 +121,12 @@ class Columns:
 
     def _trade(self, sends, receives, tag):
         """Post every send and receive (column -> array) to the exchange's ranks, then wait
-        for all without spinning (distributed.wait)."""
+        for all without spinning, naming a rank that does not answer (World's wait)."""
         comm = self.exchange.comm
-        requests = [comm.Irecv(buffer, source=q, tag=tag) for q, buffer in receives.items()]
-        requests += [comm.Isend(buffer, dest=q, tag=tag) for q, buffer in sends.items()]
-        for request in requests:
-            _dist.wait(request)
+        requests = [(comm.Irecv(buffer, source=q, tag=tag), q) for q, buffer in receives.items()]
+        requests += [(comm.Isend(buffer, dest=q, tag=tag), q) for q, buffer in sends.items()]
+        for request, q in requests:
+            self.exchange._wait(request, "exchange of the columns' maps", [q])
 
     # --- the training loop's hooks -------------------------------------------------------
     def agreeing(self, step):
@@ -148,6 +150,13 @@ class Columns:
     def load_checkpoint(self, run_dir):
         """This column's part of run_dir's checkpoint.npz: (model state, optimizer state, meta)."""
         return run_dir.load_checkpoint(read=lambda archive, key: own_rows(archive, key, self.count, self.column))
+
+
+def _part_of(world, comm, ranks):
+    """A World over `comm`, a part of `world` holding its ranks `ranks` (in order): their
+    hosts, to name a lost one, and the job's wait limit."""
+    hosts = None if world.hosts is None else [world.hosts[r] for r in ranks]
+    return _dist.World(comm, world.local_size, world.local_rank, hosts, world.timeout, world.channel)
 
 
 def split_world(world, config):
