@@ -30,7 +30,9 @@ fate is thus the same on both ranks and in the twin, and no stream needs splitti
 
 Data parallelism composes: with K = 2R ranks, ranks 2r and 2r+1 are replica r's two
 columns (so rank 0 holds column 0 of replica 0), the column's R ranks average their
-gradients as in data_parallel.py, and each replica reads its own rows of each batch.
+gradients as in data_parallel.py, and each replica reads its own rows of each batch. Their
+allreduce runs after backward (the loop turns the overlap off): the columns' messages use
+the main thread during backward, and MPI runs at MPI_THREAD_SERIALIZED (overlap.py).
 
 Checkpoints. Rank 0 writes one checkpoint.npz in the twin's format and keys, so `tinyalex
 eval`, `predict` and `export` read it as the twin, and a run resumes with any number of
