@@ -471,9 +471,10 @@ STEADY_VARIANTS = {
 GOAL_SPREAD = 1.15                     # slowest / fastest of the timed steps, at most
 
 
-def spread(result):
-    """Slowest / fastest wall time of a process's timed steps."""
-    return max(result["seconds"]) / min(result["seconds"])
+def spread(result, key="seconds"):
+    """Slowest / fastest of a process's timed steps (wall time, or with key="cpu_seconds"
+    CPU time, which another process's load touches less)."""
+    return max(result[key]) / min(result[key])
 
 
 def median_ms(result, key="seconds"):
@@ -516,27 +517,31 @@ def steady_lines(results, batch, steps, load_average, load_average_end, ops, los
         f"- check (eval mode, batch {batch}, loss before -> after one SGD step): {loss_text}",
         "- method: each row is one fresh process (fashion_alexnet, float32, SGD as above): a"
         f" warm-up step, the memory step, then {steps} steps timed one by one; the variants"
-        " alternate, round after round. CPU = user + system time of all threads"
+        " alternate, round after round. CPU = user + system time of all threads, CPU"
+        " spread its slowest / fastest step"
         " (getrusage), faults = minor page faults; 'pool MB' is the part of the buffer pool's"
         " region ever used (tinyalex/kernels/numba/buffers.py): resident between steps,"
         " gradients included; the memory step starts without it, so its peak counts it", "",
-        "| variant | round | median ms | min-max ms | spread max/min | CPU ms/step | system ms/step"
-        " | faults/step | time / torch | peak MB | pool MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "| variant | round | median ms | min-max ms | spread max/min | CPU ms/step | CPU spread"
+        " | system ms/step | faults/step | time / torch | peak MB | pool MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rounds in results.items():
         for index, r in enumerate(rounds):
             ms = [1e3 * t for t in r["seconds"]]
             ratio = f"{median_ms(r) / torch_ms[index]:.2f}" if torch_ms else "-"
             lines.append(f"| {STEADY_VARIANTS[name][2]} | {index + 1} | {median_ms(r):.0f} |"
                          f" {min(ms):.0f}-{max(ms):.0f} | {spread(r):.2f} |"
-                         f" {median_ms(r, 'cpu_seconds'):.0f} | {median_ms(r, 'system_seconds'):.0f} |"
+                         f" {median_ms(r, 'cpu_seconds'):.0f} | {spread(r, 'cpu_seconds'):.2f} |"
+                         f" {median_ms(r, 'system_seconds'):.0f} |"
                          f" {statistics.median(r['minor_faults']):.0f} | {ratio} | {r['peak_mb']:.0f} |"
                          f" {r['pool_mb']:.0f} |")
     lines += ["", f"Summary (goal: spread <= {GOAL_SPREAD} in every round for reused buffers, and"
               " still faster than torch):", ""]
     for name, rounds in results.items():
         spreads = ", ".join(f"{spread(r):.2f}" for r in rounds)
-        text = f"- {STEADY_VARIANTS[name][2]}: spread {spreads}; median ms {', '.join(f'{median_ms(r):.0f}' for r in rounds)}"
+        cpu_spreads = ", ".join(f"{spread(r, 'cpu_seconds'):.2f}" for r in rounds)
+        text = (f"- {STEADY_VARIANTS[name][2]}: spread {spreads} (CPU {cpu_spreads}); median ms"
+                f" {', '.join(f'{median_ms(r):.0f}' for r in rounds)}")
         if torch_ms and name != "torch":
             ratios = [median_ms(r) / t for r, t in zip(rounds, torch_ms)]
             text += f"; time / torch {', '.join(f'{x:.2f}' for x in ratios)}"
@@ -560,6 +565,9 @@ def steady_main(args):
     text = "\n".join(steady_lines(results, batch, args.steps, load_average, os.getloadavg(), ops, losses)
                      + ["", f"Command: `{command}`"]) + "\n"
     print(text, end="")
+    if args.json:                                       # every step's numbers, for a closer look
+        with open(args.json, "w") as out:
+            json.dump({"command": command, "results": results}, out, indent=1)
     if args.append:
         with open(args.append, "a") as out:             # a dated section after what is there
             out.write("\n" + text)
@@ -584,6 +592,7 @@ def parse_args(argv):
     parser.add_argument("--variants", nargs="+", choices=list(STEADY_VARIANTS),
                         default=["fresh", "reuse", "torch"], help="--steady: what to compare")
     parser.add_argument("--append", help="--steady: append the report to this markdown file")
+    parser.add_argument("--json", help="--steady: also write every step's numbers to this file")
     parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)  # measure() in a subprocess
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -5,16 +5,16 @@ caches, the gradients: fc6's weight gradient alone is 100 MB in the Fashion-MNIS
 AlexNet). Made fresh with np.empty, each one faults in new pages, and NumPy asks for
 transparent huge pages on large arrays, which on a kernel with THP defrag = madvise can
 wait for memory compaction: step times then jump between two levels at random
-(benchmarks/results/cpu.md, "Steady steps"). Carved out of memory that stays mapped,
-they cost no page faults after the first step, and steps take one time.
+(docs/pitfalls.md#fresh-pages). Carved out of memory that stays mapped, they cost no
+page faults after the first step, and steps take one time.
 
 How: the arrays of at least MIN_BYTES are carved out of one large region (one np.empty,
 mapped lazily: only the pages ever used become resident). Free space is a list of
 (offset, size) ranges; a request takes the first range that fits (first fit, lowest
 offset first, so the used part stays compact) and a returned range merges with its free
 neighbours. A step asks for the same arrays in the same order every time, so after the
-first step every request lands on pages already mapped (benchmarks/results/cpu.md gives
-the resident sizes against a pool of exact-size blocks).
+first step every request lands on pages already mapped. (A pool of exact-size blocks kept
+far more memory: benchmarks/results/cpu_design_notes.md.)
 
 Never lent twice: every array handed out gets its own :class:`Lease` as its ``base``;
 every view of that array, every Tensor, cache, graph node or Numba call holding it keeps
