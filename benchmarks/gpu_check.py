@@ -1,7 +1,7 @@
 """The one-shot GPU check: every GPU claim of tinyalex exercised once, in one report.
 
 Few sessions are lent a GPU, and then for minutes, so this runs everything that needs
-one, unattended, within a time budget (default 480 s, under the 10 minutes one command
+one, unattended, within a time budget (default 510 s, under the 10 minutes one command
 may take there). Only files under $OUT come back from a lent machine (at most 8), so the
 report and ONE archive of every step's full output are all it writes, into $OUT when it
 is set, else into --out (default benchmarks/results):
@@ -19,10 +19,15 @@ is set, else into --out (default benchmarks/results):
     with pytest-xdist and a per-test limit (pytest-timeout) where those are installed;
  4-7. compute-sanitizer memcheck, racecheck, initcheck and synccheck over
     benchmarks/gpu_kernels_smoke.py; only findings in tinyalex's own kernels count;
- 8-9. benchmarks/bench_cuda.py in strict fp32 (every op) and in TF32 (the GEMM ops);
-10. PyTorch's images/s for the GPU default model (the twin of tinyalex's, same weights,
+ 8-9. benchmarks/bench_cuda.py in strict fp32 (every op) and in TF32 (the GEMM ops); the
+    fp32 report sets each case's measured time beside the time benchmarks/cuda_predict.py
+    predicted for it (results/cuda-predicted.json) and beside cuDNN's through torch;
+10. where Nsight Compute (ncu) is installed: the sectors per request and the bank
+    conflicts of every kernel of ours, launched once per AlexNet case by
+    benchmarks/gpu_kernel_launches.py, beside the counts the emulator predicted;
+11. PyTorch's images/s for the GPU default model (the twin of tinyalex's, same weights,
     same loader, same batch size), and both libraries' images/s for one step alone;
-11. `tinyalex train --device cuda` on that model until the budget is spent: Ctrl-C at
+12. `tinyalex train --device cuda` on that model until the budget is spent: Ctrl-C at
     the end (tinyalex finishes the step and saves), images/s from its metrics.jsonl.
 
 Each step runs as a subprocess in its own process group, with the default SIGINT
@@ -42,7 +47,7 @@ also writes a report rendered from canned step results, labelled as a sample.
 --rehearse runs the whole plan on this machine with the network cut (unshare -n, as root),
 $OUT set (a temporary folder if it is not), and the emulated CuPy set (tests/cuda_emulator)
 in every step's Python (benchmarks/rehearsal/sitecustomize.py); benchmarks/rehearsal/bin
-stands in for nvidia-smi and compute-sanitizer. What cannot exist here (PyTorch on CUDA)
+stands in for nvidia-smi, compute-sanitizer and ncu (whose counts are then the emulator's). What cannot exist here (PyTorch on CUDA)
 is skipped with that reason, and the training step trains a small model on a few images.
 It then checks what would come back: the report in $OUT, at most 8 files there, each
 under 16 MiB, every step with a final status and none failed, and the whole under the
@@ -71,7 +76,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-DEFAULT_BUDGET_S = 480
+DEFAULT_BUDGET_S = 510
 RESERVE_S = 10                  # of the budget, kept for writing the report and process start-up
 MIN_STEP_S = 10                 # a step given less than this is skipped, not started
 KILL_GRACE_S = 3                # SIGTERM, then SIGKILL after this long
@@ -84,6 +89,15 @@ SANITIZER_PRINT_LIMIT = 1000    # findings printed; CuPy's and cuBLAS's must not
 PLAN_DEVICE_NAME = "NVIDIA H200"    # names the dry run's report when no GPU is visible
 TAIL_LINES = 30                 # of output, shown for a step that did not pass
 SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
+#: What the ncu step asks Nsight Compute for, per kernel launch: global-memory requests and
+#: sectors (loads, stores) and shared-memory bank conflicts, as the emulator counts them.
+NCU_METRICS = {"load_requests": "l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum",
+               "load_sectors": "l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum",
+               "store_requests": "l1tex__t_requests_pipe_lsu_mem_global_op_st.sum",
+               "store_sectors": "l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum",
+               "load_bank_conflicts": "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum",
+               "store_bank_conflicts": "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum"}
+PREDICTED_JSON = os.path.join(HERE, "results", "cuda-predicted.json")
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 REHEARSAL_VARIABLE = "TINYALEX_GPU_REHEARSAL"   # "1": the emulated CuPy set, see --rehearse
@@ -115,16 +129,22 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """How much data the training steps read, and what the training step trains."""
+    """How much data the training steps read, and what the training step trains; and the
+    size of what the ncu step profiles."""
     train_images: int
     test_images: int
     train_options: tuple = ()
+    launch_options: tuple = ("--batch", "8")
 
 
 #: 200 batches of 128 of the GPU default model; the rehearsal trains a small model on the
-#: emulator (about 3 images/s), enough for two batches an epoch and the planned Ctrl-C.
+#: emulator (about 3 images/s), enough for two batches an epoch and the planned Ctrl-C, and
+#: its ncu step counts, at batch 1, the cases that launch each kind of kernel AlexNet uses
+#: (sgd_update on 2^16 elements): about 10 s on the emulator.
 GPU_WORKLOAD = Workload(25600, 2560)
-REHEARSAL_WORKLOAD = Workload(16, 8, ("--model", "cpu-alexnet", "--batch-size", "8"))
+REHEARSAL_WORKLOAD = Workload(16, 8, ("--model", "cpu-alexnet", "--batch-size", "8"),
+                              ("--batch", "1", "--sgd-elements", "65536",
+                               "--only", "conv5", "lrn2", "pool5", "relu6", "dropout", "cross", "sgd"))
 
 
 @dataclasses.dataclass
@@ -140,6 +160,7 @@ class Context:
     fashion_mnist_dir: str      # where Fashion-MNIST was looked for
     budget_s: float
     sanitizer: str              # the compute-sanitizer executable, or "" if there is none
+    ncu: str = ""               # Nsight Compute's command line (ncu), or "" if there is none
     device_note: str = ""       # where the device name came from, when it is not a GPU found here
     out_from_env: bool = False  # out_dir is $OUT
     rehearsal: bool = False     # the emulated CuPy set and stand-ins (--rehearse)
@@ -249,6 +270,14 @@ def plan_steps(ctx):
              probe=("--dry-run",)),
     ]
     work = ctx.workload
+    steps.append(Step("ncu", "Nsight Compute: sectors per request of every kernel",
+                      "the memory transactions the emulator counted for the prediction (sectors per request"
+                      " of loads and stores, shared-memory bank conflicts) are the GPU's, kernel by kernel, at"
+                      " AlexNet's shapes", 30,
+                      (ctx.ncu or "ncu", "--csv", "--print-units", "base", "--metrics", ",".join(NCU_METRICS.values()),
+                       "--kernel-name", "regex:" + "|".join(tinyalex_kernel_names()),
+                       py, "benchmarks/gpu_kernel_launches.py", *work.launch_options),
+                      summarize_ncu, requires=ctx.ncu or "ncu", needs=("cupy",)))
     data = ("--data-dir", ctx.data_dir, "--limit-train", str(work.train_images))
     steps += [
         Step("torch-throughput", "PyTorch's images/s for the same model",
@@ -655,8 +684,128 @@ def summarize_bench(run, ctx, mode="fp32"):
     own = f"{os.path.basename(ctx.logs_dir)}/bench-{mode}/cuda.md"
     details = [f"Ratio: tinyalex time / torch time, below 1 tinyalex is faster. The benchmark's own report,"
                f" with its method and chart: `{own}` in {os.path.basename(ctx.archive_path)}.", ""] + table + [""]
-    return Summary("pass" if run.returncode == 0 and not mismatches else "fail", key, details,
-                   {"median_ratio": statistics.median(ratios), "mismatches": mismatches})
+    data = {"median_ratio": statistics.median(ratios), "mismatches": mismatches}
+    if mode == "fp32":                  # the prediction assumes strict fp32 GEMMs
+        lines, errors = prediction_comparison(table, load_predictions())
+        details += lines
+        if errors:
+            data["median_measured_over_predicted"] = statistics.median(errors)
+            key += f"; measured / predicted: median {statistics.median(errors):.2f}"
+    return Summary("pass" if run.returncode == 0 and not mismatches else "fail", key, details, data)
+
+
+def load_predictions(path=None):
+    """benchmarks/cuda_predict.py's committed prediction, PREDICTED_JSON ({} if there is none)."""
+    path = path or PREDICTED_JSON
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def prediction_comparison(table, predicted):
+    """(markdown lines, [measured / predicted]) setting bench_cuda.py's measured times beside
+    the prediction for the same case and direction, and beside torch's (cuDNN's) time."""
+    cases = predicted.get("cases", {})
+    if not cases:
+        return [f"No prediction to compare with: {os.path.relpath(PREDICTED_JSON, ROOT)} is missing.", ""], []
+    lines = [f"Measured against predicted: the time benchmarks/cuda_predict.py predicted for an H100 from the"
+             f" traffic the emulator counted at batch {predicted.get('batch')} (no L2 hits, no latency; the"
+             " ideal kernel moves each input and output once), beside torch's time.", "",
+             "| case | direction | tinyalex ms | predicted ms | measured / predicted | ideal ms | torch (cuDNN) ms |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    errors = []
+    rows = zip(table_column(table, "case"), table_column(table, "direction"),
+               table_column(table, "tinyalex ms"), table_column(table, "torch ms"))
+    for case, direction, ours, torch_ms in rows:
+        entry = cases.get(f"{case} {direction}")
+        if entry is None:
+            lines.append(f"| {case} | {direction} | {ours} | no prediction | | | {torch_ms} |")
+            continue
+        ratio = float(ours) / (entry["predicted_us"] / 1e3)
+        errors.append(ratio)
+        lines.append(f"| {case} | {direction} | {ours} | {entry['predicted_us'] / 1e3:.3f} | {ratio:.2f} |"
+                     f" {entry['ideal_us'] / 1e3:.3f} | {torch_ms} |")
+    return lines + [""], errors
+
+
+LAUNCH_LINE = re.compile(r"^LAUNCH (.+?) \| (\S+) \| (\w+)$")
+NCU_NOT_PERMITTED = "ERR_NVGPUCTRPERM"
+
+
+def parse_ncu_csv(output, kernel_names):
+    """[(kernel, {quantity: value})] per profiled launch, in launch order, from ncu's --csv
+    output (one row per launch and metric). A launch's kernel is the first of `kernel_names`
+    its name holds; quantities are NCU_METRICS' names, values floats (None if not a number)."""
+    import csv
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith('"ID"') and '"Metric Name"' in line), None)
+    if start is None:
+        return []
+    by_metric = {metric: quantity for quantity, metric in NCU_METRICS.items()}
+    launches = {}
+    for row in csv.DictReader(lines[start:]):
+        if not row.get("ID", "").isdigit() or row.get("Metric Name") not in by_metric:
+            continue
+        name = row["Kernel Name"]
+        kernel = next((k for k in kernel_names if re.search(rf"\b{re.escape(k)}\b", name)), name)
+        value = row["Metric Value"].replace(",", "")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        launches.setdefault(int(row["ID"]), (kernel, {}))[1][by_metric[row["Metric Name"]]] = number
+    return [launches[i] for i in sorted(launches)]
+
+
+def summarize_ncu(run, ctx):
+    """Pass: ncu profiled every launch the driver made, in the same order, and the driver
+    finished. The table sets ncu's sectors per request beside the emulator's prediction."""
+    if NCU_NOT_PERMITTED in run.output:
+        return Summary("skipped", f"ncu may not read the GPU's performance counters here ({NCU_NOT_PERMITTED}:"
+                                  " profiling needs root or NVreg_RestrictProfilingToAdminUsers=0)")
+    launched = [m.groups() for m in map(LAUNCH_LINE.match, run.output.splitlines()) if m]
+    profiled = parse_ncu_csv(run.output, tinyalex_kernel_names())
+    finished = any(line.startswith("LAUNCHES OK") for line in run.output.splitlines())
+    if not profiled:
+        return Summary("fail", f"no ncu metrics in the output; the driver {'finished' if finished else 'did not finish'}")
+    if [kernel for _, _, kernel in launched] != [kernel for kernel, _ in profiled]:
+        return Summary("fail", f"ncu profiled {len(profiled)} launches, the driver made {len(launched)}: they do not"
+                               " match one to one, so no launch can be given its case")
+    totals = {}
+    for (case, direction, kernel), (_, values) in zip(launched, profiled):
+        if direction == "setup":
+            continue
+        entry = totals.setdefault((case, direction, kernel), dict.fromkeys(NCU_METRICS, 0.0))
+        for quantity in NCU_METRICS:
+            entry[quantity] = None if entry[quantity] is None or values.get(quantity) is None \
+                else entry[quantity] + values[quantity]
+    predicted = load_predictions().get("cases", {})
+    lines = ["Sectors per request (32-byte sectors per warp-level request of global memory) as ncu counts them"
+             " on this GPU, beside the emulator's counts behind the prediction (benchmarks/results/cuda-predicted.md);"
+             " shared-memory bank conflicts likewise. The driver: benchmarks/gpu_kernel_launches.py "
+             + " ".join(ctx.workload.launch_options) + ".", "",
+             "| case | direction | kernel | load sectors/req: ncu | emulator | store sectors/req: ncu | emulator |"
+             " bank conflicts: ncu | emulator (replays) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def number(value, digits):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    def ratio(sectors, requests):
+        return sectors / requests if sectors is not None and requests else None
+    for (case, direction, kernel), v in totals.items():
+        emulator = predicted.get(f"{case} {direction}", {}).get("kernels", {}).get(kernel, {})
+        conflicts = None if v["load_bank_conflicts"] is None or v["store_bank_conflicts"] is None \
+            else v["load_bank_conflicts"] + v["store_bank_conflicts"]
+        lines.append(f"| {case} | {direction} | {kernel} | {number(ratio(v['load_sectors'], v['load_requests']), 2)} |"
+                     f" {number(emulator.get('load_sectors_per_request'), 2)} |"
+                     f" {number(ratio(v['store_sectors'], v['store_requests']), 2)} |"
+                     f" {number(emulator.get('store_sectors_per_request'), 2)} |"
+                     f" {number(conflicts, 0)} | {number(emulator.get('replays'), 0)} |")
+    key = f"{len(profiled)} launches profiled and attributed to {len(totals)} kernels of {len({c for c, _, _ in totals})} cases"
+    passed = run.returncode == 0 and finished
+    return Summary("pass" if passed else "fail", key + ("" if finished else "; the driver did not finish"),
+                   lines + [""], {"kernels": len(totals)})
 
 
 def summarize_throughput(run, ctx):
@@ -1064,17 +1213,22 @@ def make_context(args, dry_run):
                    out_dir=os.path.abspath(out or args.out), work_dir=work_dir,
                    data_dir=os.path.join(work_dir, "fashion-mnist-synthetic") if synthetic else data_dir,
                    synthetic=synthetic, fashion_mnist_dir=data_dir, budget_s=args.budget_s,
-                   sanitizer=find_sanitizer(), device_note=note, out_from_env=bool(out),
+                   sanitizer=find_sanitizer(), ncu=find_cuda_tool("ncu", ("bin", "nsight-compute")),
+                   device_note=note, out_from_env=bool(out),
                    rehearsal=os.environ.get(REHEARSAL_VARIABLE) == "1",
                    pytest_plugins=installed_pytest_plugins())
 
 
 def find_sanitizer():
     """compute-sanitizer's path: on PATH, else in the CUDA toolkit's usual folders; "" if none."""
+    return find_cuda_tool("compute-sanitizer", ("bin", "compute-sanitizer"))
+
+
+def find_cuda_tool(name, folders):
+    """The path of CUDA tool `name`: on PATH, else in `folders` of the CUDA toolkit; "" if none."""
     cuda = [os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
-    candidates = [shutil.which("compute-sanitizer")] + [
-        os.path.join(root, sub, "compute-sanitizer") for root in cuda if root
-        for sub in ("bin", "compute-sanitizer")]
+    candidates = [shutil.which(name)] + [os.path.join(root, sub, name) for root in cuda if root
+                                         for sub in folders]
     return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), "")
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-shot GPU check: bash benchmarks/gpu_check.sh [--dry-run] [--budget-s 480] [--out DIR]
+# The one-shot GPU check: bash benchmarks/gpu_check.sh [--dry-run] [--budget-s 510] [--out DIR]
 # Runs from the repository root with it on PYTHONPATH; the logic is in benchmarks/gpu_check.py.
 # PYTHON picks the interpreter (default: python, else python3).
 set -euo pipefail

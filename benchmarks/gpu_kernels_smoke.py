@@ -281,11 +281,12 @@ def run_case(name, kernels, placement, dtype, seed=0):
 
 
 @contextlib.contextmanager
-def kernel_requests():
+def kernel_requests(log=None):
     """Record which compiled kernels (name, dtype) the cupy launchers ask the loader for.
 
     Every launcher in tinyalex.kernels.cupy imports get_kernel from the loader and calls it right
-    before its launch; this wraps those references for the duration of the block.
+    before its launch; this wraps those references for the duration of the block. `log`, if
+    given, is a list that also gets every request's kernel name in order: one per launch.
     """
     import importlib
     import pkgutil
@@ -296,6 +297,8 @@ def kernel_requests():
 
     def recording_get_kernel(file, name, dtype):
         requested.add((name, np.dtype(dtype).name))
+        if log is not None:
+            log.append(name)
         return original(file, name, dtype)
     modules = [importlib.import_module(f"tinyalex.kernels.cupy.{m.name}")
                for m in pkgutil.iter_modules(tinyalex.kernels.cupy.__path__)]

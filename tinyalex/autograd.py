@@ -289,6 +289,9 @@ def _accumulate_leaf(t, g):
         t.grad = Tensor(g if owned else g.copy())
     else:
         t.grad.array += g
+    if t._post_accumulate_hooks:      # Tensor.register_post_accumulate_grad_hook
+        for hook in list(t._post_accumulate_hooks.values()):
+            hook(t)
 
 
 def _refcount(obj):

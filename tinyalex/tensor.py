@@ -100,6 +100,7 @@ class Tensor:
     produced a non-leaf tensor.
     """
     __array_priority__ = 1000  # make ndarray + Tensor call Tensor.__radd__
+    _post_accumulate_hooks = None  # a dict once a hook is registered (most tensors have none)
 
     def __init__(self, data, requires_grad=False):
         if isinstance(data, np.generic):  # NumPy ufuncs on 0-d arrays return scalars
@@ -309,6 +310,21 @@ class Tensor:
         key = next(_autograd.hook_ids)
         hooks[key] = hook
         return _autograd.RemovableHandle(hooks, key)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(tensor)`` on this leaf each time backward has added a gradient into
+        its ``.grad`` (torch.Tensor.register_post_accumulate_grad_hook). Torch sums a leaf's
+        incoming gradients first and calls the hook once per backward; tinyalex adds each
+        as it arrives, so a leaf used k times in the graph calls it k times. Returns a handle."""
+        if not (self.is_leaf and self.requires_grad):
+            raise ValueRuntimeError("register_post_accumulate_grad_hook(): expected a leaf tensor that "
+                                    "requires grad, got " + ("a non-leaf" if not self.is_leaf else
+                                                             "one that does not require grad"))
+        if self._post_accumulate_hooks is None:
+            self._post_accumulate_hooks = {}
+        key = next(_autograd.hook_ids)
+        self._post_accumulate_hooks[key] = hook
+        return _autograd.RemovableHandle(self._post_accumulate_hooks, key)
 
     def retain_grad(self):
         """Keep ``.grad`` for this non-leaf tensor after backward."""

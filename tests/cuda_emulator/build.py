@@ -186,14 +186,28 @@ def _demangle(names):
 
 def source_line(library, offset):
     """'file:line' of the code at `offset` in the library (from its debug info), or ''."""
-    if shutil.which("addr2line") is None:
-        return ""
-    result = subprocess.run(["addr2line", "-e", str(library), "-i", hex(offset)],
+    return source_lines(library, [offset])[0]
+
+
+def source_lines(library, offsets):
+    """'file:line' (or '') for each offset in the library, with one addr2line call."""
+    if not offsets or shutil.which("addr2line") is None:
+        return [""] * len(offsets)
+    # -a prints each address before its frames; -i lists the inlined frames innermost
+    # first: the first outside emulator.h is the kernel's own line (a shuffle's wrapper is
+    # inlined from emulator.h).
+    result = subprocess.run(["addr2line", "-e", str(library), "-a", "-i", *map(hex, offsets)],
                             capture_output=True, text=True)
-    lines = [l for l in result.stdout.splitlines() if l and not l.startswith("??")]
-    # -i lists the inlined frames innermost first: the first outside emulator.h is the
-    # kernel's own line (a shuffle's wrapper is inlined from emulator.h).
-    lines = [l.split(" (discriminator")[0] for l in lines]
+    frames = []
+    for line in result.stdout.splitlines():
+        if line.startswith("0x"):
+            frames.append([])
+        elif frames and line and not line.startswith("??"):
+            frames[-1].append(line.split(" (discriminator")[0])
+    return [_kernel_frame(lines) for lines in frames] if len(frames) == len(offsets) else [""] * len(offsets)
+
+
+def _kernel_frame(lines):
     kernel_lines = [l for l in lines if Path(l.rpartition(":")[0]).name != HEADER.name]
     if not (kernel_lines or lines):
         return ""

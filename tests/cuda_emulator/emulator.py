@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build
+from . import build, traffic
 
 #: C parameter type -> the numpy dtype an argument of that type must have.
 C_SCALARS = {
@@ -51,7 +51,7 @@ class EmulatedKernelError(RuntimeError):
 
 class _Region(ctypes.Structure):
     _fields_ = [("lo", ctypes.c_uint64), ("hi", ctypes.c_uint64), ("writable", ctypes.c_int),
-                ("name", ctypes.c_char_p)]
+                ("name", ctypes.c_char_p), ("origin", ctypes.c_uint64)]
 
 
 class _LaunchSpec(ctypes.Structure):
@@ -60,7 +60,8 @@ class _LaunchSpec(ctypes.Structure):
                 ("params", ctypes.POINTER(ctypes.c_ulonglong)), ("nparams", ctypes.c_int),
                 ("buffers", ctypes.POINTER(_Region)), ("nbuffers", ctypes.c_int),
                 ("shared", ctypes.POINTER(_Region)), ("nshared", ctypes.c_int),
-                ("seed", ctypes.c_uint64), ("yield_one_in", ctypes.c_uint)]
+                ("seed", ctypes.c_uint64), ("yield_one_in", ctypes.c_uint),
+                ("count_traffic", ctypes.c_int)]
 
 
 _seed = {"base": 0, "launches": 0}
@@ -89,6 +90,10 @@ def runtime():
         lib.emu_error_message.restype = ctypes.c_char_p
         lib.emu_error_pc.restype = ctypes.c_uint64
         lib.emu_access_count.restype = ctypes.c_uint64
+        lib.emu_counted_instruction.argtypes = [ctypes.c_int]
+        lib.emu_counted_instruction.restype = traffic.InstructionCounts
+        lib.emu_counted_region.argtypes = [ctypes.c_int]
+        lib.emu_counted_region.restype = traffic.RegionCounts
         _runtime = lib
     return _runtime
 
@@ -184,7 +189,7 @@ class Kernel:
                 params.append(value.ctypes.data)
                 label = f"'{name}' (argument {i}, {c_type}, shape {value.shape})"
                 buffers.append((value.ctypes.data, value.nbytes, not c_type.startswith("const "),
-                                label))
+                                label, _allocation_start(value)))
             else:
                 params.append(_scalar_bits(value, C_SCALARS[c_type], what))
         return params, buffers
@@ -201,23 +206,39 @@ class Kernel:
         spec.params = (ctypes.c_ulonglong * max(1, len(params)))(*params)
         spec.nparams = len(params)
         spec.buffers, spec.nbuffers = _regions(buffers, names), len(buffers)
-        shared = [(lo, size, True, name) for lo, size, name in self.module.shared]
+        shared = [(lo, size, True, name, lo) for lo, size, name in self.module.shared]
         spec.shared, spec.nshared = _regions(shared, names), len(shared)
         spec.seed, spec.yield_one_in = seed, YIELD_ONE_IN
+        sink = traffic.active_sink()
+        spec.count_traffic = sink is not None
         if lib.emu_launch(ctypes.byref(spec)) != 0:
             message = self.module.describe_error(lib.emu_error_message().decode(),
                                                  lib.emu_error_pc())
             raise EmulatedKernelError(f"{message} [grid {grid}, block {block};"
                                       f" interleaving seed {_seed['base']}, launch {launch_number}]")
+        if sink is not None:
+            sink.append(traffic.read_launch(lib, self, grid, block, buffers, shared))
 
 
 def _regions(items, names):
-    """A C array of emu_region for [(address, size, writable, name)]; `names` keeps the bytes."""
+    """A C array of emu_region for [(address, size, writable, name, origin)]; `names` keeps
+    the bytes."""
     array = (_Region * max(1, len(items)))()
-    for slot, (lo, size, writable, name) in zip(array, items):
+    for slot, (lo, size, writable, name, origin) in zip(array, items):
         names.append(name.encode())
         slot.lo, slot.hi, slot.writable, slot.name = lo, lo + size, writable, names[-1]
+        slot.origin = origin
     return array
+
+
+def _allocation_start(array):
+    """The address of the memory block `array` lies in (its own data, or the first base that
+    owns memory). The counting mode counts 32-byte sectors from there, as a GPU does from an
+    allocation's start (cudaMalloc and CuPy's pool align it to 256 bytes or more)."""
+    owner = array
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    return owner.__array_interface__["data"][0]
 
 
 def _dims(value, what):

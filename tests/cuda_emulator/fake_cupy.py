@@ -11,7 +11,9 @@ autograd ops call (``empty``, ``zeros``, ``asarray``, ``ascontiguousarray``, ``a
 host (numpy) array operand, and a kernel refuses a host array argument.
 
 NOT reproduced: asynchrony and streams, CuPy's own kernels and their numerics, cuBLAS
-(matmul is numpy's; the compute type is only recorded), memory pools, devices.
+(matmul is numpy's; the compute type is only recorded), memory pools, devices. Inside a
+``count_traffic()`` block (traffic.py), each matmul, ufunc and array assignment is noted as
+a LibraryCall (its FLOPs and ideal bytes), since the emulator cannot count what CuPy runs.
 
 :func:`installed` puts it in place for a block: tinyalex.device.cupy_stand_in, plus the
 ``cupy``, ``cupy._core._routines_linalg`` and ``cupyx`` entries of sys.modules that the
@@ -25,7 +27,7 @@ import types
 import numpy as np
 
 from tinyalex import device as _device
-from . import emulator
+from . import emulator, traffic
 
 
 class ndarray(np.ndarray):
@@ -50,9 +52,26 @@ class ndarray(np.ndarray):
         if out is not None:
             kwargs["out"] = tuple(_host_view(a) for a in out)
         result = getattr(ufunc, method)(*inputs, **kwargs)
+        if traffic.active_sink() is not None:
+            _record_ufunc(ufunc, method, inputs, out[0] if out else result)
         if out is not None:
             return out[0] if len(out) == 1 else out
         return _to_device(result, scalars=True)
+
+    def __setitem__(self, index, value):
+        super().__setitem__(index, value)
+        if isinstance(value, np.ndarray) and traffic.active_sink() is not None:
+            traffic.record_library_call("CuPy copy", f"{value.shape}", 0, 2 * value.nbytes)
+
+
+def _record_ufunc(ufunc, method, inputs, result):
+    """A ufunc as one CuPy kernel: its array operands read once, its result written once."""
+    read = sum(a.nbytes for a in inputs if isinstance(a, np.ndarray))
+    written = np.asarray(result).nbytes
+    kind = "CuPy reduction" if method == "reduce" else "CuPy elementwise"
+    flops = max((a.size for a in inputs if isinstance(a, np.ndarray)), default=1) if method == "reduce" \
+        else np.asarray(result).size
+    traffic.record_library_call(kind, ufunc.__name__, flops, read + written)
 
 
 def _host_view(a):
@@ -112,6 +131,9 @@ def ascontiguousarray(a, dtype=None):
 
 
 def matmul(a, b, out=None):
+    (M, K), N = a.shape, b.shape[1]
+    traffic.record_library_call("cuBLAS GEMM", f"({M}x{K}) @ ({K}x{N})", 2 * M * N * K,
+                                (M * K + K * N + M * N) * np.dtype(a.dtype).itemsize)
     if out is None:
         return _to_device(np.matmul(_host_view(a), _host_view(b)))
     np.matmul(_host_view(a), _host_view(b), out=_host_view(out))

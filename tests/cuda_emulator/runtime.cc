@@ -30,6 +30,14 @@
 //   traps      UBSan checks compiled in trap mode raise SIGILL; the handler (on an
 //              alternate stack) jumps back to emu_launch, which reports the error. So do
 //              SIGSEGV (a fiber stack overflow hits a guard page), SIGBUS and SIGFPE.
+//
+// Counting mode (spec->count_traffic, off unless asked for): every access to an argument
+// array or __shared__ variable is also recorded with its warp, its instruction (the hook's
+// return address) and how many times this lane has executed that instruction before. At
+// the end of each block, the records of one warp-level instruction (same warp, same
+// instruction, same dynamic occurrence: the lanes a GPU would issue together) make one
+// request: for global memory, the distinct 32-byte sectors it touches; for shared memory,
+// the wavefronts its 32 banks of 4 bytes need. See struct Traffic.
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -40,7 +48,10 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <map>
+#include <unordered_map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 struct uint3 {
@@ -53,6 +64,7 @@ struct emu_region {
     uint64_t lo, hi;
     int writable;
     const char* name;
+    uint64_t origin;  // the start of the allocation it lies in: sectors count from there
 };
 
 struct emu_launch_spec {
@@ -67,6 +79,25 @@ struct emu_launch_spec {
     int nshared;
     uint64_t seed;
     unsigned int yield_one_in;  // a fiber yields at a memory access with chance 1/N (0: never)
+    int count_traffic;          // 1: record every access for the counting mode
+};
+
+// Counting mode: one warp-level memory instruction, summed over the launch.
+struct emu_instruction_counts {
+    uint64_t pc;         // the hook's return address in the kernel module
+    int kind;            // 0 global load, 1 global store, 2 shared load, 3 shared store
+    uint64_t requests;   // warp-level executions
+    uint64_t lanes;      // lane accesses (active lanes summed over the requests)
+    uint64_t bytes;      // bytes the lanes asked for
+    uint64_t sectors;    // global: distinct 32-byte sectors, summed over the requests
+    uint64_t wavefronts; // shared: passes through the 32 banks, summed over the requests
+    uint64_t ideal_wavefronts;  // shared: the passes without bank conflicts
+};
+
+// Counting mode: the distinct 32-byte sectors of one array (or __shared__ variable) that
+// the launch read and wrote: the traffic if every sector were fetched or stored once.
+struct emu_region_counts {
+    uint64_t read_sectors, written_sectors;
 };
 
 namespace {
@@ -115,6 +146,27 @@ struct Region {
     bool shared;
     int granule_shift;  // log2 of the bytes per Cell
     std::vector<Cell> cells;
+    uint64_t origin;    // sectors (and shared banks) count from here
+};
+
+// The counting mode's records and results (see the comment at the top).
+enum Kind { kGlobalLoad = 0, kGlobalStore = 1, kSharedLoad = 2, kSharedStore = 3 };
+
+struct AccessRecord {
+    uint64_t pc;
+    uint64_t offset;      // from the region's origin (global) or start (shared)
+    uint32_t occurrence;  // how many times this lane executed this instruction before
+    uint32_t region;
+    uint16_t warp;
+    uint8_t lane, kind;
+    uint32_t size;
+};
+
+struct Traffic {
+    std::vector<AccessRecord> records;                          // of the block running
+    std::vector<std::unordered_map<uint64_t, uint32_t>> seen;   // per thread: pc*2+write -> count
+    std::map<std::pair<uint64_t, int>, emu_instruction_counts> instructions;  // (pc, kind)
+    std::vector<std::vector<uint8_t>> sectors;  // per region, per sector: 1 read, 2 written
 };
 
 struct Launch {
@@ -132,6 +184,7 @@ struct Launch {
     std::vector<int> runnable;
     std::string error;
     uint64_t error_pc;
+    Traffic* traffic;     // null unless the counting mode is on
 };
 
 Launch* current = nullptr;  // the launch in progress, if any
@@ -142,6 +195,8 @@ size_t stack_pool_count = 0;
 std::string last_error;
 uint64_t last_error_pc = 0;
 uint64_t access_count = 0;
+std::vector<emu_instruction_counts> counted_instructions;  // the last counted launch's
+std::vector<emu_region_counts> counted_regions;
 char signal_stack[64 * 1024];
 
 uint64_t next_random(uint64_t& state)  // xorshift64*: cheap, reproducible from the seed
@@ -283,6 +338,128 @@ std::string nearest_region(uint64_t address)
     return text;
 }
 
+// --- the counting mode -------------------------------------------------------------------
+
+const int kSectorShift = 5;  // 32-byte sectors of global memory
+const int kBanks = 32;       // shared memory: 32 banks of 4 bytes
+const int kBankBytes = 4;
+const int kWavefrontBytes = kBanks * kBankBytes;
+
+void record_access(uint32_t index, const Region& region, uint64_t lo, size_t size,
+                   bool is_write, uint64_t pc)
+{
+    Traffic& traffic = *current->traffic;
+    uint32_t& seen = traffic.seen[running->linear][pc * 2 + is_write];
+    AccessRecord r;
+    r.pc = pc;
+    r.offset = lo - region.origin;
+    r.occurrence = seen++;
+    r.region = index;
+    r.warp = (uint16_t)(running->linear / kWarpSize);
+    r.lane = (uint8_t)(running->linear % kWarpSize);
+    r.kind = (uint8_t)((region.shared ? kSharedLoad : kGlobalLoad) + is_write);
+    r.size = (uint32_t)size;
+    traffic.records.push_back(r);
+    std::vector<uint8_t>& marks = traffic.sectors[index];
+    const uint64_t first = (region.lo - region.origin) >> kSectorShift;
+    for (uint64_t s = r.offset >> kSectorShift; s <= (r.offset + size - 1) >> kSectorShift; ++s) {
+        marks[s - first] |= is_write ? 2 : 1;
+    }
+}
+
+// One warp-level request of global memory: the distinct 32-byte sectors its lanes touch.
+uint64_t sectors_of(const AccessRecord* lanes, size_t count, std::vector<uint64_t>& scratch)
+{
+    scratch.clear();
+    for (size_t i = 0; i < count; ++i) {
+        const AccessRecord& r = lanes[i];
+        for (uint64_t s = r.offset >> kSectorShift; s <= (r.offset + r.size - 1) >> kSectorShift;
+             ++s) {
+            scratch.push_back((uint64_t)r.region << 48 | s);
+        }
+    }
+    std::sort(scratch.begin(), scratch.end());
+    return (uint64_t)(std::unique(scratch.begin(), scratch.end()) - scratch.begin());
+}
+
+// One warp-level request of shared memory: the hardware serves it in phases of 128 bytes
+// of lanes (the whole warp for 4-byte accesses, each half-warp for 8-byte ones, each
+// quarter for 16-byte ones); a phase needs as many wavefronts as the most distinct 4-byte
+// words any one bank holds (lanes reading the same word share it: a broadcast).
+// Adds (wavefronts, ideal wavefronts) to `out`.
+void wavefronts_of(const AccessRecord* lanes, size_t count, std::vector<uint64_t>& scratch,
+                   emu_instruction_counts& out)
+{
+    uint32_t widest = 1;
+    for (size_t i = 0; i < count; ++i) {
+        widest = std::max(widest, lanes[i].size);
+    }
+    const int lanes_per_phase =
+        std::max(1, kWavefrontBytes / (int)std::max<uint32_t>(widest, kBankBytes));
+    for (int phase = 0; phase * lanes_per_phase < kWarpSize; ++phase) {
+        scratch.clear();
+        for (size_t i = 0; i < count; ++i) {
+            const AccessRecord& r = lanes[i];
+            if (r.lane / lanes_per_phase != phase) {
+                continue;
+            }
+            for (uint64_t w = r.offset / kBankBytes; w <= (r.offset + r.size - 1) / kBankBytes; ++w) {
+                scratch.push_back((uint64_t)r.region << 48 | w);
+            }
+        }
+        if (scratch.empty()) {
+            continue;
+        }
+        std::sort(scratch.begin(), scratch.end());
+        const size_t words = std::unique(scratch.begin(), scratch.end()) - scratch.begin();
+        int per_bank[kBanks] = {0};
+        int most = 0;
+        for (size_t i = 0; i < words; ++i) {
+            most = std::max(most, ++per_bank[scratch[i] % kBanks]);
+        }
+        out.wavefronts += most;
+        out.ideal_wavefronts += (words + kBanks - 1) / kBanks;
+    }
+}
+
+// At the end of a block: group its records into warp-level requests and count them.
+void count_block_traffic()
+{
+    Traffic& traffic = *current->traffic;
+    std::vector<AccessRecord>& records = traffic.records;
+    std::sort(records.begin(), records.end(), [](const AccessRecord& a, const AccessRecord& b) {
+        return std::tie(a.kind, a.pc, a.warp, a.occurrence, a.lane) <
+               std::tie(b.kind, b.pc, b.warp, b.occurrence, b.lane);
+    });
+    std::vector<uint64_t> scratch;
+    for (size_t i = 0; i < records.size();) {
+        size_t j = i + 1;
+        while (j < records.size() && records[j].kind == records[i].kind &&
+               records[j].pc == records[i].pc && records[j].warp == records[i].warp &&
+               records[j].occurrence == records[i].occurrence) {
+            ++j;
+        }
+        emu_instruction_counts& counts = traffic.instructions[{records[i].pc, records[i].kind}];
+        counts.pc = records[i].pc;
+        counts.kind = records[i].kind;
+        counts.requests += 1;
+        counts.lanes += j - i;
+        for (size_t k = i; k < j; ++k) {
+            counts.bytes += records[k].size;
+        }
+        if (records[i].kind <= kGlobalStore) {
+            counts.sectors += sectors_of(&records[i], j - i, scratch);
+        } else {
+            wavefronts_of(&records[i], j - i, scratch, counts);
+        }
+        i = j;
+    }
+    records.clear();
+    for (auto& seen : traffic.seen) {
+        seen.clear();
+    }
+}
+
 // The check behind every instrumented load and store of kernel code.
 void check_access(const void* pointer, size_t size, bool is_write, uint64_t pc)
 {
@@ -304,7 +481,8 @@ void check_access(const void* pointer, size_t size, bool is_write, uint64_t pc)
         return;
     }
     const uint32_t me = current->thread_base + (uint32_t)running->linear;
-    for (Region& region : current->regions) {
+    for (size_t index = 0; index < current->regions.size(); ++index) {
+        Region& region = current->regions[index];
         if (lo < region.lo || hi > region.hi) {
             continue;
         }
@@ -317,6 +495,9 @@ void check_access(const void* pointer, size_t size, bool is_write, uint64_t pc)
         for (uint64_t g = first; g <= last; ++g) {
             check_cell(region, region.cells[g], region.lo + (g << region.granule_shift),
                        is_write, me, pc);
+        }
+        if (current->traffic != nullptr) {
+            record_access((uint32_t)index, region, lo, size, is_write, pc);
         }
         if (current->spec->yield_one_in != 0 &&
             next_random(current->rng) % current->spec->yield_one_in == 0) {
@@ -434,6 +615,9 @@ void run_block(long long block_linear)
     }
     for (;;) {
         if (launch.runnable.empty() && !release_barrier()) {
+            if (launch.traffic != nullptr) {
+                count_block_traffic();
+            }
             return;
         }
         // Resume a random runnable fiber until it blocks, exits or yields.
@@ -599,9 +783,23 @@ int emu_launch(const emu_launch_spec* spec)
         const bool shared = i >= spec->nbuffers;
         const emu_region& r = shared ? spec->shared[i - spec->nbuffers] : spec->buffers[i];
         const int shift = shared ? 0 : 2;
-        launch.regions.push_back(Region{r.lo, r.hi, r.writable != 0, r.name, shared, shift, {}});
+        const uint64_t origin = shared ? r.lo : r.origin;
+        launch.regions.push_back(
+            Region{r.lo, r.hi, r.writable != 0, r.name, shared, shift, {}, origin});
         launch.regions.back().cells.resize(((r.hi - r.lo) >> shift) + 1);
     }
+    Traffic traffic;
+    launch.traffic = spec->count_traffic ? &traffic : nullptr;
+    if (launch.traffic != nullptr) {
+        traffic.seen.resize(threads);
+        for (const Region& r : launch.regions) {
+            const uint64_t first = (r.lo - r.origin) >> kSectorShift;
+            const uint64_t last = r.hi > r.lo ? (r.hi - 1 - r.origin) >> kSectorShift : first;
+            traffic.sectors.emplace_back(last - first + 1, 0);
+        }
+    }
+    counted_instructions.clear();
+    counted_regions.clear();
     prepare_stacks((int)threads);
     fibers.assign(threads, Fiber{});
 
@@ -634,12 +832,32 @@ int emu_launch(const emu_launch_spec* spec)
     sigaltstack(&previous_alternate, nullptr);
     last_error = launch.error;
     last_error_pc = launch.error_pc;
+    if (launch.traffic != nullptr && last_error.empty()) {
+        for (const auto& entry : traffic.instructions) {
+            counted_instructions.push_back(entry.second);
+        }
+        for (const std::vector<uint8_t>& marks : traffic.sectors) {
+            emu_region_counts counts{0, 0};
+            for (uint8_t mark : marks) {
+                counts.read_sectors += mark & 1;
+                counts.written_sectors += mark >> 1 & 1;
+            }
+            counted_regions.push_back(counts);
+        }
+    }
     return last_error.empty() ? 0 : 1;
 }
 
 const char* emu_error_message(void) { return last_error.c_str(); }
 uint64_t emu_error_pc(void) { return last_error_pc; }
 uint64_t emu_access_count(void) { return access_count; }
+
+// The counting mode's results for the last launch that counted: its instructions (in
+// order of address), and the regions (the launch's arrays, then its __shared__ variables).
+int emu_counted_instructions(void) { return (int)counted_instructions.size(); }
+int emu_counted_regions(void) { return (int)counted_regions.size(); }
+emu_instruction_counts emu_counted_instruction(int i) { return counted_instructions[i]; }
+emu_region_counts emu_counted_region(int i) { return counted_regions[i]; }
 
 // --- the ThreadSanitizer instrumentation hooks: every load and store of kernel code ------
 #define EMU_CALLER ((uint64_t)__builtin_return_address(0))

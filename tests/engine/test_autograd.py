@@ -101,6 +101,36 @@ def test_tensor_and_leaf_hooks_and_retain_grad():
     np.testing.assert_allclose(x.grad.numpy(), [1.0, 1.0])
 
 
+def test_post_accumulate_grad_hook_sees_each_gradient_added_to_grad():
+    """Like torch's, the hook runs after .grad holds the gradient; a leaf used twice gets
+    two calls here (torch sums first and calls once), the second seeing the whole sum."""
+    rng = np.random.default_rng(0)
+    w = ta.tensor(rng.standard_normal((3, 2)), requires_grad=True)
+    x = ta.tensor(rng.standard_normal((4, 3)))
+    gy = rng.standard_normal((4, 2))
+    seen = []
+    handle = w.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.numpy().copy()))
+    (x @ w).backward(ta.tensor(gy))
+    assert len(seen) == 1
+    np.testing.assert_allclose(seen[0], x.numpy().T @ gy)
+    seen.clear()
+    w.grad = None
+    ((x @ w) * (x @ w)).backward(ta.tensor(gy))         # w enters the graph twice
+    assert len(seen) == 2
+    np.testing.assert_allclose(seen[1], w.grad.numpy())
+    tw = torch.tensor(w.detach().numpy(), requires_grad=True)
+    tx = torch.tensor(x.numpy())
+    ((tx @ tw) * (tx @ tw)).backward(torch.tensor(gy))
+    np.testing.assert_allclose(seen[1], tw.grad.numpy())
+    handle.remove()
+    (x @ w).backward(ta.tensor(gy))
+    assert len(seen) == 2
+    with pytest.raises(RuntimeError, match="expected a leaf tensor that requires grad, got a non-leaf"):
+        (w * 2.0).register_post_accumulate_grad_hook(print)
+    with pytest.raises(ValueError, match="got one that does not require grad"):
+        x.register_post_accumulate_grad_hook(print)
+
+
 def test_getitem_adds_repeated_indices():
     x = ta.tensor(np.arange(5.0), requires_grad=True)
     x[np.array([0, 0, 3])].sum().backward()

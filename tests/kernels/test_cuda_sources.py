@@ -13,6 +13,8 @@ GPU and no CuPy are needed: the exact source, options and name expressions that
 tinyalex.kernels.cupy.loader hands cupy.RawModule, plus the two options CuPy adds (-ftz=true and
 the GPU's architecture, here sm_90, the lent machines' H100/H200), down to a cubin. These
 tests fail, never skip, when the bindings are missing: they are a test dependency.
+The compile helper lives in tests/cuda_resources.py, which also reads ptxas's report
+(tests/kernels/test_kernel_resources.py).
 """
 import re
 import shutil
@@ -21,6 +23,7 @@ import sys
 
 import pytest
 
+from cuda_resources import CUPY_ADDED_OPTIONS, NvrtcError, _check, nvrtc_compile
 from tinyalex.kernels.cupy import loader
 
 ARCHS = ("sm_80", "sm_90")
@@ -80,6 +83,29 @@ def test_each_source_opens_with_a_header_naming_its_kernels_and_launch(file):
     assert "Launch:" in header, f"the header of {file} gives no launch geometry"
 
 
+@pytest.mark.parametrize("file", ["im2col.cu", "pool.cu"])
+def test_the_loader_inlines_included_headers_with_their_line_numbers(file):
+    """One self-contained text (NVRTC's cache key covers the header), whose #line directives
+    map every line back to its file: after the header, line k of the text is line k of `file`."""
+    original = (loader.kernels_dir() / file).read_text().splitlines()
+    text = loader.source(file)
+    assert '#include "windows.cuh"' in original and "#include" not in text
+    header = (loader.kernels_dir() / "windows.cuh").read_text().splitlines()
+    lines = text.splitlines()
+    start = lines.index('#line 1 "windows.cuh"')
+    assert lines[start + 1:start + 1 + len(header)] == header
+    resume = re.fullmatch(r'#line (\d+) "(.+)"', lines[start + 1 + len(header)])
+    assert resume.group(2) == file
+    after = int(resume.group(1))
+    assert lines[start + 2 + len(header):] == original[after - 1:]
+
+
+def test_tile_sizes_come_from_the_source(emulated_cuda):
+    assert loader.constant("lrn.cu", "LRN_PIXELS") == 32
+    with pytest.raises(ValueError, match="LRN_TILE"):
+        loader.constant("lrn.cu", "LRN_TILE")
+
+
 def test_the_loader_refuses_other_dtypes_and_unknown_names():
     with pytest.raises(ValueError, match="file"):
         loader.name_expressions("gemm.cu")
@@ -103,48 +129,6 @@ def test_import_tinyalex_does_not_import_the_cuda_set():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-NVRTC_ARCH = "sm_90"
-#: What cupy.RawModule adds to the loader's options (cupy/cuda/compiler.py): -ftz=true, and
-#: -arch=sm_XX for the GPU in use when NVRTC can emit its cubin.
-CUPY_ADDED_OPTIONS = ("-ftz=true", f"-arch={NVRTC_ARCH}")
-
-
-class NvrtcError(Exception):
-    """NVRTC refused a source; the message is its log."""
-
-
-def _check(result, what):
-    """The value of a cuda.bindings call, which returns (status, value...) instead of raising."""
-    from cuda.bindings import nvrtc
-    status, *values = result
-    if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise NvrtcError(f"{what}: {nvrtc.nvrtcGetErrorString(status)[1].decode()}")
-    return values[0] if len(values) == 1 else values
-
-
-def nvrtc_compile(source, file_name, options, name_expressions):
-    """Compile like cupy.RawModule: {name expression: lowered (mangled) name}, and the cubin.
-    Raises NvrtcError with NVRTC's log if the source does not compile."""
-    from cuda.bindings import nvrtc            # the test extra's cuda-bindings: ImportError fails the test
-    program = _check(nvrtc.nvrtcCreateProgram(source.encode(), file_name.encode(), 0, [], []), "create")
-    try:
-        for expression in name_expressions:
-            _check(nvrtc.nvrtcAddNameExpression(program, expression.encode()), f"name expression {expression}")
-        encoded = [option.encode() for option in options]
-        status = nvrtc.nvrtcCompileProgram(program, len(encoded), encoded)[0]
-        log = bytearray(_check(nvrtc.nvrtcGetProgramLogSize(program), "log size"))
-        _check(nvrtc.nvrtcGetProgramLog(program, log), "log")
-        if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise NvrtcError(f"{file_name} with {' '.join(options)}:\n{log.decode(errors='replace').rstrip(chr(0))}")
-        lowered = {e: _check(nvrtc.nvrtcGetLoweredName(program, e.encode()), f"lowered name of {e}").decode()
-                   for e in name_expressions}
-        cubin = bytearray(_check(nvrtc.nvrtcGetCUBINSize(program), "cubin size"))
-        _check(nvrtc.nvrtcGetCUBIN(program, cubin), "cubin")
-        return lowered, bytes(cubin)
-    finally:
-        _check(nvrtc.nvrtcDestroyProgram(program), "destroy")
-
-
 @pytest.mark.nvrtc
 def test_nvrtc_is_version_13():
     from cuda.bindings import nvrtc
@@ -156,8 +140,8 @@ def test_nvrtc_is_version_13():
 @pytest.mark.parametrize("file", sorted(loader.KERNEL_FILES))
 def test_compiles_with_nvrtc_as_cupy_does(file):
     expressions = loader.name_expressions(file)
-    lowered, cubin = nvrtc_compile(loader.source(file), file, loader.COMPILE_OPTIONS + CUPY_ADDED_OPTIONS,
-                                   expressions)
+    lowered, cubin, _ = nvrtc_compile(loader.source(file), file, loader.COMPILE_OPTIONS + CUPY_ADDED_OPTIONS,
+                                      expressions)
     assert cubin.startswith(b"\x7fELF"), "NVRTC's cubin is an ELF image"
     itanium = {"float": "f", "double": "d"}                      # how each C type is mangled
     for name in loader.KERNEL_FILES[file]:

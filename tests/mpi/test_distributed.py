@@ -290,6 +290,12 @@ def _metrics(out):
         return [json.loads(line) for line in f]
 
 
+def _steps(out):
+    """steps.jsonl's rows without their wall time."""
+    with open(os.path.join(out, "steps.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in f]
+
+
 def _masks_by_step_and_layer(saved, micro_batches, steps=2, layers=2):
     """The dropout masks a process drew, joined over its micro-batches: [step][layer]."""
     masks = [saved[f"mask{i}"] for i in range(steps * micro_batches * layers)]
@@ -297,18 +303,22 @@ def _masks_by_step_and_layer(saved, micro_batches, steps=2, layers=2):
              for layer in range(layers)] for s in range(steps)]
 
 
-@pytest.mark.parametrize("ranks, micro", [(2, 6), (2, 3), (4, 3)],
-                         ids=["2-ranks-1-micro-batch-each", "2-ranks-2-each", "4-ranks-1-each"])
-def test_ranks_train_bit_for_bit_the_one_process_step_with_the_same_micro_batches(tmp_path, ranks, micro):
+@pytest.mark.parametrize("ranks, micro, overlap", [(2, 6, "on"), (2, 3, "on"), (4, 3, "on"), (2, 3, "off")],
+                         ids=["2-ranks-1-micro-batch-each", "2-ranks-2-each", "4-ranks-1-each",
+                              "2-ranks-2-each-no-overlap"])
+def test_ranks_train_bit_for_bit_the_one_process_step_with_the_same_micro_batches(tmp_path, ranks, micro,
+                                                                                  overlap):
     """A batch of 12 in micro-batches of `micro`: each rank runs its share of them, and the
-    gradients meet in the one-process pairwise order, so every bit agrees."""
+    gradients meet in the one-process pairwise order, so every bit agrees, whether the
+    allreduce overlaps backward in buckets or follows it. Overlapped, the first bucket's
+    sum over the ranks is complete before the first layer's gradient is computed."""
     mpiexec = _mpiexec()
     (tmp_path / "one").mkdir()
     (tmp_path / "ranks").mkdir()
     subprocess.run([sys.executable, STEP_SCRIPT, str(tmp_path / "one"), str(micro)], env=_env(),
                    timeout=300, check=True)
-    subprocess.run([mpiexec, "-n", str(ranks), sys.executable, STEP_SCRIPT, str(tmp_path / "ranks"), str(micro)],
-                   env=_env(), timeout=300, check=True)
+    subprocess.run([mpiexec, "-n", str(ranks), sys.executable, STEP_SCRIPT, str(tmp_path / "ranks"), str(micro),
+                    overlap], env=_env(), timeout=300, check=True)
     one = np.load(tmp_path / "one" / "rank0.npz")
     saved = [np.load(tmp_path / "ranks" / f"rank{r}.npz") for r in range(ranks)]
     one_masks = _masks_by_step_and_layer(one, 12 // micro)
@@ -319,6 +329,7 @@ def test_ranks_train_bit_for_bit_the_one_process_step_with_the_same_micro_batche
             for layer, mask in enumerate(layers):             # the rows' masks, bit for bit
                 np.testing.assert_array_equal(mask, one_masks[step][layer][first:stop])
         np.testing.assert_array_equal(rank["losses"], one["losses"])
+        assert rank["mid_backward"].tolist() == ([True] * 2 if overlap == "on" else [])
     params = [k for k in one.files if k.startswith("param/")]
     assert len(params) == 16
     for key in params:
@@ -358,6 +369,10 @@ def test_mpiexec_train_writes_the_one_process_metrics_bit_for_bit(tmp_path):
     assert {k: v for k, v in b.items() if k not in TIMING + ("test_loss",)} == \
         {k: v for k, v in a.items() if k not in TIMING + ("test_loss",)}
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-12, abs=0)
+    # steps.jsonl: rank 0's rows (the global batch's loss), once each, as one process writes them
+    rows_one, rows_two = (_steps(d) for d in (one, two))
+    assert [r["step"] for r in rows_two] == list(range(8))
+    assert rows_two == rows_one
     from tinyalex.train.checkpoint import load_checkpoint, read_checkpoint_meta
     assert read_checkpoint_meta(two / "checkpoint.npz")["world_size"] == 2
     (weights_one, _, _), (weights_two, _, _) = (load_checkpoint(d / "checkpoint.npz") for d in (one, two))
@@ -391,6 +406,7 @@ def test_a_failing_rank_ends_the_job_within_seconds(tmp_path):
     assert done.returncode != 0
     assert "rank 1 broke at its second step" in done.stderr
     assert "error on rank 1 of 2" in done.stderr
+    assert "lost rank" not in done.stderr     # its own error, not a lost rank (the liveness channel)
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end"  # minutes if a rank hung
 
 

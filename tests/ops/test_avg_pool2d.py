@@ -57,6 +57,21 @@ class TestKernels:
         np.testing.assert_array_equal(host(K.avg_pool2d_backward(dev(gy), cache)), host(gx))
 
 
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("shape", [(2, 2, 9, 55), (1, 1, 3, 9000)])
+    def test_avg_pool2d_of_wide_rows_matches_torch(self, kernels, shape, dtype):
+        """55-wide rows, which kernels/pool.cu stages in shared memory, and rows too wide for
+        its stages, which read global memory directly."""
+        rng = np.random.default_rng(5)
+        K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+        x = rng.standard_normal(shape).astype(dtype)
+        y, cache = K.avg_pool2d_forward(dev(x), (3, 3), (2, 2), (1, 1), False, False, None)
+        gy = rng.standard_normal(host(y).shape).astype(dtype)
+        y_t, (gx_t,) = torch_vjp(lambda x: TF.avg_pool2d(x, 3, 2, 1, count_include_pad=False), [x], gy)
+        assert_close(host(y), y_t, dtype)
+        assert_close(host(K.avg_pool2d_backward(dev(gy), cache)), gx_t, dtype)
+
+
 class TestNumbaKernels:
     """The numba set against the numpy reference, over seeded random shapes (a `prange` race
     or an index slip shows up only for some)."""

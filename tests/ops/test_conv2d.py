@@ -149,6 +149,22 @@ class TestKernels:
         assert cols.dtype == dtype
         np.testing.assert_array_equal(cols, im2col_by_loops(x, kernel_size, stride, padding, dilation))
 
+    # (x shape, kernel_size, stride, padding): conv1's 11x11 stride 4 on 227-wide rows, a
+    # block of outputs over two planes; and rows too wide for kernels/im2col.cu's shared
+    # stage (40 KB), which reads x directly (conv1's rows too, in float64).
+    WIDE_CASES = [
+        ((2, 1, 19, 227), (11, 11), (4, 4), (0, 0)),
+        ((1, 1, 3, 11000), (3, 3), (2, 2), (1, 1)),
+    ]
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("x_shape, kernel_size, stride, padding", WIDE_CASES)
+    def test_im2col_of_wide_rows_matches_loop_definition(self, kernels, x_shape, kernel_size, stride,
+                                                         padding, dtype):
+        x = np.random.default_rng(4).standard_normal(x_shape).astype(dtype)
+        cols = kernels.to_numpy(kernels.module.im2col(kernels.to_device(x), kernel_size, stride, padding))
+        np.testing.assert_array_equal(cols, im2col_by_loops(x, kernel_size, stride, padding, (1, 1)))
+
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("kernel_size, stride, padding, dilation", GEOMETRIES)
     def test_col2im_of_ones_counts_covering_windows(self, kernels, kernel_size, stride, padding, dilation,

@@ -107,6 +107,41 @@ class TestKernels:
         assert_close(glogits, glogits_t, dtype)
         np.testing.assert_array_equal(host(K.cross_entropy_backward(dev(gloss), cache)), glogits)
 
+    @pytest.mark.parametrize("options", ["ignore_index", "weight, ignore_index and smoothing"])
+    def test_cross_entropy_of_many_short_rows(self, kernels, options):
+        """300 rows of 3 classes: a block of kernels/cross_entropy.cu's backward (256
+        elements) stages the factors of 86 rows."""
+        rng = np.random.default_rng(23)
+        K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+        logits, target, keywords = ce_case(rng, 300, 3, np.float64, CE_OPTIONS[options])
+        gloss = rng.standard_normal(300)
+        weight = keywords["weight"]
+        loss, cache = K.cross_entropy_forward(dev(logits), dev(target), "none",
+                                              None if weight is None else dev(weight),
+                                              keywords["ignore_index"], keywords["label_smoothing"])
+        glogits = K.cross_entropy_backward(dev(gloss), cache)
+        loss_t, (glogits_t,) = torch_vjp(torch_cross_entropy(target, "none", **keywords), [logits], gloss)
+        assert_close(host(loss), loss_t, np.float64)
+        assert_close(host(glogits), glogits_t, np.float64)
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("options", ["weight, ignore_index and smoothing",
+                                         "probabilities, weight and smoothing"])
+    def test_cross_entropy_rows_longer_than_the_register_cache(self, kernels, options, dtype):
+        """2100 classes: more than the 8 logits per thread x 256 threads that
+        kernels/cross_entropy.cu's forward keeps in registers, in every pass."""
+        rng = np.random.default_rng(19)
+        K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+        logits, target, keywords = ce_case(rng, 3, 2100, dtype, CE_OPTIONS[options], 3.0)
+        gloss = rng.standard_normal(3).astype(dtype)
+        weight = keywords["weight"]
+        loss, cache = K.cross_entropy_forward(dev(logits), dev(target), "none", dev(weight),
+                                              keywords["ignore_index"], keywords["label_smoothing"])
+        glogits = K.cross_entropy_backward(dev(gloss), cache)
+        loss_t, (glogits_t,) = torch_vjp(torch_cross_entropy(target, "none", **keywords), [logits], gloss)
+        assert_close(host(loss), loss_t, dtype)
+        assert_close(host(glogits), glogits_t, dtype)
+
     @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
     @pytest.mark.parametrize("label_smoothing", [0.0, 0.4])
     def test_cross_entropy_all_rows_ignored_is_nan_like_torch(self, kernels, reduction, label_smoothing):

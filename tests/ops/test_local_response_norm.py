@@ -43,6 +43,22 @@ class TestKernels:
         assert_close(host(y), y_t, dtype)
         assert_close(host(gx), gx_t, dtype)
 
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("size", [5, 50])
+    def test_lrn_across_tiles_and_slabs(self, kernels, size, dtype):
+        """More channels and pixels than one tile of kernels/lrn.cu (32 x 32) holds, and a
+        window wider than its shared-memory slab (40 channels), against the numpy reference."""
+        rng = np.random.default_rng(6)
+        x = rng.standard_normal((2, 70, 5, 9)).astype(dtype)
+        gy = rng.standard_normal(x.shape).astype(dtype)
+        K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+
+        y, cache = K.lrn_forward(dev(x), size, 0.8, 0.75, 1.0)
+        y_ref, cache_ref = numpy_kernels.lrn_forward(f64(x), size, 0.8, 0.75, 1.0)
+        assert_matches(host(y), y_ref, dtype)
+        gx = K.lrn_backward(dev(gy), cache)
+        assert_matches(host(gx), numpy_kernels.lrn_backward(f64(gy), cache_ref), dtype)
+
     def test_lrn_paper_constants(self, kernels):
         """The paper's k=2, n=5, alpha=1e-4, beta=0.75 is size=5, alpha=5e-4 in our convention."""
         x = 10 * np.random.default_rng(5).standard_normal((2, 7, 3, 4))  # large enough to matter

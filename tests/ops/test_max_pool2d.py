@@ -54,6 +54,22 @@ class TestKernels:
         assert indices.dtype == np.int64
         np.testing.assert_array_equal(indices, indices_t.numpy())
 
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("shape", [(2, 2, 9, 55), (1, 1, 3, 9000)])
+    def test_max_pool2d_of_wide_rows_matches_torch(self, kernels, shape, dtype):
+        """AlexNet's 3/2 pooling on 55-wide rows (kernels/pool.cu stages them in shared
+        memory), and on rows too wide for its stages, which read global memory directly."""
+        rng = np.random.default_rng(5)
+        K, dev, host = kernels.module, kernels.to_device, kernels.to_numpy
+        x = rng.integers(-3, 4, size=shape).astype(dtype)                  # ties
+        y, cache = K.max_pool2d_forward(dev(x), (3, 3), (2, 2), (0, 0))
+        gy = rng.standard_normal(host(y).shape).astype(dtype)
+        y_t, (gx_t,) = torch_vjp(lambda x: TF.max_pool2d(x, 3, 2), [x], gy)
+        assert_close(host(y), y_t, dtype)
+        assert_close(host(K.max_pool2d_backward(dev(gy), cache)), gx_t, dtype)
+        _, indices_t = TF.max_pool2d(torch.from_numpy(x), 3, 2, return_indices=True)
+        np.testing.assert_array_equal(host(K.max_pool2d_indices(cache)), indices_t.numpy())
+
     # (H, W, kernel_size, stride, padding): ceil mode adds a last window that runs past the
     # bottom/right padding (torch's rule drops one that would start inside the padding).
     CEIL_CASES = [

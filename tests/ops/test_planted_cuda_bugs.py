@@ -49,14 +49,25 @@ def test_a_tie_rule_that_keeps_the_last_maximum_fails_the_tie_test(monkeypatch, 
 
 
 def test_swapped_height_and_width_in_the_pool_launcher_fail(monkeypatch, emulated_kernels):
+    """H*W is unchanged, so every read stays inside x (the forward stages whole rows of x,
+    clipped to the image): the values are wrong, and the tie test says so."""
     def swapped(*args):
         geometry = list(real(*args))
         geometry[2], geometry[3] = geometry[3], geometry[2]       # (N, C, H, W) -> (N, C, W, H)
         return tuple(geometry)
     real = pool._geometry_args
     monkeypatch.setattr(pool, "_geometry_args", swapped)
-    with pytest.raises(EmulatedKernelError, match=r"pool.cu:\d+: max_pool2d_forward<double>, .* reads 8"
-                                                  r" bytes .* outside every array it was given"):
+    with pytest.raises(AssertionError, match="mismatch"):
+        max_pool2d.test_max_pool2d_matches_torch_with_ties(emulated_kernels, *max_pool2d.POOL_CASES[0], np.float64, False)
+
+
+def test_swapped_pointers_in_the_pool_launch_are_caught_by_the_bounds_check(monkeypatch, emulated_kernels):
+    def swapped(kernel, total, args):
+        real(kernel, total, (args[1], args[0]) + args[2:])          # (x, y) -> (y, x)
+    real = pool.launch_1d
+    monkeypatch.setattr(pool, "launch_1d", swapped)
+    with pytest.raises(EmulatedKernelError, match=r"max_pool2d_forward<double>, .* (reads|writes) 8 bytes"
+                                                  r" .* outside every array it was given"):
         max_pool2d.test_max_pool2d_matches_torch_with_ties(emulated_kernels, *max_pool2d.POOL_CASES[0], np.float64, False)
 
 
@@ -72,8 +83,17 @@ def test_swapped_pointers_in_the_im2col_launch_are_caught_by_the_bounds_check(mo
 
 @pytest.mark.parametrize("barrier", [0, 1, 2])
 def test_a_removed_barrier_in_cross_entropy_is_a_race(monkeypatch, emulated_kernels, barrier):
-    """Any of block_reduce's three __syncthreads(), on a row of 70 classes (three warps)."""
-    plant(monkeypatch, "cross_entropy.cu", "__syncthreads();", ";", count=3, occurrence=barrier)
+    """Any of block_reduce's three __syncthreads() (the file's first three), on a row of 70
+    classes (three warps)."""
+    plant(monkeypatch, "cross_entropy.cu", "__syncthreads();", ";", count=5, occurrence=barrier)
     with pytest.raises(EmulatedKernelError, match=r"cross_entropy.cu:\d+: cross_entropy_forward<double>,"
+                                                  r" .*(race|which no thread of this block has written)"):
+        cross_entropy.test_cross_entropy_matches_torch(emulated_kernels, 70, "mean", 1.0, np.float64)
+
+
+def test_a_removed_barrier_in_the_cross_entropy_backward_is_caught(monkeypatch, emulated_kernels):
+    """The barrier between staging the rows' factors and reading them (the file's fourth)."""
+    plant(monkeypatch, "cross_entropy.cu", "__syncthreads();", ";", count=5, occurrence=3)
+    with pytest.raises(EmulatedKernelError, match=r"cross_entropy.cu:\d+: cross_entropy_backward<double>,"
                                                   r" .*(race|which no thread of this block has written)"):
         cross_entropy.test_cross_entropy_matches_torch(emulated_kernels, 70, "mean", 1.0, np.float64)

@@ -55,8 +55,15 @@ def text_files():
 
 # --- executed docs -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("page", [p for p in MARKDOWN if blocks("python", p.read_text())],
-                         ids=relative)
+def executed_pages():
+    """The pages with python blocks; those that run CUDA C on the emulator carry its marker."""
+    pages = [p for p in MARKDOWN if blocks("python", p.read_text())]
+    return [pytest.param(p, id=relative(p), marks=[pytest.mark.cuda_emulated]
+                         if "cuda_emulator" in "".join(blocks("python", p.read_text())) else [])
+            for p in pages]
+
+
+@pytest.mark.parametrize("page", executed_pages())
 def test_python_blocks_run(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -67,7 +67,7 @@ def today():
 def test_the_plan_runs_every_step_of_the_issue_with_caps_inside_the_budget(tmp_path):
     steps = gpu_check.plan_steps(context(tmp_path))
     assert [s.name for s in steps] == ["environment", "smoke", "pytest", "memcheck", "racecheck", "initcheck",
-                                       "synccheck", "bench-fp32", "bench-tf32", "torch-throughput", "train"]
+                                       "synccheck", "bench-fp32", "bench-tf32", "ncu", "torch-throughput", "train"]
     assert steps[0].cap_s <= 30 and steps[1].command[-1] == "benchmarks/gpu_kernels_smoke.py", \
         "a short environment step, then the unsanitized smoke run, before anything long"
     assert all(s.cap_s > 0 for s in steps)
@@ -172,12 +172,12 @@ def test_the_report_shows_every_status_and_says_when_it_is_partial(tmp_path):
     report.add(gpu_check.StepResult(steps[3], "timeout", 55.0, 55, "killed at its 55 s cap", tail=["last words"]))
     report.add(gpu_check.StepResult(steps[4], "skipped", cap_s=55, key="compute-sanitizer is not installed"))
     text = report.render()
-    assert "**Partial report**: 5 of 11 steps done." in text
+    assert "**Partial report**: 5 of 12 steps done." in text
     assert "| 3 | pytest | **fail** | 40.0 | 90 | 2 failed \\| 100 passed |" in text
     assert "| 4 | memcheck | **timeout** | 55.0 | 55 |" in text
     assert "| 5 | racecheck | skipped |  | 55 |" in text
     assert "```text\nFAILED tests/test_ops.py::test_relu[cupy]\n```" in text
-    assert "**Overall: FAIL**: 2 passed, 1 failed, 1 timed out, 1 skipped, of 11 steps" in text
+    assert "**Overall: FAIL**: 2 passed, 1 failed, 1 timed out, 1 skipped, of 12 steps" in text
     assert "`gpu-nvidia-h200-2026-11-30-logs/pytest.log` in gpu-nvidia-h200-2026-11-30-logs.tar.gz" in text
 
     report.finished = True
@@ -402,7 +402,8 @@ def test_a_sanitizer_step_passes_only_with_a_clean_summary_and_the_driver_ok(tmp
     assert summary.status == "fail" and summary.key.startswith("no sanitizer summary line")
 
 
-def test_the_bench_reader_takes_the_ratios_from_the_benchmark_table(tmp_path):
+def test_the_bench_reader_takes_the_ratios_from_the_benchmark_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "PREDICTED_JSON", str(tmp_path / "none.json"))
     output = ("               conv1  forward fp32: tinyalex    1.000 ms  torch    0.500 ms  ratio  2.00  ok\n"
               "| case | direction | tinyalex ms | torch ms | tinyalex rate | torch rate | tinyalex / torch"
               " | check |\n"
@@ -415,6 +416,93 @@ def test_the_bench_reader_takes_the_ratios_from_the_benchmark_table(tmp_path):
     assert summary.key == ("3 timings, time ratio tinyalex / torch: median 1.00 (from 0.50 to 2.00);"
                            " 1 mismatches against torch")
     assert summary.details[2].startswith("| case |")
+    assert "No prediction to compare with" in "\n".join(summary.details)
+
+
+def test_the_fp32_bench_sets_each_measured_time_beside_its_prediction_and_torchs(tmp_path, monkeypatch):
+    predicted = {"batch": 128, "cases": {"relu1 forward": {"predicted_us": 50.0, "ideal_us": 40.0, "kernels": {}},
+                                         "conv1 forward": {"predicted_us": 1000.0, "ideal_us": 500.0, "kernels": {}}}}
+    (tmp_path / "predicted.json").write_text(json.dumps(predicted))
+    monkeypatch.setattr(gpu_check, "PREDICTED_JSON", str(tmp_path / "predicted.json"))
+    output = ("| case | direction | tinyalex ms | torch ms | tinyalex rate | torch rate | tinyalex / torch | check |\n"
+              "|---|---|---:|---:|---:|---:|---:|---|\n"
+              "| conv1 | forward | 3.000 | 0.500 | 1.00 TFLOP/s | 2.00 TFLOP/s | 6.00 | ok (1.0e-06) |\n"
+              "| relu1 | forward | 0.100 | 0.080 | 100.00 GB/s | 50.00 GB/s | 1.25 | ok (0.0e+00) |\n"
+              "| sgd | step | 1.000 | 2.000 | 100.00 GB/s | 50.00 GB/s | 0.50 | ok (0.0e+00) |\n")
+    summary = gpu_check.summarize_bench(gpu_check.CommandRun(0, 30.0, output), context(tmp_path))
+    assert summary.status == "pass" and summary.key.endswith("; measured / predicted: median 2.50")
+    details = "\n".join(summary.details)
+    assert "| conv1 | forward | 3.000 | 1.000 | 3.00 | 0.500 | 0.500 |" in details
+    assert "| relu1 | forward | 0.100 | 0.050 | 2.00 | 0.040 | 0.080 |" in details
+    assert "| sgd | step | 1.000 | no prediction | | | 2.000 |" in details
+    tf32 = gpu_check.summarize_bench(gpu_check.CommandRun(0, 30.0, output), context(tmp_path), mode="tf32")
+    assert "measured / predicted" not in tf32.key, "the prediction is for strict fp32 GEMMs"
+
+
+NCU_HEADER = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size",'
+              '"Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"')
+
+
+def ncu_rows(launch_id, kernel, **values):
+    """ncu --csv rows of one launch, as the details page prints them."""
+    return [f'"{launch_id}","1","python","host","void {kernel}<float>(const T1 *, T1 *, int)","1","7","(256, 1, 1)",'
+            f'"(4, 1, 1)","0","9.0","Command line profiler metrics","{gpu_check.NCU_METRICS[q]}","sector","{v:,}"'
+            for q, v in values.items()]
+
+
+def ncu_output(launches, profiled):
+    lines = ["==PROF== Connected to process 1"] + [f"LAUNCH {c} | {d} | {k}" for c, d, k in launches]
+    lines += ["LAUNCHES OK %d" % len(launches), "==PROF== Disconnected from process 1", NCU_HEADER]
+    for i, (kernel, values) in enumerate(profiled):
+        lines += ncu_rows(i, kernel, **values)
+    return "\n".join(lines) + "\n"
+
+
+def test_the_ncu_reader_gives_each_launch_its_case_and_sets_sectors_beside_the_emulators(tmp_path, monkeypatch):
+    predicted = {"cases": {"lrn1 forward": {"kernels": {"lrn_forward": {"load_sectors_per_request": 4.66,
+                                                                        "store_sectors_per_request": 4.0,
+                                                                        "replays": 0}}}}}
+    (tmp_path / "predicted.json").write_text(json.dumps(predicted))
+    monkeypatch.setattr(gpu_check, "PREDICTED_JSON", str(tmp_path / "predicted.json"))
+    full = dict(load_requests=1000, load_sectors=4700, store_requests=200, store_sectors=800,
+                load_bank_conflicts=0, store_bank_conflicts=0)
+    launches = [("lrn1", "setup", "lrn_forward"), ("lrn1", "forward", "lrn_forward"),
+                ("lrn1", "backward", "lrn_backward")]
+    profiled = [("lrn_forward", full), ("lrn_forward", full), ("lrn_backward", dict(full, load_bank_conflicts=3))]
+    summary = gpu_check.summarize_ncu(gpu_check.CommandRun(0, 9.0, ncu_output(launches, profiled)), context(tmp_path))
+    assert summary.status == "pass", summary.key
+    assert summary.key == "3 launches profiled and attributed to 2 kernels of 1 cases"
+    details = "\n".join(summary.details)
+    assert "| lrn1 | forward | lrn_forward | 4.70 | 4.66 | 4.00 | 4.00 | 0 | 0 |" in details
+    assert "| lrn1 | backward | lrn_backward | 4.70 |  | 4.00 |  | 3 |  |" in details
+    mismatched = ncu_output(launches, profiled[:2])
+    assert gpu_check.summarize_ncu(gpu_check.CommandRun(0, 9.0, mismatched), context(tmp_path)).status == "fail"
+    denied = "==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU Performance Counters"
+    skipped = gpu_check.summarize_ncu(gpu_check.CommandRun(1, 2.0, denied), context(tmp_path))
+    assert skipped.status == "skipped" and "ERR_NVGPUCTRPERM" in skipped.key
+    assert gpu_check.summarize_ncu(gpu_check.CommandRun(1, 2.0, "crash\n"), context(tmp_path)).status == "fail"
+
+
+@pytest.mark.cuda_emulated
+def test_the_ncu_stand_in_prints_the_emulators_counts_as_ncu_does(tmp_path):
+    """The rehearsal's ncu: the driver on the emulated CuPy set, counted, printed as ncu's CSV,
+    read back by the step's reader."""
+    ctx = context(tmp_path, rehearsal=True)
+    step = next(s for s in gpu_check.plan_steps(ctx) if s.name == "ncu")
+    driver = step.command.index("benchmarks/gpu_kernel_launches.py")
+    command = [str(ROOT / "benchmarks" / "rehearsal" / "bin" / "ncu"), *step.command[1:driver + 1],
+               "--batch", "1", "--only", "relu6", "cross"]
+    env = dict(gpu_check.child_environment(), TINYALEX_GPU_REHEARSAL="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "benchmarks" / "rehearsal"), env["PYTHONPATH"]])
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = gpu_check.summarize_ncu(gpu_check.CommandRun(0, 9.0, done.stdout), ctx)
+    assert summary.status == "pass", summary.key
+    assert summary.key == "6 launches profiled and attributed to 4 kernels of 2 cases"
+    assert "| relu6/7 | forward | relu_forward | 4.00 |" in "\n".join(summary.details)
+    refused = subprocess.run([command[0], "--csv", "--metrics", "dram__bytes.sum", "true"], capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "expected --metrics among" in refused.stderr
 
 
 def test_the_train_reader_takes_images_per_second_after_the_warm_up_epoch(tmp_path):

@@ -15,9 +15,11 @@ SIGKILL exactly there (the child announces the event and waits; the test kills i
 run is then recovered the way a user would: ``--resume`` if a checkpoint exists, else the
 same command again (the run was stopped before its first checkpoint). The recovered run
 must equal the uninterrupted one: every epoch once in metrics.jsonl with the same values,
-checkpoint.npz bitwise the same state, best.npz holding the best epoch's weights, and no
-temporary file left.
+every step once in steps.jsonl and in the TensorBoard event files (read back by
+TensorBoard's loader), checkpoint.npz bitwise the same state, best.npz holding the best
+epoch's weights, and no temporary file left.
 """
+import importlib.util
 import json
 import os
 import signal
@@ -29,12 +31,14 @@ import time
 import numpy as np
 import pytest
 
-from test_train import assert_same_checkpoint_state, read_jsonl, without_timing, write_split
+from test_step_log import expected_events, read_events
+from test_train import assert_same_checkpoint_state, read_jsonl, without_time, without_timing, write_split
 
 from tinyalex import use_kernels
 from tinyalex.train.cli import main
 from tinyalex.train.checkpoint import load_checkpoint
 
+HAVE_TENSORBOARD = all(importlib.util.find_spec(name) for name in ("tensorboardX", "tensorboard"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 HOOKS = textwrap.dedent('''
@@ -99,10 +103,12 @@ def hooks(tmp_path_factory):
 
 
 def argv(data, out, *extra):
-    """2 epochs of 2 batches of 8; seed 0 makes both epochs a new best (best.npz written twice)."""
+    """2 epochs of 2 batches of 8; seed 0 makes both epochs a new best (best.npz written twice).
+    TensorBoard events go to tb/ beside --out, when the tensorboard extra is installed."""
+    board = ["--tensorboard", os.path.join(os.path.dirname(out), "tb")] if HAVE_TENSORBOARD else []
     return ["train", "--model", "cpu-alexnet", "--data-dir", str(data), "--epochs", "2",
             "--batch-size", "8", "--limit-train", "16", "--limit-test", "16", "--lr", "0.02",
-            "--lr-schedule", "plateau", "--device", "cpu", "--seed", "0", "--out", str(out), *extra]
+            "--lr-schedule", "plateau", "--device", "cpu", "--seed", "0", "--out", str(out), *board, *extra]
 
 
 def run_child(hooks, data, out, events, kill_at):
@@ -140,7 +146,8 @@ def test_the_recorded_run_has_every_kind_of_kill_point(reference):
     _, events = reference
     assert events.count("step") == 4
     # the after-training checkpoint and the end-of-epoch one, each epoch; best after both
-    for name, times in (("checkpoint.npz", 4), ("best.npz", 2), ("metrics.jsonl", 3), ("curves.png", 1)):
+    for name, times in (("checkpoint.npz", 4), ("best.npz", 2), ("metrics.jsonl", 3), ("steps.jsonl", 1),
+                        ("curves.png", 1)):
         assert events.count(f"write {name}") == times, name
         assert events.count(f"wrote {name}") == times, name
 
@@ -155,7 +162,7 @@ def recover(data, out, capsys):
     return resume
 
 
-@pytest.mark.parametrize("kill_at", range(1, 25))
+@pytest.mark.parametrize("kill_at", range(1, 27))
 def test_a_sigkill_at_any_point_resumes_with_nothing_lost(reference, hooks, tiny_data, tmp_path,
                                                          capsys, kill_at):
     ref_out, ref_events = reference
@@ -174,8 +181,12 @@ def test_a_sigkill_at_any_point_resumes_with_nothing_lost(reference, hooks, tiny
     assert best_meta["epoch"] == ref_best_meta["epoch"]
     for key in ref_best:
         np.testing.assert_array_equal(best[key], ref_best[key], err_msg=key)
+    # each step once in steps.jsonl, and in the TensorBoard events that TensorBoard reads back
+    assert without_time(read_jsonl(out / "steps.jsonl")) == without_time(read_jsonl(ref / "steps.jsonl"))
+    if HAVE_TENSORBOARD:
+        assert read_events(tmp_path / "tb") == expected_events(out, per_epoch=2)
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "curves.png", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "curves.png", "metrics.jsonl", "steps.jsonl"]
 
 
 def test_a_kill_between_checkpoint_and_best_is_repaired_on_resume(reference, hooks, tiny_data,

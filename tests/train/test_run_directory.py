@@ -110,7 +110,7 @@ def test_overwrite_deletes_the_old_run_only_once_the_new_one_can_start(finished,
     assert main(argv(tiny_data, run, "--overwrite", epochs=1)) == 0
     assert [row["epoch"] for row in read_jsonl(run / "metrics.jsonl")] == [1]
     assert load_checkpoint(run / "best.npz")[2]["epoch"] == 1
-    assert sorted(os.listdir(run)) == ["best.npz", "checkpoint.npz", "curves.png", "metrics.jsonl"]
+    assert sorted(os.listdir(run)) == ["best.npz", "checkpoint.npz", "curves.png", "metrics.jsonl", "steps.jsonl"]
 
 
 def test_a_failing_evaluation_costs_no_training(finished, tiny_data, tmp_path, monkeypatch, capsys):

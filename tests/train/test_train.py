@@ -151,6 +151,27 @@ def test_a_run_writes_metrics_checkpoints_and_curves(full_run):
     assert not [name for name in os.listdir(full_run.out) if name.startswith(".")], "temporary files left"
 
 
+def without_time(rows):
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+
+def test_steps_jsonl_holds_each_step_and_adds_up_to_metrics_jsonl(full_run):
+    """16 steps: a row each (a short run), whose batch losses and accuracies average to
+    the epoch's, and whose images count on across the epochs."""
+    rows = read_jsonl(full_run.out / "steps.jsonl")
+    steps = N_TRAIN // BATCH
+    assert [row["step"] for row in rows] == list(range(EPOCHS * steps))
+    assert [row["epoch"] for row in rows] == [1] * steps + [2] * steps
+    assert [row["images"] for row in rows] == [BATCH * (i + 1) for i in range(EPOCHS * steps)]
+    for m in full_run.history:
+        epoch = [row for row in rows if row["epoch"] == m["epoch"]]
+        assert sum(row["loss"] * BATCH for row in epoch) / N_TRAIN == pytest.approx(m["train_loss"], rel=1e-12)
+        assert sum(row["acc"] * BATCH for row in epoch) / N_TRAIN == pytest.approx(m["train_acc"], rel=1e-12)
+        assert {row["lr"] for row in epoch} == {m["lr"]}
+    assert len({row["loss"] for row in rows}) == len(rows)
+    assert all(0 < b["time"] - a["time"] < 600 for a, b in zip(rows, rows[1:]))
+
+
 def test_training_on_learnable_data_lowers_the_loss(full_run):
     first, last = full_run.history[0], full_run.history[-1]
     assert last["train_loss"] < first["train_loss"]
@@ -172,6 +193,7 @@ def test_resume_after_an_epoch_continues_the_same_loss_curve(full_run, one_epoch
     assert log[0].startswith(f"resumed from {run / 'checkpoint.npz'} at epoch 2, batch 0")
     assert without_timing(read_jsonl(run / "metrics.jsonl")) == without_timing(full_run.history)
     assert without_timing(history) == without_timing(full_run.history)
+    assert without_time(read_jsonl(run / "steps.jsonl")) == without_time(read_jsonl(full_run.out / "steps.jsonl"))
     assert_same_checkpoint_state(run / "checkpoint.npz", full_run.out / "checkpoint.npz")
 
 
@@ -195,11 +217,13 @@ def test_interrupt_mid_epoch_saves_a_checkpoint_that_resumes_exactly(one_epoch_r
     assert (meta["epoch"], meta["batch"]) == (0, interrupt_at)
     assert meta["partial"]["seen"] == interrupt_at * BATCH
     assert read_jsonl(run / "metrics.jsonl") == []
+    assert [row["step"] for row in read_jsonl(run / "steps.jsonl")] == list(range(interrupt_at))
 
     assert main(train_argv(data_dir, run, "--resume", epochs=1)) == 0
     assert "resumed from" in capsys.readouterr().out
     expected = read_jsonl(one_epoch_run / "metrics.jsonl")
     assert without_timing(read_jsonl(run / "metrics.jsonl")) == without_timing(expected)
+    assert without_time(read_jsonl(run / "steps.jsonl")) == without_time(read_jsonl(one_epoch_run / "steps.jsonl"))
     assert_same_checkpoint_state(run / "checkpoint.npz", one_epoch_run / "checkpoint.npz")
 
 

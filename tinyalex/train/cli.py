@@ -448,6 +448,10 @@ def _add_train(sub):
                             "the one-process run with the same M when each rank gets a power-of-two "
                             "number of them; none: a rank's whole share at once "
                             f"({preset}{_per_model('micro_batch')})")
+    train.add_argument("--no-overlap", dest="overlap", action="store_false", default=None,
+                       help="with several ranks: sum the gradients over the ranks after backward "
+                            "instead of in buckets during it, last layers first (default: during; "
+                            "the results are the same bits, only the speed differs)")
     train.add_argument("--lr", metavar="LR", type=_number("lr"), help=f"SGD learning rate ({preset}{_per_model('lr')})")
     train.add_argument("--momentum", metavar="M", type=_number("momentum"),
                        help=f"SGD momentum, in [0, 1) (default: {DEFAULTS['momentum']})")
@@ -461,7 +465,7 @@ def _add_train(sub):
     train.add_argument("--device", type=_one_of(("cpu", "cuda")), metavar="{cpu,cuda}",
                        help="where to train (default: cuda if a CUDA GPU is usable, else cpu)")
     train.add_argument("--out", metavar="DIR", help=f"the run directory (default: {TrainConfig.out}): checkpoint.npz, "
-                                     "best.npz, metrics.jsonl, curves.png")
+                                     "best.npz, metrics.jsonl, steps.jsonl, curves.png")
     train.add_argument("--seed", metavar="S", type=_number("seed"),
                        help=f"seeds the init, data order, augmentation and dropout (default: {DEFAULTS['seed']})")
     again = train.add_mutually_exclusive_group()
@@ -475,6 +479,10 @@ def _add_train(sub):
     train.add_argument("--grad-stats", action="store_true", default=None,
                        help="log per-layer statistics to grad_stats.jsonl, plotted to grad_stats.png and "
                             "grad_hist.png (default: off)")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="also write the curves of steps.jsonl and metrics.jsonl as TensorBoard "
+                            "event files in DIR, one directory per run (needs tinyalex[tensorboard]; "
+                            "default: none)")
     train.add_argument("--skip-bad-images", action="store_true", default=None,
                        help="image folders: leave undecodable images out and count them, instead "
                             "of refusing to start (default: off)")

@@ -28,6 +28,8 @@ class TrainConfig:
     epochs: int = None           # None: the model's preset (PRESETS), and likewise below
     batch_size: int = None
     micro_batch: int = None      # None: each rank's whole share of a batch in one forward/backward
+    overlap: bool = None         # ranks: allreduce gradient buckets during backward (False: after
+                                 # it); the same bits either way, so --resume does not keep it
     lr: float = None
     momentum: float = None       # None: DEFAULTS, and likewise below
     weight_decay: float = None
@@ -40,6 +42,7 @@ class TrainConfig:
     overwrite: bool = False      # delete the run in `out` and start over
     ten_crop: bool = None        # RGB models: average the paper's 10 crops at test time
     grad_stats: bool = None
+    tensorboard: str = None      # a directory for TensorBoard event files (step_log.py)
     skip_bad_images: bool = None  # leave undecodable images out (counted) instead of refusing
     workers: int = None          # worker processes that decode and augment (0: in-process)
     limit_train: int = None      # use only the first N training images (quick runs, tests)
@@ -48,7 +51,7 @@ class TrainConfig:
 
 #: The settings no preset decides (the paper's SGD recipe and the data set).
 DEFAULTS = dict(dataset="fashion-mnist", momentum=0.9, weight_decay=5e-4, seed=0,
-                ten_crop=False, grad_stats=False, skip_bad_images=False, workers=0)
+                ten_crop=False, grad_stats=False, skip_bad_images=False, workers=0, overlap=True)
 
 LR_SCHEDULES = ("plateau", "step", "none")
 
@@ -92,6 +95,8 @@ ON_RESUME = {
     "limit_test": ("apply", "evaluates on that many test images from now on"),
     "ten_crop": ("apply", "evaluates that way from now on"),
     "grad_stats": ("apply", "logs per-layer statistics from now on, or stops"),
+    "tensorboard": ("apply", "writes the run's TensorBoard events there, its past steps "
+                             "included (rebuilt from steps.jsonl and metrics.jsonl)"),
     "skip_bad_images": ("apply", "decides what undecodable images do from now on"),
     "device": ("apply", "moves the run; results then match a run that stayed only to "
                         "rounding"),

@@ -44,6 +44,7 @@ from tinyalex.train.parallel.data_parallel import (BatchGradient, allreduce_sums
 from tinyalex.train.progress import Progress
 from tinyalex.train.data.run_data import Shard, load_datasets, skipped_images, transforms_for
 from tinyalex.train.run_dir import RunDir
+from tinyalex.train.step_log import StepLog, check_tensorboard, steps_every
 from tinyalex.utils.data.loader import DataLoader, split_units
 
 
@@ -114,6 +115,8 @@ def train(config, log=print, parts=Parts()):
     run_dir = RunDir(config.out, writes=main)
     meta = run_dir.resume_meta(config.resume, config.overwrite)
     config, changes = settle(config, meta, log)
+    if main and config.tensorboard is not None:
+        check_tensorboard(config.tensorboard, config.out)
     if world is not None and config.device == "cuda":
         _dist.select_gpu(world)
     with run_dir.open(log):
@@ -122,15 +125,17 @@ def train(config, log=print, parts=Parts()):
             if config.epochs == meta["epoch"] and meta["batch"] == 0:
                 log(f"nothing to do: the run in {config.out} has done its {config.epochs} epochs; "
                     "give a larger --epochs to train on")
-                run_dir.write_curves(meta["history"])
+                if "steps_per_epoch" in meta:  # a kill may have cut steps.jsonl or the events
+                    StepLog.of_checkpoint(run_dir, meta, config.tensorboard).close()
+                run_dir.write_curves(meta["history"], meta.get("steps_per_epoch"))
                 return meta["history"]
         run = _Run(config, log, run_dir, world, parts)
         run.start(meta, changes)
-        with DeferredInterrupt() as ctrl_c:
+        with DeferredInterrupt() as ctrl_c, run.steps:
             for epoch in range(run.start_epoch, config.epochs):
                 run.train_epoch(epoch, ctrl_c)
                 run.end_epoch(epoch)
-        run_dir.write_curves(run.history)
+        run_dir.write_curves(run.history, len(run.train_loader))
         if run.stats is not None:
             run_dir.write("grad_stats.png", run.stats.plot)
             if any("act_hist" in row for row in run.stats.samples):
@@ -179,8 +184,9 @@ class _Run:
         if world is not None or (micro is not None and micro < config.batch_size):
             self.gradient = BatchGradient(self.model, micro)
         self.ten_crop_size = models.MODELS[config.model][1][1] if config.ten_crop and channels == 3 else None
+        n = len(self.train_loader)  # steps.jsonl's interval is the run's first (kept on resume)
         self.meta = dict(config=dataclasses.asdict(config), classes=list(self.train_set.classes),
-                         world_size=size)
+                         world_size=size, steps_per_epoch=n, steps_every=steps_every(config.epochs * n))
         self.history, self.start_epoch, self.start_batch, self.partial = [], 0, 0, None
         self.stats, self.reported_skips = None, 0
 
@@ -194,6 +200,9 @@ class _Run:
                 self.run_dir.delete_run()
             self.run_dir.write_metrics([])
         self.best = max((m["test_acc"] for m in self.history), default=-1.0)
+        self.steps = StepLog(self.run_dir, self.meta["steps_every"], len(self.train_loader),
+                             self.start_epoch * len(self.train_loader) + self.start_batch, self.history,
+                             self.config.tensorboard)
         _dist.broadcast_parameters(self.world, self.model, self.optimizer)  # every rank: rank 0's
         if self.config.grad_stats and self.main:
             from tinyalex.train.stats import GradStats
@@ -213,6 +222,7 @@ class _Run:
             self.scheduler.load_state_dict(meta["scheduler"])
         _random.set_rng_state(meta["rng"])
         self.history, self.start_epoch = meta["history"], meta["epoch"]
+        self.meta["steps_every"] = meta.get("steps_every", self.meta["steps_every"])
         self.start_batch, self.partial = meta["batch"], meta["partial"]
         self.log(f"resumed from {self.run_dir.paths['checkpoint.npz']} at epoch {self.start_epoch + 1}, "
                  f"batch {self.start_batch}")
@@ -240,6 +250,7 @@ class _Run:
     def _save(self, name, **position):
         """checkpoint.npz or best.npz of the run as it stands at `position` (epoch, batch,
         partial sums of an unfinished epoch)."""
+        self.steps.sync()  # the rows this checkpoint counts are on disk before it
         state = dict(self.meta, history=self.history, rng=_random.get_rng_state(),
                      best=self.best, **position)
         self.run_dir.save_checkpoint(name, self.model, self.optimizer, self.scheduler, state)
@@ -282,6 +293,8 @@ class _Run:
                 running["correct"] += correct
                 running["seen"] += count
                 done = batch + 1
+                self.steps.record(epoch, batch, running["seen"], loss_value, correct / count,
+                                  self.optimizer.param_groups[0]["lr"])
                 if stop:
                     raise _dist.mark_collective(KeyboardInterrupt())
                 elapsed = running["seconds"] + time.perf_counter() - tick
@@ -334,6 +347,7 @@ class _Run:
                        images_per_sec=running["seen"] / running["seconds"],
                        seconds=running["seconds"], lr=self.optimizer.param_groups[0]["lr"])
         self.history.append(metrics)
+        self.steps.end_epoch(metrics)
         if self.scheduler is not None:
             self.scheduler.step(test_acc) if self.config.lr_schedule == "plateau" else self.scheduler.step()
         improved = test_acc > self.best

@@ -11,7 +11,8 @@ The write order is what makes a kill at any instant lose nothing (each file is e
 new): checkpoint.npz after each training pass, after each evaluation and on Ctrl-C; then
 best.npz when the epoch is the best so far; then metrics.jsonl, rewritten from the
 checkpoint's history on every start. :meth:`RunDir.restore` mends the one state a kill
-between checkpoint.npz and best.npz can leave.
+between checkpoint.npz and best.npz can leave. steps.jsonl is appended to between them and
+cut back to the checkpoint's step on start (step_log.py).
 """
 import contextlib
 import json
@@ -27,8 +28,8 @@ from tinyalex.train.curves import plot_curves
 
 
 #: The files of a run in --out; --overwrite deletes them.
-RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png", "grad_stats.jsonl",
-             "grad_stats.png", "grad_hist.png")
+RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "steps.jsonl", "curves.png",
+             "grad_stats.jsonl", "grad_stats.png", "grad_hist.png")
 
 
 class RunDir:
@@ -166,10 +167,13 @@ class RunDir:
         """metrics.jsonl: one JSON object per epoch done."""
         self.write("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history).encode())
 
-    def write_curves(self, history):
-        """curves.png, atomically (none before the first epoch)."""
+    def write_curves(self, history, steps_per_epoch=None):
+        """curves.png from `history` and steps.jsonl, atomically (none before the first
+        epoch). steps_per_epoch: where the epochs begin (None: a run from before
+        steps.jsonl, drawn per epoch)."""
         if history:
-            self.write("curves.png", lambda f: plot_curves(history, f))
+            steps = read_rows(self.paths["steps.jsonl"]) if steps_per_epoch else []
+            self.write("curves.png", lambda f: plot_curves(history, steps, steps_per_epoch, f))
 
     def write(self, name, content):
         """Write file `name` (a RUN_FILES name, or another file name in --out) atomically; an
@@ -232,6 +236,26 @@ class OutLock:
             except FileNotFoundError:  # --out was deleted meanwhile
                 pass
             self.file.close()
+
+
+def read_rows(path, before_step=None):
+    """The rows of a JSON-lines file of the run (steps.jsonl, grad_stats.jsonl), or [] if
+    there is none; with `before_step`, only those of earlier steps. A line cut short by a
+    kill is left out."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if before_step is None or row.get("step", before_step) < before_step:
+            rows.append(row)
+    return rows
 
 
 def best_epoch(history):

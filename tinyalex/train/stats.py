@@ -33,6 +33,7 @@ import numpy as np
 
 from tinyalex import device as _device
 from tinyalex import nn
+from tinyalex.train.run_dir import read_rows
 
 #: Samples per run the interval aims at: a readable curve whatever the run's length.
 TARGET_POINTS = 100
@@ -150,7 +151,7 @@ class GradStats:
             elif isinstance(module, nn.ReLU) and owner is not None:
                 self.with_relu.add(owner)
                 module.register_forward_hook(self._relu_hook(owner))
-        self.samples = _rows_before(path, start_step) if start_step else []
+        self.samples = read_rows(path, before_step=start_step)
         tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
         with open(tmp, "w") as f:  # then renamed: a kill leaves the old rows or the new
             f.writelines(json.dumps(row) + "\n" for row in self.samples)
@@ -341,20 +342,3 @@ class GradStats:
         fig.savefig(path, dpi=100, format="png")
         plt.close(fig)
 
-
-def _rows_before(path, step):
-    """The rows of a grad_stats.jsonl for steps before `step` (none if there is no file)."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:  # a line cut short by a kill
-            continue
-        if row.get("step", step) < step:
-            rows.append(row)
-    return rows

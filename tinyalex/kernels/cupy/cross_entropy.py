@@ -31,7 +31,7 @@ def cross_entropy_forward(logits, target, reduction, weight=None, ignore_index=-
             ignore_index, or (N, C) probabilities of the logits' dtype; weight (C,) or None
             -> loss () for 'mean' and 'sum', (N,) for 'none'; dtype of logits.
     Saved for backward: logits, target (int64 indices, or the probabilities), the weights
-    (ones if None), the options, lse (N,), Q (N,) for probability targets, the reduction
+    (ones if None) and whether there were any (without, the backward reads none), the options, lse (N,), Q (N,) for probability targets, the reduction
     and D. The backward rebuilds softmax = exp(logits - lse) from them, so no (N, C) array
     of probabilities is kept (the logits exist anyway).
     """
@@ -44,7 +44,8 @@ def cross_entropy_forward(logits, target, reduction, weight=None, ignore_index=-
     if C < 1:
         raise ValueError(f"logits: expected at least one class, got shape {logits.shape}")
     scalar = logits.dtype.type
-    weight = cp.ones(C, dtype=logits.dtype) if weight is None else float_array(weight, "weight", 1)
+    weighted = weight is not None
+    weight = float_array(weight, "weight", 1) if weighted else cp.ones(C, dtype=logits.dtype)
     same_dtype(logits, "logits", weight, "weight")
     same_shape(weight, "weight", (C,), "one per class")
     smoothing = scalar(label_smoothing)
@@ -75,8 +76,8 @@ def cross_entropy_forward(logits, target, reduction, weight=None, ignore_index=-
         loss = losses.sum()
     else:
         loss = losses
-    cache = (logits, target, weight, int(ignore_index), smoothing, lse, q_sum, reduction,
-             denominator)
+    cache = (logits, target, weight, weighted, int(ignore_index), smoothing, lse, q_sum,
+             reduction, denominator)
     return loss, cache
 
 
@@ -89,7 +90,7 @@ def cross_entropy_backward(gloss, cache):
     """
     # gloss () or (N,) -> glogits (N, C)
     cp = cupy()
-    logits, target, weight, ignore_index, smoothing, lse, q_sum, reduction, denominator = cache
+    logits, target, weight, weighted, ignore_index, smoothing, lse, q_sum, reduction, denominator = cache
     N, C = logits.shape
     gloss = cp.asarray(gloss, dtype=logits.dtype)
     if reduction == "none":
@@ -106,8 +107,8 @@ def cross_entropy_backward(gloss, cache):
     if q_sum is None:
         weight_sum = weight.sum().reshape(1)
         kernel = get_kernel("cross_entropy.cu", "cross_entropy_backward", logits.dtype)
-        args = (logits, target, weight, i64(ignore_index), smoothing, weight_sum, lse, g,
-                i64(g_stride), glogits, i32(N), i32(C))
+        args = (logits, target, weight, i32(weighted), i64(ignore_index), smoothing, weight_sum,
+                lse, g, i64(g_stride), glogits, i32(N), i32(C))
     else:
         kernel = get_kernel("cross_entropy.cu", "soft_cross_entropy_backward", logits.dtype)
         args = (logits, target, weight, smoothing, lse, q_sum, g, i64(g_stride), glogits,

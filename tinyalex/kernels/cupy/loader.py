@@ -15,14 +15,18 @@ so only the first run on a machine pays for NVRTC; warm up before timing either 
 (docs/pitfalls.md#compile-cost). CuPy compiles with ``-ftz=true``: float32 subnormals flush to zero on the
 GPU, a difference from the CPU sets only for values below 1.2e-38.
 
-Launch geometry. Every kernel but the cross-entropy forward is a 1-D grid-stride loop
-(see each file's header): :func:`launch_1d` uses :data:`BLOCK` threads per block and at
-most :data:`MAX_BLOCKS` blocks, and the loop covers whatever the grid does not.
+Launch geometry (see each file's header). Most kernels are 1-D grid-stride loops over
+their elements: :func:`launch_1d` uses :data:`BLOCK` threads per block and at most
+:data:`MAX_BLOCKS` blocks, and the loop covers whatever the grid does not. The kernels
+that stage their inputs in shared memory loop over tiles instead, one block per tile:
+:func:`launch_tiles`, with the tile's sizes read from the source's ``constexpr int``
+constants by :func:`constant`, so the .cu file is the one place they are written.
 
 cuBLAS. :func:`matmul` is the one place that picks the compute type of float32 GEMMs:
 strict fp32 by default, TF32 tensor cores with ``TINYALEX_TF32=1`` (docs/pitfalls.md#fair-cudnn).
 """
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +56,7 @@ MAX_BLOCKS = 2**20
 
 COMPILE_OPTIONS = ("-std=c++17",)
 
-_modules = {}  # (device id, file) -> cupy.RawModule
+_modules = {}  # (device id, file) -> (cupy.RawModule, its constexpr ints)
 
 
 def cupy():
@@ -72,9 +76,21 @@ def kernels_dir():
 
 
 def source(file):
-    """The CUDA C source text of kernels/`file`."""
+    """The CUDA C source text of kernels/`file`, each ``#include "name.cuh"`` line replaced by
+    that header's text between #line directives (errors still name the header's lines): one
+    self-contained text for NVRTC, whose cache key then covers the headers too."""
     _check_file(file)
-    return (kernels_dir() / file).read_text(encoding="utf-8")
+    folder = kernels_dir()
+    text = (folder / file).read_text(encoding="utf-8")
+
+    def inline(match):
+        line = text.count("\n", 0, match.start()) + 1
+        header = (folder / match.group(1)).read_text(encoding="utf-8")
+        return f'#line 1 "{match.group(1)}"\n{header}#line {line + 1} "{file}"'
+    return _INCLUDE.sub(inline, text)
+
+
+_INCLUDE = re.compile(r'^#include "(\w+\.cuh)"$', re.MULTILINE)
 
 
 def name_expressions(file):
@@ -96,13 +112,35 @@ def get_kernel(file, name, dtype):
     if dtype not in C_TYPES:
         raise TypeError(f"dtype: the CUDA kernels are compiled for float32 and float64,"
                         f" got {dtype}")
+    return _compiled(file)[0].get_function(f"{name}<{C_TYPES[dtype]}>")
+
+
+def constant(file, name):
+    """The value of ``constexpr int name = <integer>;`` in kernels/`file` (a tile size),
+    read from the text the file's module was compiled from, so the two always agree."""
+    _check_file(file)
+    constants = _compiled(file)[1]
+    if name not in constants:
+        raise ValueError(f"name: expected a 'constexpr int {name} = <integer>;' in {file},"
+                         f" found only {sorted(constants)}")
+    return constants[name]
+
+
+def _compiled(file):
+    """(cupy.RawModule, {constexpr int name: value}) of kernels/`file` on the current device."""
     cp = cupy()
     key = (cp.cuda.Device().id, file)
-    module = _modules.get(key)
-    if module is None:
-        module = _modules[key] = cp.RawModule(code=source(file), options=COMPILE_OPTIONS,
-                                              name_expressions=name_expressions(file))
-    return module.get_function(f"{name}<{C_TYPES[dtype]}>")
+    compiled = _modules.get(key)
+    if compiled is None:
+        text = source(file)
+        module = cp.RawModule(code=text, options=COMPILE_OPTIONS,
+                              name_expressions=name_expressions(file))
+        constants = {name: int(value) for name, value in _CONSTEXPR_INT.findall(text)}
+        compiled = _modules[key] = (module, constants)
+    return compiled
+
+
+_CONSTEXPR_INT = re.compile(r"^constexpr int (\w+) = (\d+);", re.MULTILINE)
 
 
 def launch_1d(kernel, total, args):
@@ -116,6 +154,14 @@ def launch_1d(kernel, total, args):
         return
     blocks = min(-(-total // BLOCK), MAX_BLOCKS)
     kernel((blocks,), (BLOCK,), args)
+
+
+def launch_tiles(kernel, tiles, block, args):
+    """Run a kernel whose blocks loop over `tiles` tiles (tile = blockIdx.x, += gridDim.x):
+    one block of shape `block` per tile, at most MAX_BLOCKS. `args` as for launch_1d."""
+    if tiles <= 0:
+        return
+    kernel((min(tiles, MAX_BLOCKS),), tuple(block), args)
 
 
 def tf32_enabled():

@@ -9,7 +9,17 @@ paper's constants: the paper's k=2, n=5, alpha=1e-4, beta=0.75 is size=5, alpha=
 """
 from tinyalex.shapes import same_dtype, same_shape
 from tinyalex.kernels.cupy._checks import float_array, i32
-from tinyalex.kernels.cupy.loader import cupy, get_kernel, launch_1d
+from tinyalex.kernels.cupy.loader import constant, cupy, get_kernel, launch_tiles
+
+
+def _launch(name, x, args):
+    """Run lrn.cu's `name` over x's tiles (LRN_PIXELS pixels x LRN_CHANNELS channels of one
+    sample), one block of (LRN_PIXELS, LRN_ROWS) threads per tile."""
+    N, C, H, W = x.shape
+    kernel = get_kernel("lrn.cu", name, x.dtype)
+    pixels, channels = constant("lrn.cu", "LRN_PIXELS"), constant("lrn.cu", "LRN_CHANNELS")
+    tiles = N * -(-C // channels) * -(-(H * W) // pixels)
+    launch_tiles(kernel, tiles, (pixels, constant("lrn.cu", "LRN_ROWS")), args)
 
 
 def lrn_forward(x, size, alpha, beta, k):
@@ -31,8 +41,7 @@ def lrn_forward(x, size, alpha, beta, k):
     y = cp.empty_like(x)
     s = cp.empty_like(x)
     T = x.dtype.type
-    kernel = get_kernel("lrn.cu", "lrn_forward", x.dtype)
-    launch_1d(kernel, x.size, (x, y, s, i32(N), i32(C), i32(H), i32(W), i32(size),
+    _launch("lrn_forward", x, (x, y, s, i32(N), i32(C), i32(H), i32(W), i32(size),
                                T(alpha / size), T(beta), T(k)))
     cache = (x, y, s, size, alpha, beta)
     return y, cache
@@ -43,7 +52,7 @@ def lrn_backward(gy, cache):
 
     The sum runs over the transposed window c in [j - (size-1)//2, j + size//2]; the
     derivation is in tinyalex.kernels.numpy.lrn.lrn_backward. One thread per element gathers
-    it: deterministic, no atomics.
+    it from a shared-memory slab of gy_c y_c / s_c (kernels/lrn.cu): deterministic, no atomics.
     Shapes: gy (N, C, H, W) -> gx (N, C, H, W), same dtype.
     """
     # gy (N, C, H, W) -> gx (N, C, H, W)
@@ -54,7 +63,6 @@ def lrn_backward(gy, cache):
     N, C, H, W = x.shape
     gx = cupy().empty_like(x)
     T = x.dtype.type
-    kernel = get_kernel("lrn.cu", "lrn_backward", x.dtype)
-    launch_1d(kernel, x.size, (gy, x, y, s, gx, i32(N), i32(C), i32(H), i32(W), i32(size),
-                               T(beta), T(2 * alpha * beta / size)))
+    _launch("lrn_backward", x, (gy, x, y, s, gx, i32(N), i32(C), i32(H), i32(W), i32(size),
+                                T(beta), T(2 * alpha * beta / size)))
     return gx

@@ -32,16 +32,25 @@ Semantics (what makes K ranks reproduce the one-process run, bit for bit with
 
 Faults: an exception on one rank calls ``MPI_Abort`` (:func:`abort_on_error`), so the job
 ends non-zero within seconds instead of hanging in a collective (docs/pitfalls.md#mpi-hang).
+A rank whose process dies is seen by mpiexec, which kills the job at once, and by the
+liveness channel (tinyalex.train.parallel.liveness, opened by :func:`world`), whose helper
+names the lost rank first. A host that goes silent (power, network) is not: MPI reports nothing to the ranks waiting for it, so a
+rank that has waited TINYALEX_RANK_TIMEOUT seconds in one collective raises
+:class:`LostRankError` naming the rank and host it waits for (docs/pitfalls.md#lost-host).
 Stops that every rank agrees on (Ctrl-C carried in the stop flag, a NaN loss, which the
 allreduce makes global) end all ranks at the same batch without Abort. Every wait polls a
 non-blocking request with a sleep that grows to 1 ms, so a rank waiting for another never
-spins a core (MPICH's blocking calls busy-poll).
+spins a core (MPICH's blocking calls busy-poll); the overlap's communication thread blocks
+only once its partner is there (:meth:`World._swap`).
 
 Threads: each rank gets cores / local ranks threads for Numba, OpenMP and BLAS, set before
 they load (:func:`configure_rank_threads`, called by ``import tinyalex``;
 docs/pitfalls.md#rank-threads).
 """
+import atexit
+import os
 import sys
+import threading
 import time
 
 from tinyalex.threads import launched
@@ -52,13 +61,42 @@ ABORT_GRACE_S = 0.2
 #: Longest sleep between two polls of a pending collective, in seconds.
 MAX_POLL_SLEEP_S = 1e-3
 
+#: Seconds a rank waits in one collective before it calls the ranks it waits for lost
+#: (TINYALEX_RANK_TIMEOUT; 0 waits forever). Long, because a slow rank is not a lost one:
+#: another rank may be compiling its first step's kernels or writing a checkpoint.
+#: PyTorch's process groups time out after 10 (NCCL) or 30 minutes (Gloo).
+RANK_TIMEOUT_S = 600.0
 
-def wait(request, sleep=time.sleep, clock=time.monotonic):
+
+class LostRankError(RuntimeError):
+    """A rank got no reply in one collective for the rank timeout: the rank it waits for
+    (or one that rank waits for) has a dead, hung or unreachable host."""
+
+
+def rank_timeout(environ=None):
+    """TINYALEX_RANK_TIMEOUT in seconds (RANK_TIMEOUT_S if unset), or None for 0 or inf
+    (no limit)."""
+    raw = (os.environ if environ is None else environ).get("TINYALEX_RANK_TIMEOUT", "")
+    try:
+        seconds = float(raw) if raw.strip() else RANK_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:                                  # negative or nan
+        from tinyalex.errors import TrainingError
+        raise TrainingError("TINYALEX_RANK_TIMEOUT: expected seconds, a number >= 0 "
+                            f"(0: wait forever), got {raw!r}")
+    return seconds if 0 < seconds < float("inf") else None
+
+
+def wait(request, sleep=time.sleep, clock=time.monotonic, timeout=None, lost=None):
     """Complete a non-blocking MPI request without spinning: Test, then sleep a little
     (doubling from 10 us up to MAX_POLL_SLEEP_S) between tests. MPICH's blocking calls
-    busy-poll a core at 100% for as long as they wait."""
-    delay = 0.0
+    busy-poll a core at 100% for as long as they wait. With `timeout` (seconds), raise
+    ``lost(seconds waited)`` (an exception) once the request has waited longer."""
+    delay, start = 0.0, clock()
     while not request.Test():
+        if timeout is not None and clock() - start > timeout:
+            raise lost(clock() - start)
         sleep(delay)
         delay = min(max(2 * delay, 1e-5), MAX_POLL_SLEEP_S)
 
@@ -67,53 +105,97 @@ class World:
     """The ranks of this job over an mpi4py communicator: the collectives training needs,
     each completed by :func:`wait` (no spinning)."""
 
-    def __init__(self, comm, local_size=1, local_rank=0):
+    def __init__(self, comm, local_size=1, local_rank=0, hosts=None, timeout=None, channel=None):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.local_size, self.local_rank = local_size, local_rank
+        self.hosts = hosts                     # each rank's host name, for LostRankError
+        self.timeout = timeout                 # seconds, or None: wait forever
+        self.channel = channel                 # the liveness.Channel, or None
         self._received = None                  # allreduce_'s receive buffer
 
     @property
     def is_main(self):
         return self.rank == 0
 
-    def allreduce_(self, buffer):
+    def _wait(self, request, what, peers=None):
+        """wait() for this rank's part of `what` (a collective's name), on `peers` (the
+        ranks it waits for; default every other rank) for at most self.timeout."""
+        wait(request, timeout=self.timeout, lost=lambda waited: self.lost(what, waited, peers))
+
+    def lost(self, what, waited, peers=None):
+        """The LostRankError for `waited` seconds without a reply from `peers` in `what`."""
+        others = [r for r in range(self.size) if r != self.rank] if peers is None else peers
+        named = ", ".join(f"{r}" + (f" (host {self.hosts[r]})" if self.hosts else "")
+                          for r in others)
+        return LostRankError(
+            f"no reply from rank{'s' if len(others) > 1 else ''} {named} for {waited:.0f} s "
+            f"in the {what}: a host died, hangs or left the network "
+            "(TINYALEX_RANK_TIMEOUT sets this wait, in seconds)")
+
+    def allreduce_(self, buffer, on_thread=False):
         """Sum a NumPy buffer over the ranks, in place.
 
         With a power-of-two number of ranks the sum is the pairwise tree over rank order,
         ((b0 + b1) + (b2 + b3)) + ..., by recursive doubling: at distance d = 1, 2, 4, ...
         each rank swaps its partial sum with rank ^ d and adds the two (a + b == b + a, so
         both partners hold the same bits). MPI's own allreduce may sum in another order
-        for large buffers. With another number of ranks, MPI's allreduce."""
+        for large buffers. With another number of ranks, MPI's allreduce. The sum is
+        elementwise, so summing the slices of a buffer one by one gives the same bits.
+
+        on_thread: called from a communication thread while the main thread computes
+        (tinyalex.train.parallel.overlap): each swap then moves its bytes in one blocking
+        MPI call, which releases Python's GIL, once the partner is known to be there."""
         size = self.size
         if size & (size - 1):
             from mpi4py import MPI
-            wait(self.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
+            self._wait(self.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM), "allreduce")
             return buffer
         received = self._receive_buffer(buffer)
         distance = 1
         while distance < size:
-            partner = self.rank ^ distance
-            requests = [self.comm.Isend(buffer, dest=partner, tag=distance),
-                        self.comm.Irecv(received, source=partner, tag=distance)]
-            for request in requests:
-                wait(request)
+            self._swap(buffer, received, self.rank ^ distance, distance, on_thread)
             buffer += received
             distance *= 2
         return buffer
 
-    def _receive_buffer(self, like):
-        """An array like `like` to receive a partner's sum into, kept from step to step (a
-        fresh one would fault in its pages every step)."""
-        held = self._received
-        if held is None or held.shape != like.shape or held.dtype != like.dtype:
+    def _swap(self, buffer, received, partner, tag, on_thread):
+        """Send `buffer` to `partner` and receive its into `received`.
+
+        On the main thread every request is polled with wait(). A communication thread
+        polls too, but then it runs only when the main thread lets go of the GIL, which
+        a Numba kernel holds until it returns: the transfer would advance only between two
+        kernels. So the thread first swaps an empty message with its partner, polled (a
+        late partner costs a sleep, not a spinning core), then waits for the data in
+        MPI_Waitall, which drives the copy in C with the GIL released (and busy-polls,
+        but only while both partners move bytes)."""
+        requests = [self.comm.Isend(buffer, dest=partner, tag=tag),
+                    self.comm.Irecv(received, source=partner, tag=tag)]
+        if on_thread:
             import numpy as np
-            held = self._received = np.empty_like(like)
-        return held
+            from mpi4py import MPI
+            met = [self.comm.Isend(np.empty(0, np.uint8), dest=partner, tag=0),  # distances >= 1
+                   self.comm.Irecv(np.empty(0, np.uint8), source=partner, tag=0)]
+            for request in met:
+                self._wait(request, "allreduce", [partner])
+            MPI.Request.Waitall(requests)
+            return
+        for request in requests:
+            self._wait(request, "allreduce", [partner])
+
+    def _receive_buffer(self, like):
+        """An array like `like` to receive a partner's sum into: a view of one array kept
+        from step to step and grown to the largest buffer summed (a fresh one would fault
+        in its pages every step)."""
+        held = self._received
+        if held is None or held.size < like.size or held.dtype != like.dtype:
+            import numpy as np
+            held = self._received = np.empty(like.size, like.dtype)
+        return held[:like.size].reshape(like.shape)
 
     def broadcast_(self, buffer, root=0):
         """Overwrite a NumPy buffer with root's, in place."""
-        wait(self.comm.Ibcast(buffer, root=root))
+        self._wait(self.comm.Ibcast(buffer, root=root), "broadcast")
         return buffer
 
     def broadcast_object(self, obj, root=0):
@@ -130,7 +212,7 @@ class World:
         return obj if self.rank == root else pickle.loads(raw.tobytes())
 
     def barrier(self):
-        wait(self.comm.Ibarrier())
+        self._wait(self.comm.Ibarrier(), "barrier")
 
     def abort(self, code):
         """End every rank of the job now with exit code `code`."""
@@ -149,18 +231,28 @@ def world():
         return _world
     size, _, local_size, local_rank = launched()
     if size > 1:
+        timeout = rank_timeout()
         try:
             import mpi4py
-            mpi4py.rc.threads = False          # only the main thread calls MPI
+            # the main thread calls MPI, and the overlap's communication thread while the
+            # main thread makes no MPI call (tinyalex.train.parallel.overlap)
+            mpi4py.rc.thread_level = "serialized"
             from mpi4py import MPI
         except ImportError as exc:
             raise RuntimeError(f"the launcher started {size} processes: expected mpi4py to be "
                                "installed for data-parallel training (pip install "
                                f"'tinyalex[dist]'), got {type(exc).__name__}: {exc}") from exc
-        _world = World(MPI.COMM_WORLD, local_size, local_rank)
-        if _world.size != size:
+        comm = MPI.COMM_WORLD
+        if comm.Get_size() != size:
             raise RuntimeError(f"MPI: expected {size} ranks as the launcher said, got "
-                               f"{_world.size} (is mpi4py built for another MPI than mpiexec's?)")
+                               f"{comm.Get_size()} (is mpi4py built for another MPI than mpiexec's?)")
+        # the host names mpiexec was given (hydra's PMI_HOSTNAME), once, for LostRankError
+        hosts = comm.allgather(os.environ.get("PMI_HOSTNAME") or MPI.Get_processor_name())
+        from tinyalex.train.parallel import liveness
+        channel = liveness.open_channel(comm, hosts, _lost_rank)
+        _world = World(comm, local_size, local_rank, hosts, timeout, channel)
+        if channel is not None:
+            atexit.register(channel.close)     # runs before mpi4py's MPI_Finalize
     _world_checked = True
     return _world
 
@@ -182,16 +274,33 @@ def abort_on_error(exc, command="tinyalex"):
     the job (exit code 2 for a user error, 130 for an unagreed Ctrl-C, else 1), so no rank
     waits forever in a collective. Returns without doing anything in a one-process run or
     for a collective exception."""
-    w = _world
-    if w is None or getattr(exc, "collective", False):
+    if _world is None or getattr(exc, "collective", False):
         return
     code = 130 if isinstance(exc, KeyboardInterrupt) else 2 if _is_user_error(exc) else 1
-    where = f"rank {w.rank} of {w.size}"
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    # the line that says what happened first: MPI_Abort may cut what the launcher forwards
-    print(f"{command}: error on {where}: {message}; stopping all {w.size} ranks",
-          file=sys.stderr, flush=True)
-    if code == 1:
+    trace = code == 1 and not isinstance(exc, LostRankError)    # a lost host's trace says nothing
+    _stop_job(" ".join(str(exc).split()) or type(exc).__name__, code, command, exc if trace else None)
+
+
+def _lost_rank(rank):
+    """The liveness channel's call when `rank` ended without a word (its helper has said so)."""
+    _stop_job(None, 1)
+
+
+_stopping = threading.Lock()   # taken once, never given back: the first to stop the job says why
+
+
+def _stop_job(message, code, command="tinyalex", exc=None):
+    """Print this rank's one line on why the job ends (unless `message` is None: said
+    already), then `exc`'s trace; tell the liveness channel that this end is on purpose,
+    and MPI_Abort every rank with `code`."""
+    w = _world
+    _stopping.acquire()
+    if w.channel is not None:
+        w.channel.failing()
+    if message is not None:   # the line first: MPI_Abort may cut what the launcher forwards
+        print(f"{command}: error on rank {w.rank} of {w.size}: {message}; stopping all {w.size} ranks",
+              file=sys.stderr, flush=True)
+    if exc is not None:
         import traceback
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     sys.stderr.flush()
@@ -242,13 +351,24 @@ class FlatBuffer:
         """Copy the gradients (zeros for a parameter without one) and `extras` (a dict of
         EXTRAS) into the buffer, or into `out`, an array like it."""
         flat = self.flat if out is None else out
+        self.pack_gradients(flat)
+        self.pack_extras(extras, flat)
+
+    def pack_gradients(self, out, start=0, stop=None):
+        """Copy the gradients of the parameters that lie in elements [start, stop) of the
+        buffer (a bucket: whole parameters) into `out`, zeros for a parameter without one."""
+        stop = self.grad_size if stop is None else stop
         for p, offset in zip(self.params, self.offsets):
-            view = flat[offset:offset + p.array.size]
-            if p.grad is None:
-                view[...] = 0
-            else:
-                view[...] = p.grad.array.reshape(-1)
-        flat[self.grad_size:] = self.xp.asarray([float(extras[k]) for k in EXTRAS], dtype=flat.dtype)
+            if start <= offset < stop:
+                view = out[offset:offset + p.array.size]
+                if p.grad is None:
+                    view[...] = 0
+                else:
+                    view[...] = p.grad.array.reshape(-1)
+
+    def pack_extras(self, extras, out):
+        """Write `extras` (a dict of EXTRAS) after the gradients of `out`."""
+        out[self.grad_size:] = self.xp.asarray([float(extras[k]) for k in EXTRAS], dtype=out.dtype)
 
     def extras(self):
         """EXTRAS as Python floats, read from the buffer (after the allreduce)."""
@@ -337,7 +457,9 @@ class NcclAllreduce:
     makes it and MPI broadcasts it (`w.broadcast_object`). `nccl` may be injected (tests).
     """
 
-    def __init__(self, w, nccl=None, bucket_bytes=25 * 2**20):
+    BUCKET_BYTES = 25 * 2**20               # DDP's default bucket
+
+    def __init__(self, w, nccl=None, bucket_bytes=BUCKET_BYTES):
         if nccl is None:
             from cupy.cuda import nccl
         self.nccl, self.world, self.bucket_bytes = nccl, w, bucket_bytes
