@@ -231,4 +231,4 @@ def test_release_and_switching_off(pool):
         buffers.reuse_buffers(True)
     c = buffers.empty((2, 3), np.int32)
     assert c.shape == (2, 3) and c.dtype == np.int32 and c.flags.c_contiguous and c.flags.writeable
-    assert c.ctypes.data % buffers.ALIGN == pool.region.address % buffers.ALIGN
+    assert c.ctypes.data % buffers.ALIGN == 0

@@ -12,8 +12,8 @@ How: the arrays of at least MIN_BYTES are carved out of one large region (one np
 mapped lazily: only the pages ever used become resident). Free space is a list of
 (offset, size) ranges; a request takes the first range that fits (first fit, lowest
 offset first, so the used part stays compact) and a returned range merges with its free
-neighbours. A step asks for the same arrays in the same order every time, so after the
-first step every request lands on pages already mapped. (A pool of exact-size blocks kept
+neighbours. A step asks for the same arrays in the same order every time, so once the
+first step or two have laid them out, every request lands on pages already mapped. (A pool of exact-size blocks kept
 far more memory: benchmarks/results/cpu_design_notes.md.)
 
 Never lent twice: every array handed out gets its own :class:`Lease` as its ``base``;
@@ -64,8 +64,8 @@ class Region:
     """One np.empty of `size` bytes and its free ranges [(offset, size)], by offset."""
 
     def __init__(self, size):
-        self.memory = np.empty(size, np.uint8)
-        self.address = self.memory.ctypes.data
+        self.memory = np.empty(size + ALIGN, np.uint8)
+        self.address = self.memory.ctypes.data + (-self.memory.ctypes.data) % ALIGN  # offset 0, aligned
         self.free = [(0, size)]
         self.high_water = 0                  # end of the highest range ever lent: what is resident
 
