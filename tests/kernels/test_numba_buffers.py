@@ -5,6 +5,10 @@ Every test runs on its own pool with MIN_BYTES = 0 and a 64 KiB first region, so
 arrays here go through it as the large ones of a real step do, and regions grow (and
 retire) along the way."""
 import gc
+import os
+import pathlib
+import subprocess
+import sys
 import weakref
 
 import numpy as np
@@ -232,3 +236,12 @@ def test_release_and_switching_off(pool):
     c = buffers.empty((2, 3), np.int32)
     assert c.shape == (2, 3) and c.dtype == np.int32 and c.flags.c_contiguous and c.flags.writeable
     assert c.ctypes.data % buffers.ALIGN == 0
+
+
+def test_the_environment_turns_reuse_off():
+    code = "from tinyalex.kernels.numba import buffers; print(buffers.pool.enabled)"
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    seen = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env=dict(os.environ, TINYALEX_REUSE_BUFFERS=value, PYTHONPATH=root)).stdout.strip()
+            for value in ("0", "1")]
+    assert seen == ["False", "True"]
