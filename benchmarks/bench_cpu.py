@@ -61,6 +61,7 @@ import importlib.util
 import io
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,7 @@ import tinyalex.functional as F
 import tinyalex.nn as nn
 import tinyalex.optim as optim
 from tinyalex.kernels.conv_algorithms import winograd_refusal
+from tinyalex.kernels.numba import buffers
 from tinyalex.train.models import fashion_alexnet
 from tinyalex.nn import AdaptiveAvgPool2d
 
@@ -298,28 +300,45 @@ def proc_status_bytes(field):
 
 
 def measure(library, batch, steps):
-    """Peak memory and step times of `library` at `batch`, in this (fresh) process."""
+    """Peak memory and step times of `library` at `batch`, in this (fresh) process.
+
+    Per timed step: wall seconds, CPU seconds (user + system, all threads), system seconds
+    and minor page faults (getrusage): a step that faults in fresh pages shows it in the
+    last two. tinyalex's reused buffers (tinyalex/kernels/numba/buffers.py) are released
+    before the memory step, so that step makes them again and its peak counts them."""
     start = time.perf_counter()
     trainer = make_trainer(library, batch)
     trainer.step()                          # warm-up: JIT, thread pools, momentum buffers
     first_s = time.perf_counter() - start
     trainer.optimizer.zero_grad()           # frees the gradients: the measured step makes its own
+    if library != "torch":
+        buffers.release_cached()
     rss_before = free_heap_and_reset_peak()
     trainer.step()
     peak = proc_status_bytes("VmHWM") - rss_before
-    times = []
+    times, cpu, system, faults = [], [], [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         trainer.step()
         times.append(time.perf_counter() - start)
-    return {"library": library, "batch": batch, "seconds": times, "first_s": first_s,
-            "rss_before_mb": rss_before / MB, "peak_mb": peak / MB}
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu.append(after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
+        system.append(after.ru_stime - usage.ru_stime)
+        faults.append(after.ru_minflt - usage.ru_minflt)
+    return {"library": library, "batch": batch, "seconds": times, "cpu_seconds": cpu,
+            "system_seconds": system, "minor_faults": faults, "first_s": first_s,
+            "rss_before_mb": rss_before / MB, "peak_mb": peak / MB,
+            "reuse_buffers": library != "torch" and buffers.pool.enabled,
+            "pool_mb": buffers.pool.resident_bytes() / MB,
+            "rss_end_mb": proc_status_bytes("VmRSS") / MB}
 
 
-def measure_in_subprocess(library, batch, steps, numba_cache_dir=None):
+def measure_in_subprocess(library, batch, steps, numba_cache_dir=None, env_extra=None):
     """`measure` in a fresh Python process running this file with --worker (with
-    numba_cache_dir: Numba compiles into and loads from that directory only)."""
+    numba_cache_dir: Numba compiles into and loads from that directory only; env_extra:
+    more environment variables, set before anything loads)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    env.update(env_extra or {})
     if numba_cache_dir:
         env["NUMBA_CACHE_DIR"] = numba_cache_dir
     command = [sys.executable, os.path.abspath(__file__), "--worker", library,
@@ -435,24 +454,156 @@ def ops_lines(ops):
     return captured.getvalue().rstrip("\n").splitlines()
 
 
+# --- steady steps: the spread of single steps (issue 23) -------------------------------
+
+#: --steady's variants: name -> (library, environment of its process, label). The last two
+#: control the OS's memory directly instead of reusing buffers, for comparison.
+STEADY_VARIANTS = {
+    "fresh": ("numba", {"TINYALEX_REUSE_BUFFERS": "0"}, "tinyalex numba, fresh arrays (before)"),
+    "reuse": ("numba", {"TINYALEX_REUSE_BUFFERS": "1"}, "tinyalex numba, reused buffers"),
+    "torch": ("torch", {}, "torch"),
+    "fresh-no-thp": ("numba", {"TINYALEX_REUSE_BUFFERS": "0", "NUMPY_MADVISE_HUGEPAGE": "0"},
+                     "tinyalex numba, fresh arrays, NUMPY_MADVISE_HUGEPAGE=0"),
+    "fresh-heap": ("numba", {"TINYALEX_REUSE_BUFFERS": "0",
+                             "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"},
+                   "tinyalex numba, fresh arrays, glibc keeps freed memory (mmap_max=0, no trim)"),
+}
+GOAL_SPREAD = 1.15                     # slowest / fastest of the timed steps, at most
+
+
+def spread(result, key="seconds"):
+    """Slowest / fastest of a process's timed steps (wall time, or with key="cpu_seconds"
+    CPU time, which another process's load touches less)."""
+    return max(result[key]) / min(result[key])
+
+
+def median_ms(result, key="seconds"):
+    return 1e3 * statistics.median(result[key])
+
+
+def run_steady(batch, steps, rounds, variants):
+    """{variant: [result per round]}: each variant in a fresh process, the variants
+    alternated round after round, so that a change in the machine's load touches all."""
+    results = {name: [] for name in variants}
+    for round_index in range(rounds):
+        for name in variants:
+            library, env, _ = STEADY_VARIANTS[name]
+            result = measure_in_subprocess(library, batch, steps, env_extra=env)
+            results[name].append(result)
+            print(f"round {round_index + 1} {name:>12}: median {median_ms(result):.0f} ms, spread"
+                  f" {spread(result):.2f}, CPU {median_ms(result, 'cpu_seconds'):.0f} ms/step",
+                  file=sys.stderr, flush=True)
+    return results
+
+
+def hugepage_line():
+    settings = []
+    for name in ("enabled", "defrag"):
+        try:
+            with open(f"/sys/kernel/mm/transparent_hugepage/{name}") as setting:
+                settings.append(f"{name} = {setting.read().strip()}")
+        except OSError:
+            settings.append(f"{name}: unreadable")
+    return f"- transparent huge pages: {'; '.join(settings)}"
+
+
+def steady_lines(results, batch, steps, load_average, load_average_end, ops, losses):
+    """The --steady report: a dated section with one row per process and a summary."""
+    torch_ms = [median_ms(r) for r in results["torch"]] if "torch" in results else None
+    lines = [f"## Steady steps: {steps} single steps at batch {batch} ({time.strftime('%Y-%m-%d')})", ""]
+    lines += ops.machine_lines() + machine_extra_lines(load_average, load_average_end) + [hugepage_line()]
+    loss_text = "; ".join(f"{LABELS[lib]} {a:.6f} -> {b:.6f}" for lib, (a, b) in losses.items())
+    lines += [
+        f"- check (eval mode, batch {batch}, loss before -> after one SGD step): {loss_text}",
+        "- method: each row is one fresh process (fashion_alexnet, float32, SGD as above): a"
+        f" warm-up step, the memory step, then {steps} steps timed one by one; the variants"
+        " alternate, round after round. CPU = user + system time of all threads, CPU"
+        " spread its slowest / fastest step"
+        " (getrusage), faults = minor page faults; 'pool MB' is the part of the buffer pool's"
+        " region ever used (tinyalex/kernels/numba/buffers.py): resident between steps,"
+        " gradients included; the memory step starts without it, so its peak counts it", "",
+        "| variant | round | median ms | min-max ms | spread max/min | CPU ms/step | CPU spread"
+        " | system ms/step | faults/step | time / torch | peak MB | pool MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, rounds in results.items():
+        for index, r in enumerate(rounds):
+            ms = [1e3 * t for t in r["seconds"]]
+            ratio = f"{median_ms(r) / torch_ms[index]:.2f}" if torch_ms else "-"
+            lines.append(f"| {STEADY_VARIANTS[name][2]} | {index + 1} | {median_ms(r):.0f} |"
+                         f" {min(ms):.0f}-{max(ms):.0f} | {spread(r):.2f} |"
+                         f" {median_ms(r, 'cpu_seconds'):.0f} | {spread(r, 'cpu_seconds'):.2f} |"
+                         f" {median_ms(r, 'system_seconds'):.0f} |"
+                         f" {statistics.median(r['minor_faults']):.0f} | {ratio} | {r['peak_mb']:.0f} |"
+                         f" {r['pool_mb']:.0f} |")
+    lines += ["", f"Summary (goal: spread <= {GOAL_SPREAD} in every round for reused buffers, and"
+              " still faster than torch):", ""]
+    for name, rounds in results.items():
+        spreads = ", ".join(f"{spread(r):.2f}" for r in rounds)
+        cpu_spreads = ", ".join(f"{spread(r, 'cpu_seconds'):.2f}" for r in rounds)
+        text = (f"- {STEADY_VARIANTS[name][2]}: spread {spreads} (CPU {cpu_spreads}); median ms"
+                f" {', '.join(f'{median_ms(r):.0f}' for r in rounds)}")
+        if torch_ms and name != "torch":
+            ratios = [median_ms(r) / t for r, t in zip(rounds, torch_ms)]
+            text += f"; time / torch {', '.join(f'{x:.2f}' for x in ratios)}"
+        lines.append(text)
+    if "reuse" in results and "fresh" in results:
+        ratios = [median_ms(a) / median_ms(b) for a, b in zip(results["reuse"], results["fresh"])]
+        worst = max(spread(r) for r in results["reuse"])
+        lines.append(f"- reused / fresh, median step time per round: {', '.join(f'{x:.2f}' for x in ratios)};"
+                     f" worst spread with reused buffers {worst:.2f}"
+                     f" {verdict(worst, GOAL_SPREAD)}")
+    return lines
+
+
+def steady_main(args):
+    load_average = os.getloadavg()
+    ops = bench_ops_module()
+    batch = args.batches[0]
+    losses = check_losses(batch, ["numba", "torch"])
+    results = run_steady(batch, args.steps, args.rounds, args.variants)
+    command = "PYTHONPATH=. python benchmarks/bench_cpu.py " + " ".join(args.argv)
+    text = "\n".join(steady_lines(results, batch, args.steps, load_average, os.getloadavg(), ops, losses)
+                     + ["", f"Command: `{command}`"]) + "\n"
+    print(text, end="")
+    if args.json:                                       # every step's numbers, for a closer look
+        with open(args.json, "w") as out:
+            json.dump({"command": command, "results": results}, out, indent=1)
+    if args.append:
+        with open(args.append, "a") as out:             # a dated section after what is there
+            out.write("\n" + text)
+
+
 # --- main ------------------------------------------------------------------------------
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batches", type=int, nargs="+", help="default 16 32 64 (--steady: 32)")
     parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(DEFAULT_LIBRARIES),
                         help="'numba' and 'torch' are always run (the goal compares them)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per library and batch")
+    parser.add_argument("--steps", type=int, help="timed steps per library and batch (default 5;"
+                        " --steady: 20)")
     parser.add_argument("--quick", action="store_true", help="batch 16 only, 2 timed steps")
     parser.add_argument("--ops", action="store_true", help="also run bench_ops_cpu.py's per-op table")
     parser.add_argument("--out", help="also write the report to this markdown file")
+    parser.add_argument("--steady", action="store_true",
+                        help="per-step times and their spread (max/min) of --variants, alternated"
+                             " over --rounds fresh processes each, at the first of --batches")
+    parser.add_argument("--rounds", type=int, default=3, help="--steady: processes per variant")
+    parser.add_argument("--variants", nargs="+", choices=list(STEADY_VARIANTS),
+                        default=["fresh", "reuse", "torch"], help="--steady: what to compare")
+    parser.add_argument("--append", help="--steady: append the report to this markdown file")
+    parser.add_argument("--json", help="--steady: also write every step's numbers to this file")
     parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)  # measure() in a subprocess
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.batches = args.batches or ([32] if args.steady else [16, 32, 64])
+    args.steps = (20 if args.steady else 5) if args.steps is None else args.steps
     if args.quick:
         args.batches, args.steps = [16], 2
     args.libraries = [lib for lib in LIBRARIES if lib in set(args.libraries) | {"numba", "torch"}]
-    if args.steps < 1 or min(args.batches) < 1:
-        parser.error(f"--steps and --batches: expected integers >= 1, got {args.steps} and {args.batches}")
+    if args.steps < 1 or min(args.batches) < 1 or args.rounds < 1:
+        parser.error(f"--steps, --batches and --rounds: expected integers >= 1, got {args.steps},"
+                     f" {args.batches} and {args.rounds}")
     return args
 
 
@@ -460,6 +611,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         print(json.dumps(measure(args.worker, args.batches[0], args.steps)))
+        return
+    if args.steady:
+        steady_main(args)
         return
 
     load_average = os.getloadavg()

@@ -300,13 +300,16 @@ def _refcount(obj):
 
 def _owns_memory(g):
     """True when g is C-contiguous and writeable and its memory is its own, or all of that
-    of an array of its type (g = out[0], a reshape) that nothing but g refers to."""
+    of an array of its type (g = out[0], a reshape) or of a lease (memory a caching
+    allocator lent to g alone) that nothing but g refers to."""
     flags = g.flags
     if not (flags.c_contiguous and getattr(flags, "writeable", True)):
         return False
     base = g.base
     if base is None:
         return True
+    if getattr(base, "lent_whole_to_one_array", False):
+        return _refcount(base) <= _SOLE_BASE_REFS
     if type(base) is not type(g) or base.base is not None or base.nbytes != g.nbytes:
         return False                         # another object's memory (Numba's), or a slice
     return _refcount(base) <= _SOLE_BASE_REFS

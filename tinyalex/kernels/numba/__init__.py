@@ -15,6 +15,9 @@ why it is race-free.
   its own threads, so no idle pool spins against the other, whatever the user imported
   first (docs/pitfalls.md#oversubscription).
 - conv.py is im2col + GEMM; conv_winograd.py is Winograd, built on conv.py's workspace.
+- Outputs, saved caches and gradients of 1 MiB or more come from buffers.py: one region
+  reused from step to step, so steady steps fault in no new pages
+  (docs/pitfalls.md#fresh-pages).
 """
 from tinyalex.threads import shorten_spin_waits
 

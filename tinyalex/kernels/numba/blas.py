@@ -31,6 +31,8 @@ import llvmlite.binding as llvm
 import numpy as np
 from numba import njit, prange, types
 
+from tinyalex.kernels.numba import buffers
+
 #: cblas symbol names by integer width: numpy's wheels ship OpenBLAS with 64-bit integers
 #: and a 'scipy_' prefix and '64_' suffix; a distribution's OpenBLAS has the plain names.
 _CANDIDATES = (
@@ -246,9 +248,10 @@ def matmul(a, b):
     """a @ b for 2-D float arrays on Numba's pool (the linear layer's GEMMs)."""
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"matmul: expected 2-D operands, got shapes {a.shape} and {b.shape}")
-    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    out = buffers.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
     if a.shape[0] <= FEW_ROWS and b.T.flags.c_contiguous and b.shape[1] > a.shape[0]:
-        out_t = np.empty(out.shape[::-1], dtype=out.dtype)
+        out_t = buffers.empty(out.shape[::-1], out.dtype)
         out[...] = gemm(b.T, a.T, out_t).T
-        return out
-    return gemm(a, b, out)
+    else:
+        gemm(a, b, out)
+    return out                             # itself, not a view: autograd keeps it as a gradient without a copy

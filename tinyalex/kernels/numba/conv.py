@@ -34,6 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from tinyalex.shapes import batch_chunks, check_conv_operands, conv_output_size, same_dtype, same_shape
+from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
 from tinyalex.kernels.numba.blas import gemm
 
@@ -205,7 +206,7 @@ def im2col(x, kernel_size, stride, padding, dilation=(1, 1)):
     N, C = x.shape[:2]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     OH, OW = _geometry(x.shape, kernel_size, stride, padding, dilation)
-    cols = np.empty((N, C * kh * kw, OH * OW), dtype=x.dtype)
+    cols = buffers.empty((N, C * kh * kw, OH * OW), x.dtype)
     _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, False)
     return cols
 
@@ -217,7 +218,7 @@ def col2im(cols, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     OH, OW = _geometry(x_shape, kernel_size, stride, padding, dilation)
     same_shape(cols, "cols", (N, C * kh * kw, OH * OW), f"for x_shape {tuple(x_shape)}")
-    x = np.empty((N, C, H, W), dtype=cols.dtype)
+    x = buffers.empty((N, C, H, W), cols.dtype)
     _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, False)
     return x
 
@@ -247,7 +248,7 @@ def conv2d_forward(x, weight, bias, stride, padding, groups, dilation=(1, 1)):
     OH, OW = _geometry(x.shape, (kh, kw), stride, padding, dilation)
     G, OCg, K, L = groups, OC // groups, Cg * kh * kw, OH * OW
     weight_g = weight.reshape(G, OCg, K)
-    y = np.empty((N, OC, OH, OW), dtype=x.dtype)
+    y = buffers.empty((N, OC, OH, OW), x.dtype)
     y3 = y.reshape(N, OC, L)
     bias_or_zeros = bias if bias is not None else np.zeros(OC, dtype=x.dtype)
 
@@ -291,11 +292,11 @@ def conv2d_backward(gy, cache, need_gx=True):
     same_shape(gy, "gy", (N, OC, OH, OW), "the shape of y")
     G, OCg, K, L = groups, OC // groups, Cg * kh * kw, OH * OW
     gy3 = gy.reshape(N, OC, L)
-    gW = np.empty_like(weight)
+    gW = buffers.empty_like(weight)
     gW_g = gW.reshape(G, OCg, K)
     gb_sums = np.zeros(OC)
     weight_g_t = weight.reshape(G, OCg, K).transpose(0, 2, 1)      # (G, K, OCg), BLAS transposes
-    gx = np.empty_like(x) if need_gx else None
+    gx = buffers.empty_like(x) if need_gx else None
 
     chunks = batch_chunks(N, C * kh * kw * L * x.itemsize, WORKSPACE_BYTES)
     most = chunks[0][1] - chunks[0][0]

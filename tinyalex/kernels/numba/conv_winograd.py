@@ -27,7 +27,7 @@ from numba import njit, prange
 from tinyalex.kernels.conv_algorithms import WINOGRAD_TILES, winograd_refusal
 from tinyalex.kernels.numpy.conv_winograd import WinogradCache, flipped_transposed, winograd_matrices
 from tinyalex.shapes import batch_chunks, conv_output_size
-from tinyalex.kernels.numba import conv as gemm_conv
+from tinyalex.kernels.numba import buffers, conv as gemm_conv
 from tinyalex.kernels.numba.blas import gemm
 
 _matrices = {}
@@ -268,7 +268,7 @@ def winograd_weight_gradient(x, gy, weight_shape, padding, groups, m):
     TH, TW = -(-OH // m), -(-OW // m)
     TT, A2, OCg = TH * TW, a * a, OC // groups
     rows, cols = (TH - 1) * m + a, (TW - 1) * m + a
-    gU = np.empty((A2, OC, Cg), dtype=x.dtype)
+    gU = buffers.empty((A2, OC, Cg), x.dtype)
     per_sample = (rows * cols * C + TH * m * TW * m * OC + A2 * TT * (C + OC)) * x.itemsize
     chunks = batch_chunks(N, per_sample, gemm_conv.WORKSPACE_BYTES)
     most = chunks[0][1] - chunks[0][0]
@@ -291,7 +291,7 @@ def winograd_weight_gradient(x, gy, weight_shape, padding, groups, m):
             cin, cout = slice(g * Cg, (g + 1) * Cg), slice(g * OCg, (g + 1) * OCg)
             gemm(gM[:, :, cout].transpose(0, 2, 1), V[:, :, cin], gU[:, cout, :],
                  accumulate=index > 0)
-    gW = np.empty(weight_shape, dtype=x.dtype)
+    gW = buffers.empty(weight_shape, x.dtype)
     _transform_filter_adjoint(gU, G, gW)
     return gW
 
@@ -306,9 +306,9 @@ def winograd_correlate(x, weight, bias, padding, out_size, groups, m):
     TH, TW = -(-OH // m), -(-OW // m)
     TT, A2, OCg = TH * TW, a * a, OC // groups
     rows, cols = (TH - 1) * m + a, (TW - 1) * m + a
-    U = np.empty((A2, OC, Cg), dtype=x.dtype)
+    U = buffers.empty((A2, OC, Cg), x.dtype)
     _transform_filter(weight, G, U)
-    y = np.empty((N, OC, OH, OW), dtype=x.dtype)
+    y = buffers.empty((N, OC, OH, OW), x.dtype)
     bias = bias if bias is not None else np.zeros(OC, dtype=x.dtype)
     chunks = batch_chunks(N, (rows * cols * C + A2 * TT * (C + OC)) * x.itemsize,
                           gemm_conv.WORKSPACE_BYTES)

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from tinyalex.shapes import same_dtype, same_shape
+from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -267,7 +268,7 @@ def cross_entropy_backward(gloss, cache):
         with np.errstate(invalid="ignore", divide="ignore"):       # D = 0: inf or NaN, as torch
             scale = gloss / np.float64(denominator) if reduction == "mean" else gloss
         row_scale = np.full(N, scale)
-    glogits = np.empty_like(logits)
+    glogits = buffers.empty_like(logits)
     if q_sum is None:
         rows = _class_gradient_parallel if _parallel(logits) else _class_gradient_serial
         rows(logits, target, weight, ignore_index, eps, float(weight.sum(dtype=np.float64)),

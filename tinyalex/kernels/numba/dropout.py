@@ -12,6 +12,7 @@ from numba import njit, prange
 
 from tinyalex.random import SPLITMIX_GOLDEN, SPLITMIX_MUL1, SPLITMIX_MUL2
 from tinyalex.shapes import same_shape
+from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
 
 _GOLDEN = np.uint64(SPLITMIX_GOLDEN)
@@ -64,8 +65,8 @@ def dropout_forward(x, p, seed, offset=0):
     if not isinstance(offset, (int, np.integer)) or not 0 <= offset < 2**63:
         raise ValueError(f"offset: expected an int in [0, 2**63), got {offset!r}")
     scale = 1.0 / (1.0 - p) if p < 1 else 0.0
-    y = np.empty_like(x)
-    keep = np.empty(x.shape, dtype=np.bool_)
+    y = buffers.empty_like(x)
+    keep = buffers.empty(x.shape, np.bool_)
     # The scale is cast to x's dtype so float32 data is multiplied in float32, like the reference.
     _dropout_forward(x.reshape(-1), float(p), np.uint64(seed), np.uint64(offset), x.dtype.type(scale),
                      y.reshape(-1), keep.reshape(-1))
@@ -77,6 +78,6 @@ def dropout_backward(gy, cache):
     keep, scale = cache
     gy = float_array(gy, "gy")
     same_shape(gy, "gy", keep.shape, "the shape of x")
-    gx = np.empty_like(gy)
+    gx = buffers.empty_like(gy)
     _dropout_backward(gy.reshape(-1), keep.reshape(-1), gy.dtype.type(scale), gx.reshape(-1))
     return gx

@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from tinyalex.shapes import same_dtype, same_shape
+from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
 
 
@@ -121,8 +122,8 @@ def lrn_forward(x, size, alpha, beta, k):
     x = float_array(x, "x", 4)
     if size < 1:
         raise ValueError(f"size: expected a positive window size, got {size}")
-    y = np.empty_like(x)
-    scale = np.empty_like(x)
+    y = buffers.empty_like(x)
+    scale = buffers.empty_like(x)
     _lrn_forward(x, int(size), float(alpha), float(beta), float(k), y, scale)
     return y, (x, scale, int(size), float(alpha), float(beta))
 
@@ -133,6 +134,6 @@ def lrn_backward(gy, cache):
     gy = float_array(gy, "gy", 4)
     same_shape(gy, "gy", x.shape, "the shape of x")
     same_dtype(x, "x", gy, "gy")
-    gx = np.empty_like(x)
+    gx = buffers.empty_like(x)
     _lrn_backward(gy, x, scale, size, alpha, beta, gx)
     return gx

@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from tinyalex.shapes import same_dtype, same_shape
+from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -41,7 +42,7 @@ def mse_loss_forward(input, target, reduction):
     x, t = float_array(input, "input").reshape(-1), float_array(target, "target").reshape(-1)
     same_dtype(input, "input", target, "target")
     same_shape(target, "target", shape, "the shape of input")
-    diff, squared = np.empty_like(x), np.empty_like(x)
+    diff, squared = buffers.empty_like(x), buffers.empty_like(x)
     _squared_error(x, t, diff, squared)
     if reduction == "none":
         loss = squared.reshape(shape)
@@ -66,6 +67,6 @@ def mse_loss_backward(gloss, cache):
         same_shape(gloss, "gloss", (), f"a scalar, reduction {reduction!r}")
         n = max(diff.size, 1) if reduction == "mean" else 1
         g, g_stride = (2 * gloss / n).astype(diff.dtype).reshape(1), 0
-    gx = np.empty_like(diff)
+    gx = buffers.empty_like(diff)
     _scale(diff.reshape(-1), g, g_stride, gx.reshape(-1))
     return gx

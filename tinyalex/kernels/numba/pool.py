@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from tinyalex.shapes import avg_pool_divisors, pool_output_size, same_shape
+from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
 
 
@@ -97,8 +98,8 @@ def max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False):
     OH, OW = pool_output_size(x.shape, kernel_size, stride, padding, ceil_mode)
     if H * W >= 2**31:
         raise ValueError(f"x: a plane of {H}x{W} pixels overflows the int32 argmax")
-    y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    argmax = np.empty((N, C, OH, OW), dtype=np.int32)
+    y = buffers.empty((N, C, OH, OW), x.dtype)
+    argmax = buffers.empty((N, C, OH, OW), np.int32)
     _max_pool_forward(x.reshape(N * C, H * W), H, W, kh, kw, sh, sw, ph, pw, OH, OW,
                       y.reshape(N * C, OH * OW), argmax.reshape(N * C, OH * OW))
     return y, (argmax, x.shape, x.dtype)
@@ -112,7 +113,7 @@ def max_pool2d_backward(gy, cache):
     if gy.dtype != dtype:
         raise TypeError(f"gy: expected dtype {np.dtype(dtype)} (the dtype of x), got {gy.dtype}")
     N, C, H, W = x_shape
-    gx = np.empty(x_shape, dtype=gy.dtype)
+    gx = buffers.empty(x_shape, gy.dtype)
     L = argmax.shape[2] * argmax.shape[3]                          # explicit: -1 fails when N*C == 0
     _max_pool_backward(gy.reshape(N * C, L), argmax.reshape(N * C, L), gx.reshape(N * C, H * W))
     return gx
@@ -181,7 +182,7 @@ def avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, count_i
     divisor = avg_pool_divisors(x.shape, kernel_size, stride, padding, ceil_mode,
                                 count_include_pad, divisor_override).astype(x.dtype)
     OH, OW = divisor.shape
-    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    y = buffers.empty((N, C, OH, OW), x.dtype)
     _avg_pool_forward(x.reshape(N * C, H * W), H, W, kh, kw, sh, sw, ph, pw, divisor,
                       y.reshape(N * C, OH, OW))
     return y, (divisor, x.shape, kernel_size, stride, padding)
@@ -196,7 +197,7 @@ def avg_pool2d_backward(gy, cache):
     same_shape(gy, "gy", (N, C, OH, OW), "the shape of y")
     if gy.dtype != divisor.dtype:
         raise TypeError(f"gy: expected dtype {divisor.dtype} (the dtype of x), got {gy.dtype}")
-    gx = np.empty(x_shape, dtype=gy.dtype)
+    gx = buffers.empty(x_shape, gy.dtype)
     share = (gy / divisor).reshape(N * C, OH, OW)
     _avg_pool_backward(share, H, W, kh, kw, sh, sw, ph, pw, gx.reshape(N * C, H * W))
     return gx

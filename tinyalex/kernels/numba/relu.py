@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from tinyalex.shapes import same_dtype, same_shape
+from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
 
 
@@ -37,7 +38,7 @@ def relu_forward(x):
     (and often kept by the next layer too).
     """
     x = float_array(x, "x")
-    y = np.empty_like(x)
+    y = buffers.empty_like(x)
     _relu_forward(x.reshape(-1), y.reshape(-1))
     return y, y
 
@@ -48,6 +49,6 @@ def relu_backward(gy, cache):
     gy = float_array(gy, "gy")
     same_shape(gy, "gy", y.shape, "the shape of y")
     same_dtype(y, "y", gy, "gy")
-    gx = np.empty_like(gy)
+    gx = buffers.empty_like(gy)
     _relu_backward(gy.reshape(-1), y.reshape(-1), gx.reshape(-1))
     return gx
