@@ -328,8 +328,8 @@ def _graph(args):
 
 
 def _bench(args):
-    here = os.path.dirname(os.path.abspath(__file__))
-    script = os.path.join(os.path.dirname(here), "benchmarks",
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above tinyalex/train/
+    script = os.path.join(checkout, "benchmarks",
                           "bench_cpu.py" if args.device == "cpu" else "bench_cuda.py")
     if not os.path.exists(script):
         from tinyalex.errors import TrainingError
