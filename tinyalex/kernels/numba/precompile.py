@@ -291,9 +291,8 @@ class Compiler:
                     deferred.append(kernel)
             else:
                 now.append(unit)
-        order = sorted(range(len(later)), key=lambda i: (PARALLEL_FIRST.index(later[i].kernel)
-                                                          if later[i].kernel in PARALLEL_FIRST else len(PARALLEL_FIRST), i))
-        later, deferred = [later[i] for i in order], [deferred[i] for i in order]
+        pairs = sorted(zip(later, deferred), key=lambda pair: _priority(pair[0]))   # stable sort
+        later, deferred = [unit for unit, _ in pairs], [kernel for _, kernel in pairs]
         if (now or later) and self.workers and not self.processes:
             self._start()
         for process in self.processes:
@@ -396,6 +395,11 @@ class _Reports:
             self.condition.wait_for(lambda: self.indices(phase) - known or len(known) == count
                                     or self.exited == workers)
             return self.indices(phase) - known
+
+
+def _priority(unit):
+    """Where a parallel version comes in PARALLEL_FIRST (after it if not in it)."""
+    return PARALLEL_FIRST.index(unit.kernel) if unit.kernel in PARALLEL_FIRST else len(PARALLEL_FIRST)
 
 
 def _stop(processes, folder):
