@@ -1,7 +1,12 @@
 """The numba kernel set on Numba's thread pool: its GEMMs (single-threaded BLAS calls split
 over the pool) against numpy for every operand layout, and results that are bitwise the same
-on one thread as on all of them (disjoint prange outputs, no atomics). Each op's numba
-kernels are checked against the numpy reference in tests/ops/test_<op>.py."""
+on one thread as on all of them (disjoint prange outputs, no atomics), and with every prange
+kernel's serial version as with its parallel one. Each op's numba kernels are checked
+against the numpy reference in tests/ops/test_<op>.py."""
+import contextlib
+import importlib
+import pkgutil
+
 import numba
 import numpy as np
 import pytest
@@ -9,6 +14,7 @@ import pytest
 import tinyalex.kernels.numba as numba_kernels
 import tinyalex.kernels.numba.cross_entropy as numba_cross_entropy
 from tinyalex.kernels.numba import blas
+from tinyalex.kernels.numba.parallel_kernel import ParallelKernel
 
 
 # --- race-freedom -----------------------------------------------------------------------
@@ -76,6 +82,76 @@ def test_winograd_and_gemms_do_not_depend_on_thread_count():
         numba.set_num_threads(threads)
     for many, one in zip(everyone, alone):
         np.testing.assert_array_equal(many, one)
+
+
+def parallel_kernels():
+    """Every @parallel_kernel of the numba set."""
+    found = {}
+    for module in pkgutil.iter_modules(numba_kernels.__path__):
+        for value in vars(importlib.import_module(f"{numba_kernels.__name__}.{module.name}")).values():
+            if isinstance(value, ParallelKernel):
+                found[id(value)] = value
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def versions(name):
+    """Every prange kernel runs its `name` version ('serial' or 'parallel') inside."""
+    kernels = parallel_kernels()
+    before = [kernel.run for kernel in kernels]
+    for kernel in kernels:
+        kernel.run = getattr(kernel, name)
+    try:
+        yield
+    finally:
+        for kernel, run in zip(kernels, before):
+            kernel.run = run
+
+
+def run_every_parallel_kernel(dtype):
+    """A call of each prange kernel of the set (through its op), on random data."""
+    rng = np.random.default_rng(4)
+    r = lambda *shape: rng.standard_normal(shape).astype(dtype)   # noqa: E731
+    x, w3, w5 = r(3, 6, 13, 11), r(8, 3, 3, 3), r(8, 3, 5, 5)
+    y, cache = numba_kernels.conv2d_forward(x, w3, r(8), (2, 1), (1, 1), 2)
+    out = [y, *numba_kernels.conv2d_backward(r(*y.shape), cache)]
+    y, cache = numba_kernels.conv2d_winograd_forward(x, w5, r(8), (1, 1), (2, 1), 2)
+    out += [y, *numba_kernels.conv2d_winograd_backward(r(*y.shape), cache)]
+    for forward, backward, args in (
+            (numba_kernels.max_pool2d_forward, numba_kernels.max_pool2d_backward, ((3, 3), (2, 1), (1, 1))),
+            (numba_kernels.avg_pool2d_forward, numba_kernels.avg_pool2d_backward, ((3, 2), (1, 2), (1, 1))),
+            (numba_kernels.lrn_forward, numba_kernels.lrn_backward, (4, 0.5, 0.75, 1.0)),
+            (numba_kernels.relu_forward, numba_kernels.relu_backward, ()),
+            (numba_kernels.dropout_forward, numba_kernels.dropout_backward, (0.4, 77))):
+        y, cache = forward(x, *args)
+        out += [y, backward(r(*y.shape), cache)]
+    logits = x.reshape(-1, 11)
+    for target in (np.arange(len(logits)) % 11, np.abs(r(*logits.shape))):
+        loss, cache = numba_kernels.cross_entropy_forward(logits, target, "none", None, 3, 0.2)
+        out += [loss, numba_kernels.cross_entropy_backward(r(*loss.shape), cache)]
+    loss, cache = numba_kernels.mse_loss_forward(x, r(*x.shape), "none")
+    out += [loss, numba_kernels.mse_loss_backward(r(*x.shape), cache)]
+    param, buf = r(1000), r(1000)
+    numba_kernels.sgd_update(param, r(1000), buf, 0.1, 0.9, 5e-4, True, False, 0.1)
+    return out + [param, buf, numba_kernels.matmul(r(70, 40), r(40, 90))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_serial_versions_give_the_bits_of_the_parallel_ones(monkeypatch, dtype):
+    """What lets a first run start on the serial versions and switch mid-run
+    (tinyalex/kernels/numba/precompile.py); every prange kernel of the set is called."""
+    monkeypatch.setattr(numba_cross_entropy, "PARALLEL_MIN_ELEMENTS", 0)
+    with versions("parallel"):
+        parallel = run_every_parallel_kernel(dtype)
+    with versions("serial"):
+        serial = run_every_parallel_kernel(dtype)
+    blas_kernel = blas._tasks_i64 if blas._names and blas._names[4] == 64 else blas._tasks_i32
+    unused = [blas._tasks_i32 if blas_kernel is blas._tasks_i64 else blas._tasks_i64]
+    called = [k.__qualname__ for k in parallel_kernels() if k not in unused
+              and not (k.serial.signatures and k.parallel.signatures)]
+    assert not called, f"not run by run_every_parallel_kernel: {called}"
+    for a, b in zip(parallel, serial):
+        np.testing.assert_array_equal(a, b)
 
 
 # --- GEMMs on Numba's pool ------------------------------------------------------------------

@@ -81,15 +81,18 @@ def test_gpu_timer_warms_up_first_and_synchronises_before_reading(monkeypatch):
 
 
 def test_every_numba_kernel_caches_its_machine_code():
-    """@njit(..., cache=True): a second process loads the compiled kernel from disk."""
-    uncached = []
-    for path in sorted((ROOT / "tinyalex" / "cpu").glob("*.py")):
+    """@njit(..., cache=True) or @parallel_kernel (which caches both its versions): a second
+    process loads the compiled kernel from disk."""
+    uncached, kernels = [], 0
+    for path in sorted((ROOT / "tinyalex" / "kernels" / "numba").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             for decorator in getattr(node, "decorator_list", []):
                 name = getattr(getattr(decorator, "func", decorator), "id", None)
+                kernels += name in ("njit", "parallel_kernel")
                 if name == "njit" and not any(k.arg == "cache" and getattr(k.value, "value", False)
                                               for k in getattr(decorator, "keywords", [])):
                     uncached.append(f"{path.name}: {node.name}")
+    assert kernels >= 40, f"found only {kernels} numba kernels: has tinyalex/kernels/numba moved?"
     assert not uncached, uncached
 
 

@@ -112,8 +112,10 @@ def _eval(args):
     from tinyalex.errors import TrainingError
     from tinyalex.train.evaluation import evaluate
     from tinyalex.train.data.run_data import load_datasets, transforms_for
+    from tinyalex.train import compile_kernels
     device = _device_for(args)
     check_data_location(args.dataset, args.data_dir)
+    compiler = compile_kernels.start(device)          # its workers start as the data loads
     model, meta = _load_for_inference(args.checkpoint, device)
     saved = meta["config"]
     config = TrainConfig(model=saved["model"], dataset=args.dataset or saved["dataset"],
@@ -123,6 +125,7 @@ def _eval(args):
     size = models.MODELS[config.model][1]
     ten_crop = args.ten_crop and size[0] == 3
     loader = DataLoader(test_set, 256, transform=transforms_for(config.model, False, ten_crop=ten_crop))
+    compile_kernels.prepare(compiler, model, False, [256], len(meta["classes"]))
     try:
         loss, top1, top5 = evaluate(model, loader, device, size[1] if ten_crop else None)
     except UnreadableImageError as exc:  # a file that passed the up-front check
@@ -172,8 +175,10 @@ def _predict(args):
     if (args.weights is None) != (args.model is None):
         raise TrainingError("--model: expected --model and --weights together (a checkpoint "
                             f"names its model), got only {'--model' if args.weights is None else '--weights'}")
+    from tinyalex.train import compile_kernels
     device = _device_for(args)
     _open_images(args.images)
+    compiler = compile_kernels.start(device)          # its workers start as the model loads
     labels = None if args.labels is None else _read_labels(args.labels)
     if args.weights is not None:
         model, meta = _load_weights_for_inference(args, labels, device)
@@ -184,6 +189,7 @@ def _predict(args):
                 raise TrainingError(f"--labels: expected one name per class of the checkpoint, "
                                     f"{len(meta['classes'])} lines, got {len(labels)}")
             meta = {**meta, "classes": labels}
+    compile_kernels.prepare(compiler, model, False, [1])
     channels = models.MODELS[meta["config"]["model"]][1][0]
     transform = transforms_for(meta["config"]["model"], train=False)
     for path, array in zip(args.images, _open_images(args.images, channels)):
@@ -322,14 +328,17 @@ def _graph(args):
 
 
 def _bench(args):
-    here = os.path.dirname(os.path.abspath(__file__))
-    script = os.path.join(os.path.dirname(here), "benchmarks",
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above tinyalex/train/
+    script = os.path.join(checkout, "benchmarks",
                           "bench_cpu.py" if args.device == "cpu" else "bench_cuda.py")
     if not os.path.exists(script):
         from tinyalex.errors import TrainingError
         raise TrainingError(f"{script} not found, expected a source checkout (benchmarks/ is not "
                             "part of the wheel)")
     import runpy
+    if args.device == "cpu":   # compiled here, so that no timing sees a compilation
+        from tinyalex.train import compile_kernels
+        compile_kernels.prepare_ops(compile_kernels.BENCH_CPU_OPS)
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     sys.argv = [script] + rest
     runpy.run_path(script, run_name="__main__")

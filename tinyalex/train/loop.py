@@ -34,7 +34,7 @@ from tinyalex import random as _random
 from tinyalex.errors import TrainingError
 from tinyalex.optim import SGD, lr_scheduler
 from tinyalex.tensor import tensor
-from tinyalex.train import models
+from tinyalex.train import compile_kernels, models
 from tinyalex.train.config import DEFAULTS, ON_RESUME, check_config, flag, settle
 from tinyalex.train.data.image_folder import UnreadableImageError
 from tinyalex.train.evaluation import evaluate
@@ -168,6 +168,7 @@ class _Run:
             # the columns exchange maps during backward, on the main thread: no allreduce beside it
             self.config = config = dataclasses.replace(config, overlap=False)
         rank, size = (0, 1) if world is None else (world.rank, world.size)
+        compiler = compile_kernels.start(config.device, world)   # its workers start as the data loads
         self.train_set, self.test_set = parts.load_datasets(config, log)
         channels = models.MODELS[config.model][1][0]
         sample = self.train_set.get_batch(np.arange(1))[0]
@@ -192,6 +193,8 @@ class _Run:
         first, stop = split_units(len(self.test_set), EVAL_BATCH, size, rank)
         self.test_loader = parts.data_loader(Shard(self.test_set, first, stop), EVAL_BATCH, transform=transforms_for(
             config.model, train=False, ten_crop=config.ten_crop), workers=config.workers)
+        compile_kernels.prepare(compiler, self.model, True, [micro or share, EVAL_BATCH],
+                                len(self.train_set.classes))
         self.gradient = None         # one-process runs with whole-batch steps need no flat buffer
         if world is not None or (micro is not None and micro < config.batch_size):
             self.gradient = BatchGradient(self.model, micro)

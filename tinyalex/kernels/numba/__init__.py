@@ -4,9 +4,11 @@ Same functions and signatures as the numpy set (tinyalex/kernels/contract.py), w
 the formulas and derivations; the docstrings here say how each kernel is parallelised and
 why it is race-free.
 
-- Every loop kernel is `@njit(parallel=True, cache=True)`. Numba compiles it on its first
-  call with a given dtype and layout (float32 and float64 both work) and caches the
-  machine code on disk, so importing this package compiles nothing.
+- Every loop kernel is `@parallel_kernel` (parallel_kernel.py): Numba's `parallel=True`
+  with `cache=True`, plus a serial version of the same code that a first run starts on.
+  Numba compiles it on its first call with a given dtype and layout (float32 and float64
+  both work) and caches the machine code on disk, so importing this package compiles
+  nothing; precompile.py compiles a run's kernels ahead, in worker processes.
 - `prange` runs over DISJOINT outputs only (rows of cols, planes of an image, image rows,
   elements): no two iterations write the same element, so there are no races and no float
   atomics, and every result is bitwise repeatable.

@@ -29,7 +29,9 @@ import os
 
 import llvmlite.binding as llvm
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
+
+from tinyalex.kernels.numba.parallel_kernel import copy_function, parallel_kernel
 
 from tinyalex.kernels.numba import buffers
 
@@ -93,41 +95,48 @@ _sgemm_i32 = _cblas("tinyalex_sgemm_i32", types.float32, 32)
 _dgemm_i32 = _cblas("tinyalex_dgemm_i32", types.float64, 32)
 
 
-def _make_kernel(sgemm, dgemm):
-    @njit(parallel=True, cache=True)
-    def tasks(a, b, c, ta, tb, lda, ldb, ldc, beta, parts_m, parts_n, M, N, Ks, sa, sb, sc, double):
-        """Task t of G*parts_m*parts_n: block (rows m0:m1, columns n0:n1) of c[g] = a[g] @ b[g].
+def _gemm_tasks(a, b, c, ta, tb, lda, ldb, ldc, beta, parts_m, parts_n, M, N, Ks, sa, sb, sc, double):
+    """Task t of G*parts_m*parts_n: block (rows m0:m1, columns n0:n1) of c[g] = a[g] @ b[g].
 
-        a, b, c are 1-D views starting at the first element of each operand; sa, sb, sc
-        the element offsets of the G matrices, Ks their inner dimensions; c's rows are ldc
-        apart. The blocks of c are disjoint, so the tasks never write the same element.
-        """
-        size = 8 if double else 4
-        per_g = parts_m * parts_n
-        for t in prange(sa.shape[0] * per_g):
-            g, r = t // per_g, t % per_g
-            m0, m1 = (r // parts_n) * M // parts_m, (r // parts_n + 1) * M // parts_m
-            n0, n1 = (r % parts_n) * N // parts_n, (r % parts_n + 1) * N // parts_n
-            K = Ks[g]
-            if m1 == m0 or n1 == n0:
-                continue
-            a_first = sa[g] + (m0 if ta else m0 * lda)            # row m0 of op(a)
-            b_first = sb[g] + (n0 * ldb if tb else n0)            # column n0 of op(b)
-            c_first = sc[g] + m0 * ldc + n0
-            pa = a.ctypes.data + a_first * size
-            pb = b.ctypes.data + b_first * size
-            pc = c.ctypes.data + c_first * size
-            if double:
-                dgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS,
-                      m1 - m0, n1 - n0, K, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
-            else:
-                sgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS,
-                      m1 - m0, n1 - n0, K, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
-    return tasks
+    a, b, c are 1-D views starting at the first element of each operand; sa, sb, sc
+    the element offsets of the G matrices, Ks their inner dimensions; c's rows are ldc
+    apart. The blocks of c are disjoint, so the tasks never write the same element.
+    sgemm and dgemm are not names of this module: _tasks_for() compiles a copy of this
+    function whose globals hold the cblas ?gemm of one integer width.
+    """
+    size = 8 if double else 4
+    per_g = parts_m * parts_n
+    for t in prange(sa.shape[0] * per_g):
+        g, r = t // per_g, t % per_g
+        m0, m1 = (r // parts_n) * M // parts_m, (r // parts_n + 1) * M // parts_m
+        n0, n1 = (r % parts_n) * N // parts_n, (r % parts_n + 1) * N // parts_n
+        K = Ks[g]
+        if m1 == m0 or n1 == n0:
+            continue
+        a_first = sa[g] + (m0 if ta else m0 * lda)                # row m0 of op(a)
+        b_first = sb[g] + (n0 * ldb if tb else n0)                # column n0 of op(b)
+        c_first = sc[g] + m0 * ldc + n0
+        pa = a.ctypes.data + a_first * size
+        pb = b.ctypes.data + b_first * size
+        pc = c.ctypes.data + c_first * size
+        if double:
+            dgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS,  # noqa: F821
+                  m1 - m0, n1 - n0, K, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
+        else:
+            sgemm(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS,  # noqa: F821
+                  m1 - m0, n1 - n0, K, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
 
 
-_tasks_i64 = _make_kernel(_sgemm_i64, _dgemm_i64)
-_tasks_i32 = _make_kernel(_sgemm_i32, _dgemm_i32)
+def _tasks_for(width, sgemm, dgemm):
+    """The task kernel calling the cblas ?gemm that take `width`-bit integers. They are the
+    globals of a copy, not a closure: Numba's cache key hashes a closure's contents, and an
+    ExternalFunction pickles under a new random class name in every process, so a closure
+    missed the disk cache on every run (recompiled, and one more cache file each time)."""
+    return parallel_kernel(copy_function(_gemm_tasks, f"_i{width}", sgemm=sgemm, dgemm=dgemm))
+
+
+_tasks_i64 = _tasks_for(64, _sgemm_i64, _dgemm_i64)
+_tasks_i32 = _tasks_for(32, _sgemm_i32, _dgemm_i32)
 
 
 def _operand(a, rows, cols):

@@ -37,6 +37,7 @@ from tinyalex.shapes import batch_chunks, check_conv_operands, conv_output_size,
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
 from tinyalex.kernels.numba.blas import gemm
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
 
 #: Budget for the column workspace of one conv call. The batch is cut into chunks of
 #: whole samples whose columns fit in it (at least one sample per chunk). 128 MiB holds
@@ -81,7 +82,7 @@ def _valid_outputs(n_out, size, stride, pad, offset):
     return lo, max(lo, hi)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, batch_inner):
     """cols[n, r, oh*OW + ow] = x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw],  r = c*kh*kw + i*kw + j,
     or cols[r, n, oh*OW + ow] with batch_inner (the (rows, N, L) layout conv uses).
@@ -121,7 +122,7 @@ def _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, batch_inner):
             out[ow_hi:] = 0
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, batch_inner):
     """x[n, c] = sum of cols[n, c*kh*kw + i*kw + j, oh*OW + ow] over the windows covering it
     (cols[c*kh*kw + i*kw + j, n] with batch_inner).
@@ -156,7 +157,7 @@ def _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, batch_inner):
                         x_row[ow * sw - pw + j * dw] += part[ow]
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
+@parallel_kernel(fastmath={"reassoc"})
 def _transpose_and_sum(gy, gy_t, sums):
     """gy_t[o, n, l] = gy[n, o, l] and sums[o] += sum_{n, l} gy[n, o, l] (float64).
 
@@ -177,7 +178,7 @@ def _transpose_and_sum(gy, gy_t, sums):
         sums[o] += total
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _from_batch_inner(y_t, bias, y):
     """y[n, o, l] = y_t[o, n, l] + bias[o]: the GEMM's (OC, N, L) result to NCHW, plus bias.
 

@@ -22,13 +22,14 @@ and padding r - 1 - p; gW runs the three transforms transposed around a*a GEMMs 
 sum over the tiles (winograd_weight_gradient).
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from tinyalex.kernels.conv_algorithms import WINOGRAD_TILES, winograd_refusal
 from tinyalex.kernels.numpy.conv_winograd import WinogradCache, flipped_transposed, winograd_matrices
 from tinyalex.shapes import batch_chunks, conv_output_size
 from tinyalex.kernels.numba import buffers, conv as gemm_conv
 from tinyalex.kernels.numba.blas import gemm
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
 
 _matrices = {}
 
@@ -41,7 +42,7 @@ def matrices(m, r, dtype):
     return _matrices[key]
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _transform_filter(weight, G, U):
     """U[xi*a + nu, o, c] = (G W[o, c] G^T)[xi, nu]. Parallel over o: U[:, o] is its own.
 
@@ -72,7 +73,7 @@ def _transform_filter(weight, G, U):
                             out[c] += g * t[c]
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _pad_channels_last(x, ph, pw, X):
     """X[n, h, w, c] = x[n, c, h - ph, w - pw], zero outside x: the input, zero-padded, with
     the channels innermost, so that every transform below runs along contiguous channels.
@@ -96,7 +97,7 @@ def _pad_channels_last(x, ph, pw, X):
                 out[w, c] = src[w - pw]
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _transform_input(X, m, TH, TW, BT, V):
     """V[xi*a + nu, n*TH*TW + th*TW + tw, c] = (BT d B)[xi, nu] for the a x a tile d of
     channel c at (th*m, tw*m) of the padded, channels-last X (B, rows, cols, C).
@@ -139,7 +140,7 @@ def _transform_input(X, m, TH, TW, BT, V):
                         out[c] = acc[c]
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _transform_output(M, AT, bias, TH, TW, y):
     """y[n, o, th*m + i, tw*m + j] = (AT M_t A)[i, j] + bias[o] for tile t = (n, th, tw),
     M (a*a, T, OC) channels last; the part of the last tiles past the output is dropped.
@@ -182,7 +183,7 @@ def _transform_output(M, AT, bias, TH, TW, y):
                         y[n, o, h, w] = Y[o]
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _transform_output_adjoint(GY, AT, TH, TW, gM):
     """gM[x*a + y, t, o] = sum_{i, j} AT[i, x] AT[j, y] gy_t[i, j]: the adjoint (transpose)
     of the output transform, for the weight gradient. GY (B, TH*m, TW*m, OC) is gy
@@ -223,7 +224,7 @@ def _transform_output_adjoint(GY, AT, TH, TW, gM):
                         out[o] = acc[o]
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _transform_filter_adjoint(gU, G, gW):
     """gW[o, c] = G^T gU[:, o, c] G (gU viewed (a, a)): the adjoint of the filter transform.
     Parallel over o, each writing gW[o] only; vectorised over c."""

@@ -28,6 +28,7 @@ from numba import njit, prange
 from tinyalex.shapes import same_dtype, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
 
 REDUCTIONS = ("mean", "sum", "none")
 #: Logit count from which the rows are spread over threads (a launch ~ a few thousand exp).
@@ -133,7 +134,7 @@ def _ordered_sum(values):
 
 
 # The same row loops, parallel (prange over rows: each writes its own row) and serial.
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _class_losses_parallel(logits, target, weight, ignore_index, eps, row_max, log_sum, losses,
                            kept_weight):
     for n in prange(logits.shape[0]):
@@ -149,7 +150,7 @@ def _class_losses_serial(logits, target, weight, ignore_index, eps, row_max, log
                         kept_weight, n)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _probability_losses_parallel(logits, target, weight, eps, row_max, log_sum, losses, q_sum):
     for n in prange(logits.shape[0]):
         _probability_row_loss(logits, target, weight, eps, row_max, log_sum, losses, q_sum, n)
@@ -161,7 +162,7 @@ def _probability_losses_serial(logits, target, weight, eps, row_max, log_sum, lo
         _probability_row_loss(logits, target, weight, eps, row_max, log_sum, losses, q_sum, n)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _class_gradient_parallel(logits, target, weight, ignore_index, eps, weight_sum, row_max,
                              log_sum, row_scale, glogits):
     for n in prange(logits.shape[0]):
@@ -177,7 +178,7 @@ def _class_gradient_serial(logits, target, weight, ignore_index, eps, weight_sum
                             log_sum, row_scale, glogits, n)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _probability_gradient_parallel(logits, target, weight, eps, q_sum, row_max, log_sum,
                                    row_scale, glogits):
     for n in prange(logits.shape[0]):

@@ -14,6 +14,7 @@ from tinyalex.random import SPLITMIX_GOLDEN, SPLITMIX_MUL1, SPLITMIX_MUL2
 from tinyalex.shapes import same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
 
 _GOLDEN = np.uint64(SPLITMIX_GOLDEN)
 _MUL1 = np.uint64(SPLITMIX_MUL1)
@@ -31,7 +32,7 @@ def _uniform(seed, i):
     return float(z >> np.uint64(40)) * _UNIT
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _dropout_forward(x, p, seed, offset, scale, y, keep):
     """keep_i = uniform(seed, offset + i) >= p; y_i = x_i * scale if kept else 0 (flat arrays)."""
     zero = x.dtype.type(0)                                         # a literal 0 would be an int64
@@ -41,7 +42,7 @@ def _dropout_forward(x, p, seed, offset, scale, y, keep):
         y[i] = x[i] * scale if kept else zero
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _dropout_backward(gy, keep, scale, gx):
     """gx_i = gy_i * scale if kept else 0 (flat arrays)."""
     zero = gy.dtype.type(0)

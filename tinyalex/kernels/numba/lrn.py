@@ -22,6 +22,7 @@ from numba import njit, prange
 from tinyalex.shapes import same_dtype, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
 
 
 @njit(cache=True)
@@ -53,7 +54,7 @@ def _add_row(row, sign, window):
         window[w] += sign * row[w]
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _lrn_forward(x, size, alpha, beta, k, y, scale):
     """y = x / s^beta and s (saved for backward), one (n, h) row per iteration."""
     N, C, H, W = x.shape
@@ -78,7 +79,7 @@ def _lrn_forward(x, size, alpha, beta, k, y, scale):
                 _add_squares(x[n, c - before, h], -1.0, window)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _lrn_backward(gy, x, scale, size, alpha, beta, gx):
     """gx of LRN, one (n, h) row per iteration, the transposed window slid down the channels.
 

@@ -5,16 +5,17 @@ so they are race-free. The 'mean'/'sum' reduction is NumPy's pairwise sum of the
 terms, which does not depend on the thread count.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from tinyalex.shapes import same_dtype, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _squared_error(x, t, diff, squared):
     """diff = x - t and squared = diff^2, flat arrays of one size."""
     for i in prange(x.size):
@@ -23,7 +24,7 @@ def _squared_error(x, t, diff, squared):
         squared[i] = d * d
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _scale(diff, g, g_stride, gx):
     """gx[i] = diff[i] * g[i * g_stride]: one factor (stride 0) or one per element (1)."""
     for i in prange(diff.size):

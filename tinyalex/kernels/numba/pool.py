@@ -12,6 +12,7 @@ from numba import njit, prange
 from tinyalex.shapes import avg_pool_divisors, pool_output_size, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
 
 
 @njit(cache=True)
@@ -31,7 +32,7 @@ def _window_max_nan_aware(plane, W, h0, h1, w0, w1):
     return best, best_at
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
     """y[p, oh*OW + ow] = max of the window, argmax[p, oh*OW + ow] = h*W + w of its first maximum.
 
@@ -71,7 +72,7 @@ def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
                 arg_plane[oh * OW + ow] = best_at
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _max_pool_backward(gy, argmax, gx):
     """gx[p, argmax[p, o]] += gy[p, o] for every output o; all (P, ...) flattened planes.
 
@@ -124,7 +125,7 @@ def max_pool2d_indices(cache):
     return cache[0].astype(np.int64)
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _avg_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, divisor, y):
     """y[p, oh, ow] = (sum of the window's real pixels) / divisor[oh, ow]; x (P, H*W), y (P, OH, OW).
 
@@ -145,7 +146,7 @@ def _avg_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, divisor, y):
                 y[p, oh, ow] = total / divisor[oh, ow]
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _avg_pool_backward(share, H, W, kh, kw, sh, sw, ph, pw, gx):
     """gx[p, h*W + w] = sum of share[p, oh, ow] over the windows covering (h, w).
 

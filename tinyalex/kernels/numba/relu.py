@@ -5,14 +5,15 @@ element i, so they are race-free, and the loop body vectorises. They take the ar
 flattened (C-contiguous, so the reshape is a view): one compiled version serves every rank.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from tinyalex.shapes import same_dtype, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _relu_forward(x, y):
     """y = max(0, x), both 1-D. A NaN propagates, as in PyTorch."""
     zero = x.dtype.type(0)                                         # a literal 0 would be an int64
@@ -21,7 +22,7 @@ def _relu_forward(x, y):
         y[i] = zero if v <= zero else v
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _relu_backward(gy, y, gx):
     """gx = gy where y > 0, else 0, all 1-D."""
     zero = gy.dtype.type(0)

@@ -12,12 +12,13 @@ and the array path give the same bits; tests/kernels/test_sgd_update.py checks i
 signature as tinyalex.kernels.cupy.sgd_update; not part of KERNEL_API.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from tinyalex.kernels.numba._checks import float_array
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
 
 
-@njit(parallel=True, cache=True)
+@parallel_kernel
 def _sgd(p, grad, buf, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step,
          has_momentum, has_decay, dampened):
     """torch.optim.SGD's rule (tinyalex.optim.SGD) per element i; each i is its own."""
