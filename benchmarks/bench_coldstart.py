@@ -32,6 +32,12 @@ each, the best of 2, after the kernels it calls are compiled), and the import ti
         --checkout after=. --out benchmarks/results/coldstart.md
     PYTHONPATH=. python benchmarks/bench_coldstart.py --limit-train 6400   # 100 batches: quicker
     PYTHONPATH=. python benchmarks/bench_coldstart.py --profile
+    PYTHONPATH=. python benchmarks/bench_coldstart.py --versions
+
+With --versions it measures what compiling less would cost every later step: the quick
+start's training step (cpu-alexnet, batch 64, float32, SGD) with every prange kernel's
+parallel version, with each kernel's serial version in turn, with all serial versions, and
+with GEMM convolutions only (no Winograd kernels), interleaved in one process.
 
 Timings on a shared 2-core machine are only comparable when nothing else runs: the report
 gives the load average at the start and the end.
@@ -235,6 +241,61 @@ def profile_lines():
     return lines
 
 
+def versions_lines(rounds=12, steps=4):
+    """Step time of the quick start's model with fewer parallel kernels (module docstring)."""
+    import tinyalex
+    import tinyalex.functional as F
+    from tinyalex import optim
+    from tinyalex.kernels import conv_algorithms
+    from tinyalex.kernels.numba import precompile
+    from tinyalex.train.config import TrainConfig
+    from tinyalex.train.loop import build
+    model = build(TrainConfig(model="cpu-alexnet", lr=0.02, lr_schedule="none"), 10)[0]
+    model.train()
+    ops = precompile.model_ops(model, True) + ["conv2d", precompile.cross_entropy_op(64, 10), "sgd"]
+    units = precompile.plan(ops, "float32", backward=True)
+    for unit in units:
+        precompile.compile_unit(unit)
+    kernels = {u.kernel: precompile.Unit(u.kernel, "", u.dtype).dispatcher()
+               for u in units if u.version == "parallel"}
+    rng = np.random.default_rng(0)
+    optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = tinyalex.tensor(rng.random((64, 1, 28, 28), dtype=np.float32))
+    target = tinyalex.tensor(rng.integers(0, 10, 64))
+
+    def step():
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), target).backward()
+        optimizer.step()
+
+    variants = {"every kernel parallel": ((), "auto"), "all serial": (tuple(kernels), "auto"),
+                "GEMM convolutions only, all parallel": ((), "gemm")}
+    variants.update({f"{name} serial": ((name,), "auto") for name in kernels})
+    times = {name: [] for name in variants}
+    try:
+        for round_ in range(rounds + 1):
+            for name, (serial, algorithm) in variants.items():
+                for kernel_name, kernel in kernels.items():
+                    kernel.run = kernel.serial if kernel_name in serial else kernel.parallel
+                conv_algorithms.set_conv_algorithm(algorithm)
+                step()                                          # a warm-up step per switch
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    step()
+                    if round_:                                  # round 0 warms every variant up
+                        times[name].append(time.perf_counter() - start)
+    finally:
+        for kernel in kernels.values():
+            kernel.run = kernel.parallel
+        conv_algorithms.set_conv_algorithm("auto")
+    base = np.median(times["every kernel parallel"])
+    lines = [f"{rounds} rounds of {steps} timed steps per variant, the variants interleaved.", "",
+             "| variant | median ms | fastest ms | median / every kernel parallel |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {1e3 * np.median(t):.1f} | {1e3 * min(t):.1f} | {np.median(t) / base:.3f} |"
+              for name, t in times.items()]
+    return lines
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkout", action="append", metavar="NAME=PATH",
@@ -247,6 +308,8 @@ def parse_args(argv):
     parser.add_argument("--skip-check", action="store_true", help="leave out step 1 (for a quick look only)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: the compile time of each kernel, serial and parallel")
+    parser.add_argument("--versions", action="store_true",
+                        help="instead: the step time with fewer parallel kernels, or no Winograd ones")
     parser.add_argument("--out", help="write the report (markdown) here")
     args = parser.parse_args(argv)
     checkouts = [item.split("=", 1) for item in args.checkout or [f"this={ROOT}"]]
@@ -259,6 +322,10 @@ def main(argv=None):
     if args.profile:
         print("\n".join(["## Compile time of the quick start's kernels (CPU seconds)", ""] + machine_lines()
                         + [""] + profile_lines()))
+        return
+    if args.versions:
+        print("\n".join(["## The quick start's step with fewer parallel kernels", ""] + machine_lines()
+                        + [""] + versions_lines()))
         return
     load_average = os.getloadavg()
     work = tempfile.mkdtemp(prefix="bench-coldstart-")
