@@ -584,7 +584,8 @@ def parse_args(argv):
                         " --steady: 20)")
     parser.add_argument("--quick", action="store_true", help="batch 16 only, 2 timed steps")
     parser.add_argument("--ops", action="store_true", help="also run bench_ops_cpu.py's per-op table")
-    parser.add_argument("--out", help="also write the report to this markdown file")
+    parser.add_argument("--out", help="also write the report to this markdown file, in place of its"
+                                      " '## CPU training step' section (the --steady sections stay)")
     parser.add_argument("--steady", action="store_true",
                         help="per-step times and their spread (max/min) of --variants, alternated"
                              " over --rounds fresh processes each, at the first of --batches")
@@ -652,9 +653,28 @@ def main(argv=None):
     text = "\n".join(report) + "\n"
     print(text, end="")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as out:
-            out.write(text)
+        replace_step_section(args.out, text)
+
+
+def replace_step_section(path, text):
+    """Write `text` (a "## CPU training step" report) to `path` in place of the section of
+    that name the file has (up to the next "## " heading), keeping the sections after it
+    (--steady runs appended with --append); atomically, so an interrupted write leaves the
+    old file."""
+    old = open(path).read() if os.path.exists(path) else ""
+    heading = text.split("\n", 1)[0].split(":", 1)[0] + ":"       # "## CPU training step:"
+    lines = old.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith(heading)]
+    if starts:
+        ends = [i for i, line in enumerate(lines) if i > starts[0] and line.startswith("## ")]
+        before, after = lines[:starts[0]], lines[ends[0]:] if ends else []
+    else:
+        before, after = [], lines
+    new = "".join(before) + text + ("\n" + "".join(after) if after else "")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as out:
+        out.write(new)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -132,3 +132,22 @@ def test_versions_benchmark_times_each_variant_and_leaves_every_kernel_parallel(
         dispatcher = precompile.Unit(kernel, "", "float32").dispatcher()
         if hasattr(dispatcher, "run"):
             assert dispatcher.run is dispatcher.parallel, kernel
+
+
+def test_bench_cpu_out_replaces_its_own_section_and_keeps_the_steady_runs(tmp_path):
+    bench = load_benchmark("bench_cpu")
+    path = tmp_path / "cpu.md"
+    old_run = "## CPU training step: old\n\n| 16 | 0.70 |\n\n### Notes on this run\n\n- old notes\n"
+    steady = "## Steady steps: 20 single steps (one)\n\n- spread 1.08\n\n## Steady steps: (two)\n\n- 1.10\n"
+    path.write_text(old_run + "\n" + steady)
+    new_run = "## CPU training step: new\n\n| 16 | 0.68 |\n"
+    bench.replace_step_section(str(path), new_run)
+    assert path.read_text() == new_run + "\n" + steady
+    fresh = tmp_path / "new" / "cpu.md"
+    bench.replace_step_section(str(fresh), new_run)
+    assert fresh.read_text() == new_run
+    only_steady = tmp_path / "steady.md"
+    only_steady.write_text(steady)
+    bench.replace_step_section(str(only_steady), new_run)
+    assert only_steady.read_text() == new_run + "\n" + steady
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu.md", "new", "steady.md"], "a .tmp was left"
