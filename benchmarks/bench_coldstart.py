@@ -272,6 +272,7 @@ def versions_lines(rounds=12, steps=4):
                 "GEMM convolutions only, all parallel": ((), "gemm")}
     variants.update({f"{name} serial": ((name,), "auto") for name in kernels})
     times = {name: [] for name in variants}
+    before = ({name: kernel.run for name, kernel in kernels.items()}, conv_algorithms.get_conv_algorithm())
     try:
         for round_ in range(rounds + 1):
             for name, (serial, algorithm) in variants.items():
@@ -284,10 +285,10 @@ def versions_lines(rounds=12, steps=4):
                     step()
                     if round_:                                  # round 0 warms every variant up
                         times[name].append(time.perf_counter() - start)
-    finally:
-        for kernel in kernels.values():
-            kernel.run = kernel.parallel
-        conv_algorithms.set_conv_algorithm("auto")
+    finally:                                                    # as they were, for whatever runs next
+        for name, kernel in kernels.items():
+            kernel.run = before[0][name]
+        conv_algorithms.set_conv_algorithm(before[1])
     base = np.median(times["every kernel parallel"])
     lines = [f"{rounds} rounds of {steps} timed steps per variant, the variants interleaved.", "",
              "| variant | median ms | fastest ms | median / every kernel parallel |", "|---|---:|---:|---:|"]
