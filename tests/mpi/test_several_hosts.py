@@ -247,6 +247,17 @@ def test_a_silent_partner_is_named_with_its_host():
         w.broadcast_(np.zeros(3, dtype=np.float32))
 
 
+def test_a_silent_partner_in_a_part_of_the_job_is_named_by_its_rank_in_the_job():
+    """A model-parallel column pair or replica group is a communicator of its own: a lost
+    partner's number there (0 or 1) would send the user to the wrong process."""
+    from tinyalex.train.parallel import model_parallel
+    job = distributed.World(FakeComm(3, 4), hosts=["node-a", "node-b", "node-c", "node-d"], timeout=0.05)
+    replicas = model_parallel._part_of(job, FakeComm(1, 2), [1, 3])      # column 1: job ranks 1 and 3
+    with pytest.raises(distributed.LostRankError,
+                       match=r"no reply from rank 1 \(host node-b\) for 0 s in the broadcast"):
+        replicas.broadcast_(np.zeros(3, dtype=np.float32))
+
+
 @pytest.mark.parametrize("value, expected", [(None, distributed.RANK_TIMEOUT_S), ("", distributed.RANK_TIMEOUT_S),
                                              ("2.5", 2.5), ("0", None), ("inf", None)])
 def test_rank_timeout_reads_seconds(value, expected):

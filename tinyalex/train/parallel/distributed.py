@@ -105,11 +105,13 @@ class World:
     """The ranks of this job over an mpi4py communicator: the collectives training needs,
     each completed by :func:`wait` (no spinning)."""
 
-    def __init__(self, comm, local_size=1, local_rank=0, hosts=None, timeout=None, channel=None):
+    def __init__(self, comm, local_size=1, local_rank=0, hosts=None, timeout=None, channel=None,
+                 job_ranks=None):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.local_size, self.local_rank = local_size, local_rank
         self.hosts = hosts                     # each rank's host name, for LostRankError
+        self.job_ranks = job_ranks             # of a part of the job: each rank's rank in the job
         self.timeout = timeout                 # seconds, or None: wait forever
         self.channel = channel                 # the liveness.Channel, or None
         self._received = None                  # allreduce_'s receive buffer
@@ -126,8 +128,8 @@ class World:
     def lost(self, what, waited, peers=None):
         """The LostRankError for `waited` seconds without a reply from `peers` in `what`."""
         others = [r for r in range(self.size) if r != self.rank] if peers is None else peers
-        named = ", ".join(f"{r}" + (f" (host {self.hosts[r]})" if self.hosts else "")
-                          for r in others)
+        named = ", ".join(f"{self.job_ranks[r] if self.job_ranks else r}"
+                          + (f" (host {self.hosts[r]})" if self.hosts else "") for r in others)
         return LostRankError(
             f"no reply from rank{'s' if len(others) > 1 else ''} {named} for {waited:.0f} s "
             f"in the {what}: a host died, hangs or left the network "

@@ -156,9 +156,10 @@ class Columns:
 
 def _part_of(world, comm, ranks):
     """A World over `comm`, a part of `world` holding its ranks `ranks` (in order): their
-    hosts, to name a lost one, and the job's wait limit."""
+    hosts and job ranks, to name a lost one as the job knows it, and the job's wait limit."""
     hosts = None if world.hosts is None else [world.hosts[r] for r in ranks]
-    return _dist.World(comm, world.local_size, world.local_rank, hosts, world.timeout, world.channel)
+    return _dist.World(comm, world.local_size, world.local_rank, hosts, world.timeout, world.channel,
+                       job_ranks=ranks)
 
 
 def split_world(world, config):

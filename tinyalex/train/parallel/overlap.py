@@ -131,7 +131,7 @@ class ThreadAllreduce:
                                 f"MPI_THREAD_SERIALIZED ({MPI.THREAD_SERIALIZED}), got thread level "
                                 f"{level}; pass --no-overlap")
         return cls(World(world.comm.Dup(), world.local_size, world.local_rank, hosts=world.hosts,
-                         timeout=world.timeout))
+                         timeout=world.timeout, job_ranks=world.job_ranks))
 
     def start(self, view):
         """Queue a slice of the flat buffer to be summed in place."""
