@@ -80,7 +80,7 @@ __device__ T block_reduce(T v, Op op, T identity, T* partials)
 // The forwards keep the logits this thread reads, z[threadIdx.x + i * blockDim.x] for
 // i < CE_CACHED, in registers, so each pass after the first reads registers, not global
 // memory: a row of up to CE_CACHED * blockDim.x logits (2048 at 256 threads) is read once.
-constexpr int CE_CACHED = 8;
+inline constexpr int CE_CACHED = 8;
 
 // f(c, z[c]) for each logit c of this thread, in ascending order (the order the sums add in).
 template <typename T, typename F>
@@ -153,7 +153,7 @@ __global__ void cross_entropy_forward(const T* __restrict__ logits,
 // The backward's blocks stage the per-row factors of the rows their elements lie in (at
 // most one per thread: blockDim.x <= CE_ROWS), read once per block instead of once per
 // element.
-constexpr int CE_ROWS = 256;
+inline constexpr int CE_ROWS = 256;
 
 template <typename T>
 __global__ void cross_entropy_backward(const T* __restrict__ logits,

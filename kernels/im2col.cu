@@ -27,7 +27,7 @@
 // Shared memory for the rows a block of im2col stages (windows.cuh): 10240 floats or 5120
 // doubles, enough for every block of AlexNet's float layers (conv1's take up to 38 rows of
 // 259 words); beyond it a block reads x directly.
-constexpr int IM2COL_STAGE_BYTES = 40960;
+inline constexpr int IM2COL_STAGE_BYTES = 40960;
 
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,

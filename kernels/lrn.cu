@@ -30,11 +30,11 @@
 // The launcher passes alpha_over_size = alpha/size and two_alpha_beta_over_size =
 // 2*alpha*beta/size, computed in double and rounded to T once.
 
-constexpr int LRN_PIXELS = 32;                            // one warp's lanes
-constexpr int LRN_ROWS = 8;                               // warps per block
-constexpr int LRN_CHANNELS = 32;                          // output channels per tile
-constexpr int LRN_PER_THREAD = LRN_CHANNELS / LRN_ROWS;
-constexpr int LRN_SLAB = LRN_CHANNELS + 8;                // a tile with its halo, for size <= 9
+inline constexpr int LRN_PIXELS = 32;                            // one warp's lanes
+inline constexpr int LRN_ROWS = 8;                               // warps per block
+inline constexpr int LRN_CHANNELS = 32;                          // output channels per tile
+inline constexpr int LRN_PER_THREAD = LRN_CHANNELS / LRN_ROWS;
+inline constexpr int LRN_SLAB = LRN_CHANNELS + 8;                // a tile with its halo, for size <= 9
 
 // The tile `tile` of the grid-stride loop: sample n, first channel c0, this thread's pixel hw.
 struct LrnTile {

@@ -38,7 +38,7 @@
 // Shared memory for the rows a block of a pooling forward stages (windows.cuh): 8192 floats
 // or 4096 doubles, enough for AlexNet's pools (a block of pool5 stages up to 9 planes of 13
 // rows of 45 words); beyond it a block reads x directly.
-constexpr int POOL_STAGE_BYTES = 32768;
+inline constexpr int POOL_STAGE_BYTES = 32768;
 
 template <typename T>
 __global__ void max_pool2d_forward(const T* __restrict__ x, T* __restrict__ y,
@@ -95,7 +95,7 @@ __global__ void max_pool2d_forward(const T* __restrict__ x, T* __restrict__ y,
 // a candidate outside the output reads the nearest output, whose value is dropped. So every
 // lane reads at every step, lanes read the same or consecutive words (no bank conflicts),
 // and the sums add the same terms in the same order as before.
-constexpr int POOL_GATHER_WORDS = 2048;
+inline constexpr int POOL_GATHER_WORDS = 2048;
 
 struct CoveringOutputs {
     long long base;                                       // the first staged output, flat

@@ -28,7 +28,7 @@
 // (stride 1, 'same' padding, as AlexNet's conv2-5); otherwise a copied line's runs of
 // words may share banks: replays on stores, once per pixel, not on the kh*kw/(sh*sw) reads.
 
-constexpr int STAGE_PAD_WORDS = 32;
+inline constexpr int STAGE_PAD_WORDS = 32;
 
 struct WindowGeometry {
     int H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW;

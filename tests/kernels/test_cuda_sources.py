@@ -58,6 +58,17 @@ def test_compiles_with_nvcc_without_warnings(file, arch, tmp_path):
             assert re.search(rf"\.entry\s+_Z\d+{name}I{c_type}E", ptx), f"{name}<{c_type}> missing in PTX"
 
 
+@needs_nvcc
+@pytest.mark.parametrize("file", sorted(loader.KERNEL_FILES))
+def test_compiles_alone_with_nvcc_without_warnings(file, tmp_path):
+    """`nvcc -ptx kernels/x.cu` as a reader would try it, no template instantiated: a
+    constant only templates use must not warn as unused."""
+    command = [NVCC, "-std=c++17", "-ptx", "-arch=sm_90", "-Werror", "all-warnings",
+               "-o", str(tmp_path / "out.ptx"), str(loader.kernels_dir() / file)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}{result.stderr}"
+
+
 def test_every_source_is_listed_and_nothing_else_is_in_kernels():
     folder = loader.kernels_dir()
     assert sorted(p.name for p in folder.glob("*.cu")) == sorted(loader.KERNEL_FILES)

@@ -19,7 +19,7 @@ Launch geometry (see each file's header). Most kernels are 1-D grid-stride loops
 their elements: :func:`launch_1d` uses :data:`BLOCK` threads per block and at most
 :data:`MAX_BLOCKS` blocks, and the loop covers whatever the grid does not. The kernels
 that stage their inputs in shared memory loop over tiles instead, one block per tile:
-:func:`launch_tiles`, with the tile's sizes read from the source's ``constexpr int``
+:func:`launch_tiles`, with the tile's sizes read from the source's ``inline constexpr int``
 constants by :func:`constant`, so the .cu file is the one place they are written.
 
 cuBLAS. :func:`matmul` is the one place that picks the compute type of float32 GEMMs:
@@ -56,7 +56,7 @@ MAX_BLOCKS = 2**20
 
 COMPILE_OPTIONS = ("-std=c++17",)
 
-_modules = {}  # (device id, file) -> (cupy.RawModule, its constexpr ints)
+_modules = {}  # (device id, file) -> (cupy.RawModule, its inline constexpr ints)
 
 
 def cupy():
@@ -116,18 +116,18 @@ def get_kernel(file, name, dtype):
 
 
 def constant(file, name):
-    """The value of ``constexpr int name = <integer>;`` in kernels/`file` (a tile size),
+    """The value of ``inline constexpr int name = <integer>;`` in kernels/`file` (a tile size),
     read from the text the file's module was compiled from, so the two always agree."""
     _check_file(file)
     constants = _compiled(file)[1]
     if name not in constants:
-        raise ValueError(f"name: expected a 'constexpr int {name} = <integer>;' in {file},"
+        raise ValueError(f"name: expected an 'inline constexpr int {name} = <integer>;' in {file},"
                          f" found only {sorted(constants)}")
     return constants[name]
 
 
 def _compiled(file):
-    """(cupy.RawModule, {constexpr int name: value}) of kernels/`file` on the current device."""
+    """(cupy.RawModule, {inline constexpr int name: value}) of kernels/`file` on the current device."""
     cp = cupy()
     key = (cp.cuda.Device().id, file)
     compiled = _modules.get(key)
@@ -140,7 +140,7 @@ def _compiled(file):
     return compiled
 
 
-_CONSTEXPR_INT = re.compile(r"^constexpr int (\w+) = (\d+);", re.MULTILINE)
+_CONSTEXPR_INT = re.compile(r"^inline constexpr int (\w+) = (\d+);", re.MULTILINE)
 
 
 def launch_1d(kernel, total, args):
