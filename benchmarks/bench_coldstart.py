@@ -201,17 +201,24 @@ def machine_lines():
     return ops.machine_lines()
 
 
-def profile_lines():
-    """Compile CPU seconds of each kernel the quick start calls, serial and parallel."""
-    import numba
+def quick_start_units(rows, extra_ops=()):
+    """The quick start's model (cpu-alexnet) and the precompile units of a training step
+    with cross-entropy over `rows` rows and `extra_ops`, all compiled."""
     from tinyalex.kernels.numba import precompile
     from tinyalex.train.config import TrainConfig
     from tinyalex.train.loop import build
     model = build(TrainConfig(model="cpu-alexnet", lr=0.02, lr_schedule="none"), 10)[0]
-    ops = precompile.model_ops(model, True) + [precompile.cross_entropy_op(32, 10), "sgd"]
+    ops = precompile.model_ops(model, True) + list(extra_ops) + [precompile.cross_entropy_op(rows, 10), "sgd"]
     units = precompile.plan(ops, "float32", backward=True)
-    for unit in units:                          # the kernels they call, compiled once
+    for unit in units:
         precompile.compile_unit(unit)
+    return model, units
+
+
+def profile_lines():
+    """Compile CPU seconds of each kernel the quick start calls, serial and parallel."""
+    import numba
+    _, units = quick_start_units(rows=32)       # the kernels they call, compiled once
     rows = []
     for unit in units:
         kernel = unit.dispatcher()
@@ -248,14 +255,8 @@ def versions_lines(rounds=12, steps=4):
     from tinyalex import optim
     from tinyalex.kernels import conv_algorithms
     from tinyalex.kernels.numba import precompile
-    from tinyalex.train.config import TrainConfig
-    from tinyalex.train.loop import build
-    model = build(TrainConfig(model="cpu-alexnet", lr=0.02, lr_schedule="none"), 10)[0]
+    model, units = quick_start_units(rows=64, extra_ops=["conv2d"])   # conv2d: the GEMM-only variant
     model.train()
-    ops = precompile.model_ops(model, True) + ["conv2d", precompile.cross_entropy_op(64, 10), "sgd"]
-    units = precompile.plan(ops, "float32", backward=True)
-    for unit in units:
-        precompile.compile_unit(unit)
     kernels = {u.kernel: precompile.Unit(u.kernel, "", u.dtype).dispatcher()
                for u in units if u.version == "parallel"}
     rng = np.random.default_rng(0)

@@ -77,6 +77,7 @@ import tinyalex.nn as nn
 import tinyalex.optim as optim
 from tinyalex.kernels.conv_algorithms import winograd_refusal
 from tinyalex.kernels.numba import buffers
+from tinyalex.train.checkpoint import atomic_write
 from tinyalex.train.models import fashion_alexnet
 from tinyalex.nn import AdaptiveAvgPool2d
 
@@ -672,9 +673,7 @@ def replace_step_section(path, text):
         before, after = [], lines
     new = "".join(before) + text + ("\n" + "".join(after) if after else "")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as out:
-        out.write(new)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda out: out.write(new.encode()))
 
 
 if __name__ == "__main__":
