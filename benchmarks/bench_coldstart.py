@@ -10,34 +10,29 @@ Method, in one run:
 1. Check before timing: for each checkout, a short run (--limit-train 640, 10 batches)
    from an empty cache and again from the cache it filled. Their metrics (timings left
    out) and their checkpoints must be bitwise the same, and the same across checkouts: a
-   first run may start on other kernel versions (tinyalex/kernels/numba/precompile.py),
-   never on other numbers.
+   first run may compile in another order (tinyalex/kernels/numba/precompile.py), never
+   give other numbers.
 2. For each checkout, interleaved with the others: `tinyalex train --epochs 1` from a NEW
    empty NUMBA_CACHE_DIR ("cold"), then the same command on the cache that run filled
    ("warm"). Each in a fresh process, its output read as it comes: seconds from launch to
    the first batch done (the first progress line) and to the end of epoch 1's training
    pass (its 100% line), CPU seconds of the process and its children (compile workers
    included), and how many functions the cold run compiled: the `.nbi` index files it
-   wrote (one per jitted function; a prange kernel of the new code has two, its serial
+   wrote (one per jitted function; a parallel kernel has two since it is a ufunc, its loop
+   and the ufunc's wrapper around it; before, a prange kernel had two as well, its serial
    and its parallel version), and the units its compile progress counted. The two runs'
    checkpoints are compared as in 1.
 3. The ratio cold / warm of the time to the end of epoch 1 (goal: at most 1.15) and the
    first batch from an empty cache (goal: within 8 s).
 
 With --profile it measures instead what each kernel of the quick start costs to compile:
-the CPU seconds of its serial and of its parallel version (a fresh, uncached dispatcher of
-each, the best of 2, after the kernels it calls are compiled), and the import times.
+its CPU seconds (a fresh, uncached compile, the best of 2, after the kernels it calls are
+compiled), and the import times.
 
     PYTHONPATH=. python benchmarks/bench_coldstart.py --checkout before=/tmp/before \\
         --checkout after=. --out benchmarks/results/coldstart.md
     PYTHONPATH=. python benchmarks/bench_coldstart.py --limit-train 6400   # 100 batches: quicker
     PYTHONPATH=. python benchmarks/bench_coldstart.py --profile
-    PYTHONPATH=. python benchmarks/bench_coldstart.py --versions
-
-With --versions it measures what compiling less would cost every later step: the quick
-start's training step (cpu-alexnet, batch 64, float32, SGD) with every prange kernel's
-parallel version, with each kernel's serial version in turn, with all serial versions, and
-with GEMM convolutions only (no Winograd kernels), interleaved in one process.
 
 Timings on a shared 2-core machine are only comparable when nothing else runs: the report
 gives the load average at the start and the end.
@@ -201,42 +196,44 @@ def machine_lines():
     return ops.machine_lines()
 
 
-def quick_start_units(rows, extra_ops=()):
-    """The quick start's model (cpu-alexnet) and the precompile units of a training step
-    with cross-entropy over `rows` rows and `extra_ops`, all compiled."""
+def quick_start_units(rows):
+    """The precompile units of the quick start's training step (cpu-alexnet) with
+    cross-entropy over `rows` rows, all compiled."""
     from tinyalex.kernels.numba import precompile
     from tinyalex.train.config import TrainConfig
     from tinyalex.train.loop import build
     model = build(TrainConfig(model="cpu-alexnet", lr=0.02, lr_schedule="none"), 10)[0]
-    ops = precompile.model_ops(model, True) + list(extra_ops) + [precompile.cross_entropy_op(rows, 10), "sgd"]
+    ops = precompile.model_ops(model, True) + [precompile.cross_entropy_op(rows, 10), "sgd"]
     units = precompile.plan(ops, "float32", backward=True)
     for unit in units:
         precompile.compile_unit(unit)
-    return model, units
+    return units
 
 
 def profile_lines():
-    """Compile CPU seconds of each kernel the quick start calls, serial and parallel."""
+    """Compile CPU seconds of each kernel the quick start calls."""
     import numba
-    _, units = quick_start_units(rows=32)       # the kernels they call, compiled once
+    from tinyalex.kernels.numba.parallel_kernel import ParallelKernel
+    units = quick_start_units(rows=32)       # the kernels they call, compiled once
     rows = []
     for unit in units:
         kernel = unit.dispatcher()
-        options = {k: v for k, v in kernel.targetoptions.items() if k not in ("parallel", "cache", "nopython")}
-        parallel = bool(kernel.targetoptions.get("parallel"))
         seconds = []
         for _ in range(2):
-            fresh = numba.njit(kernel.py_func, parallel=parallel, cache=False, **options)
             start = time.process_time()
-            fresh.compile(unit.signature())
+            if isinstance(kernel, ParallelKernel):
+                kernel.compile(unit.dtype, cache=False)
+            else:
+                options = {k: v for k, v in kernel.targetoptions.items() if k not in ("cache", "nopython")}
+                numba.njit(kernel.py_func, cache=False, **options).compile(unit.signature())
             seconds.append(time.process_time() - start)
-        rows.append((unit.kernel, unit.version or "plain", min(seconds)))
-    by_version = {}
-    for _, version, seconds in rows:
-        by_version[version] = by_version.get(version, 0.0) + seconds
-    lines = ["| kernel | version | compile CPU s |", "|---|---|---:|"]
-    lines += [f"| {kernel} | {version} | {seconds:.2f} |" for kernel, version, seconds in rows]
-    lines += ["", "- totals: " + ", ".join(f"{v} {s:.1f} s" for v, s in by_version.items())]
+        rows.append((unit.kernel, "parallel" if isinstance(kernel, ParallelKernel) else "plain", min(seconds)))
+    by_kind = {}
+    for _, kind, seconds in rows:
+        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+    lines = ["| kernel | kind | compile CPU s |", "|---|---|---:|"]
+    lines += [f"| {kernel} | {kind} | {seconds:.2f} |" for kernel, kind, seconds in rows]
+    lines += ["", "- totals: " + ", ".join(f"{kind} {s:.1f} s" for kind, s in by_kind.items())]
     imports = subprocess.run([sys.executable, "-X", "importtime", "-c",
                               "import tinyalex.train.cli, tinyalex.kernels.numba"],
                              env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True).stderr
@@ -245,56 +242,6 @@ def profile_lines():
     lines.append("- import times (cumulative, one run): " + ", ".join(
         f"{name} {cumulative[name] / 1e6:.2f} s" for name in ("numpy", "numba", "tinyalex", "tinyalex.train.cli",
                                                              "tinyalex.kernels.numba") if name in cumulative))
-    return lines
-
-
-def versions_lines(rounds=12, steps=4):
-    """Step time of the quick start's model with fewer parallel kernels (module docstring)."""
-    import tinyalex
-    import tinyalex.functional as F
-    from tinyalex import optim
-    from tinyalex.kernels import conv_algorithms
-    from tinyalex.kernels.numba import precompile
-    model, units = quick_start_units(rows=64, extra_ops=["conv2d"])   # conv2d: the GEMM-only variant
-    model.train()
-    kernels = {u.kernel: precompile.Unit(u.kernel, "", u.dtype).dispatcher()
-               for u in units if u.version == "parallel"}
-    rng = np.random.default_rng(0)
-    optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = tinyalex.tensor(rng.random((64, 1, 28, 28), dtype=np.float32))
-    target = tinyalex.tensor(rng.integers(0, 10, 64))
-
-    def step():
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), target).backward()
-        optimizer.step()
-
-    variants = {"every kernel parallel": ((), "auto"), "all serial": (tuple(kernels), "auto"),
-                "GEMM convolutions only, all parallel": ((), "gemm")}
-    variants.update({f"{name} serial": ((name,), "auto") for name in kernels})
-    times = {name: [] for name in variants}
-    before = ({name: kernel.run for name, kernel in kernels.items()}, conv_algorithms.get_conv_algorithm())
-    try:
-        for round_ in range(rounds + 1):
-            for name, (serial, algorithm) in variants.items():
-                for kernel_name, kernel in kernels.items():
-                    kernel.run = kernel.serial if kernel_name in serial else kernel.parallel
-                conv_algorithms.set_conv_algorithm(algorithm)
-                step()                                          # a warm-up step per switch
-                for _ in range(steps):
-                    start = time.perf_counter()
-                    step()
-                    if round_:                                  # round 0 warms every variant up
-                        times[name].append(time.perf_counter() - start)
-    finally:                                                    # as they were, for whatever runs next
-        for name, kernel in kernels.items():
-            kernel.run = before[0][name]
-        conv_algorithms.set_conv_algorithm(before[1])
-    base = np.median(times["every kernel parallel"])
-    lines = [f"{rounds} rounds of {steps} timed steps per variant, the variants interleaved.", "",
-             "| variant | median ms | fastest ms | median / every kernel parallel |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {1e3 * np.median(t):.1f} | {1e3 * min(t):.1f} | {np.median(t) / base:.3f} |"
-              for name, t in times.items()]
     return lines
 
 
@@ -309,9 +256,7 @@ def parse_args(argv):
     parser.add_argument("--repeat", type=int, default=1, help="cold + warm pairs per checkout")
     parser.add_argument("--skip-check", action="store_true", help="leave out step 1 (for a quick look only)")
     parser.add_argument("--profile", action="store_true",
-                        help="instead: the compile time of each kernel, serial and parallel")
-    parser.add_argument("--versions", action="store_true",
-                        help="instead: the step time with fewer parallel kernels, or no Winograd ones")
+                        help="instead: the compile time of each kernel")
     parser.add_argument("--out", help="write the report (markdown) here")
     args = parser.parse_args(argv)
     checkouts = [item.split("=", 1) for item in args.checkout or [f"this={ROOT}"]]
@@ -324,10 +269,6 @@ def main(argv=None):
     if args.profile:
         print("\n".join(["## Compile time of the quick start's kernels (CPU seconds)", ""] + machine_lines()
                         + [""] + profile_lines()))
-        return
-    if args.versions:
-        print("\n".join(["## The quick start's step with fewer parallel kernels", ""] + machine_lines()
-                        + [""] + versions_lines()))
         return
     load_average = os.getloadavg()
     work = tempfile.mkdtemp(prefix="bench-coldstart-")

@@ -1,11 +1,11 @@
 """The numba kernel set on Numba's thread pool: its GEMMs (single-threaded BLAS calls split
-over the pool) against numpy for every operand layout, and results that are bitwise the same
-on one thread as on all of them (disjoint prange outputs, no atomics), and with every prange
-kernel's serial version as with its parallel one. Each op's numba kernels are checked
-against the numpy reference in tests/ops/test_<op>.py."""
-import contextlib
+over the pool) against numpy for every operand layout, results that are bitwise the same on
+one thread as on all of them (disjoint outputs, no atomics), and every parallel kernel's the
+same however its loop is cut into parts. Each op's numba kernels are checked against the
+numpy reference in tests/ops/test_<op>.py."""
 import importlib
 import pkgutil
+import re
 
 import numba
 import numpy as np
@@ -14,14 +14,16 @@ import pytest
 import tinyalex.kernels.numba as numba_kernels
 import tinyalex.kernels.numba.cross_entropy as numba_cross_entropy
 from tinyalex.kernels.numba import blas
+from tinyalex.kernels.numba import parallel_kernel
+from tinyalex.kernels.numba import relu as numba_relu
 from tinyalex.kernels.numba.parallel_kernel import ParallelKernel
 
 
 # --- race-freedom -----------------------------------------------------------------------
 
 def test_results_do_not_depend_on_thread_count(monkeypatch):
-    """Disjoint prange outputs give bitwise the same result on 1 thread as on all of them."""
-    monkeypatch.setattr(numba_cross_entropy, "PARALLEL_MIN_ELEMENTS", 0)  # its prange rows too
+    """Disjoint parallel-loop outputs give bitwise the same result on 1 thread as on all of them."""
+    monkeypatch.setattr(numba_cross_entropy, "PARALLEL_MIN_ELEMENTS", 0)  # its parallel rows too
     rng = np.random.default_rng(9)
     x = rng.standard_normal((4, 6, 13, 11))
     weight = rng.standard_normal((8, 3, 3, 3))
@@ -94,22 +96,8 @@ def parallel_kernels():
     return list(found.values())
 
 
-@contextlib.contextmanager
-def versions(name):
-    """Every prange kernel runs its `name` version ('serial' or 'parallel') inside."""
-    kernels = parallel_kernels()
-    before = [kernel.run for kernel in kernels]
-    for kernel in kernels:
-        kernel.run = getattr(kernel, name)
-    try:
-        yield
-    finally:
-        for kernel, run in zip(kernels, before):
-            kernel.run = run
-
-
 def run_every_parallel_kernel(dtype):
-    """A call of each prange kernel of the set (through its op), on random data."""
+    """A call of each parallel kernel of the set (through its op), on random data."""
     rng = np.random.default_rng(4)
     r = lambda *shape: rng.standard_normal(shape).astype(dtype)   # noqa: E731
     x, w3, w5 = r(3, 6, 13, 11), r(8, 3, 3, 3), r(8, 3, 5, 5)
@@ -137,21 +125,56 @@ def run_every_parallel_kernel(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_serial_versions_give_the_bits_of_the_parallel_ones(monkeypatch, dtype):
-    """What lets a first run start on the serial versions and switch mid-run
-    (tinyalex/kernels/numba/precompile.py); every prange kernel of the set is called."""
+def test_every_parallel_kernel_gives_the_same_bits_cut_into_any_number_of_parts(monkeypatch, dtype):
+    """A call cuts a kernel's loop into numba.get_num_threads() parts: 1, 2, 3 (uneven shares)
+    and 7 parts give the same bits; every parallel kernel of the set is called."""
     monkeypatch.setattr(numba_cross_entropy, "PARALLEL_MIN_ELEMENTS", 0)
-    with versions("parallel"):
-        parallel = run_every_parallel_kernel(dtype)
-    with versions("serial"):
-        serial = run_every_parallel_kernel(dtype)
+    results = {}
+    for parts in (1, 2, 3, 7):
+        monkeypatch.setattr(parallel_kernel, "parts_per_call", lambda parts=parts: parts)
+        results[parts] = run_every_parallel_kernel(dtype)
     blas_kernel = blas._tasks_i64 if blas._names and blas._names[4] == 64 else blas._tasks_i32
     unused = [blas._tasks_i32 if blas_kernel is blas._tasks_i64 else blas._tasks_i64]
-    called = [k.__qualname__ for k in parallel_kernels() if k not in unused
-              and not (k.serial.signatures and k.parallel.signatures)]
-    assert not called, f"not run by run_every_parallel_kernel: {called}"
-    for a, b in zip(parallel, serial):
-        np.testing.assert_array_equal(a, b)
+    not_called = [k.__qualname__ for k in parallel_kernels() if k not in unused and not k.built(dtype)]
+    assert not not_called, f"not run by run_every_parallel_kernel: {not_called}"
+    for parts in (2, 3, 7):
+        for a, b in zip(results[1], results[parts]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_parallel_kernel_refuses_arguments_it_would_misread():
+    """The ufunc reads its arrays as the signature says (C-contiguous, that dtype): anything
+    else would be read wrongly, or written into a copy. It names the kernel and the argument."""
+    from tinyalex.kernels.numba import relu
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    with pytest.raises(TypeError, match=r"_relu_forward: argument 1 expected a C-contiguous float32 array"
+                                        r" with 1 dimensions, got float64 array"):
+        relu._relu_forward(x.reshape(-1), np.empty(24))
+    with pytest.raises(TypeError, match=r"argument 0 expected a C-contiguous float32 array.*strides \(8,\)"):
+        relu._relu_forward(x.T.reshape(-1)[::2], np.empty(12, np.float32))
+    with pytest.raises(TypeError, match="expected 2 arguments, got 1"):
+        relu._relu_forward(x.reshape(-1))
+
+
+def test_the_threaded_loop_calls_the_kernel_instead_of_compiling_it_again():
+    """Numba's own loop around a 'parallel' gufunc holds a copy of the kernel's code, compiled
+    again in every process (0.1 s a kernel on every run); ours holds only the call. And the
+    kernel is compiled with noalias on its arrays, as a prange loop's body is."""
+    kernel = ParallelKernel(numba_relu._relu_forward.function, "{f}[::1], {f}[::1]")
+    ufunc = kernel.compile("float64", cache=False)
+    loop = parallel_kernel._LIBRARIES[-1]
+    defined = [f.name for f in loop._final_module.functions if not f.is_declaration]
+    assert len(defined) == 1 and defined[0].startswith("tinyalex_threaded_loop_"), defined
+    x = np.linspace(-1, 1, 1001)
+    y = np.empty_like(x)
+    ufunc(x, y, np.arange(3), 3)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+    builder = parallel_kernel._Builder(numba_relu._relu_forward.function, "(n),(n),(),()->()")
+    signature = numba.types.void(*kernel.arguments("float64"), *parallel_kernel._PART_TYPES)
+    builder.add(signature)
+    kernel_ir = builder._cres[signature].library.get_llvm_str()
+    assert re.search(r"define [^\n]*noalias", kernel_ir), "the kernel's arrays are not noalias"
 
 
 # --- GEMMs on Numba's pool ------------------------------------------------------------------

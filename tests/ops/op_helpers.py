@@ -8,7 +8,7 @@ on sys.path for its own test files only, so only they import it).
   the test checks nothing). The inputs are chosen to catch the bugs in docs/pitfalls.md:
   N >= 2, C >= 2, H != W, stride < kernel with padding, groups=2, integer-valued pooling
   inputs with ties, even LRN sizes with a large alpha and k ~ 1, logits of +-1e3.
-- numba against the reference (each op's TestNumbaKernels): a `prange` race
+- numba against the reference (each op's TestNumbaKernels): a parallel-loop race
   (docs/pitfalls.md#prange-races) or an index slip shows up only for some shapes, so every
   test draws its geometry from a seeded generator (`random_image`, `random_window`,
   `random_dilation`) and compares with tinyalex.kernels.numpy (`assert_matches`): float64

@@ -235,7 +235,7 @@ class TestKernels:
 
 
 class TestNumbaKernels:
-    """The numba set against the numpy reference, over seeded random shapes (a `prange` race
+    """The numba set against the numpy reference, over seeded random shapes (a parallel-loop race
     or an index slip shows up only for some)."""
 
     @pytest.mark.parametrize("dtype", DTYPES)

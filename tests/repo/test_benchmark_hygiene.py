@@ -81,7 +81,7 @@ def test_gpu_timer_warms_up_first_and_synchronises_before_reading(monkeypatch):
 
 
 def test_every_numba_kernel_caches_its_machine_code():
-    """@njit(..., cache=True) or @parallel_kernel (which caches both its versions): a second
+    """@njit(..., cache=True) or @parallel_kernel (whose ufuncs Numba caches): a second
     process loads the compiled kernel from disk."""
     uncached, kernels = [], 0
     for path in sorted((ROOT / "tinyalex" / "kernels" / "numba").glob("*.py")):
@@ -112,27 +112,6 @@ def test_spin_waits_are_shortened_unless_the_user_chose():
     assert spin_settings_after_import({"OMP_WAIT_POLICY": "passive"}) == ["None", "4"]
     # OpenBLAS reads its setting once, when numpy loads it: too late to set it after that.
     assert spin_settings_after_import({}, "import numpy, tinyalex") == ["10000", "None"]
-
-
-def test_versions_benchmark_times_each_variant_and_leaves_every_kernel_as_it_was():
-    """bench_coldstart.py --versions switches kernels to their serial versions and the convs
-    to GEMM in this process: afterwards everything must run as before, or later timings
-    (and every test after this one) would measure the wrong code."""
-    from tinyalex.kernels import conv_algorithms
-    from tinyalex.kernels.numba import precompile
-    bench = load_benchmark("bench_coldstart")
-    kernels = [precompile.Unit(name, "", "float32").dispatcher() for name in precompile.SIGNATURES]
-    kernels = [kernel for kernel in kernels if hasattr(kernel, "run")]
-    runs, algorithm = [kernel.run for kernel in kernels], conv_algorithms.get_conv_algorithm()
-    lines = bench.versions_lines(rounds=1, steps=1)
-    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| variant")]
-    variants = [row.split(" | ")[0][2:] for row in rows]
-    assert variants[:3] == ["every kernel parallel", "all serial", "GEMM convolutions only, all parallel"]
-    assert "lrn._lrn_backward serial" in variants and len(variants) > 15
-    assert all(float(row.split(" | ")[1]) > 0 for row in rows)
-    assert conv_algorithms.get_conv_algorithm() == algorithm
-    assert [kernel.run for kernel in kernels] == runs
-    assert len(kernels) > 15
 
 
 def test_bench_cpu_out_replaces_its_own_section_and_keeps_the_steady_runs(tmp_path):

@@ -95,7 +95,7 @@ def test_compile_progress_on_a_terminal_is_one_bar():
 def as_if_the_cache_were_empty(monkeypatch):
     """precompile.load_cached says "not cached" the first time it is asked about each unit, as
     with an empty cache: the command compiles them (from Numba's cache here, so quickly) and
-    shows its progress; asked again (to switch to the parallel versions), it tells the truth."""
+    shows its progress; asked again, it tells the truth."""
     real, asked = precompile.load_cached, set()
 
     def first_time_false(unit):
@@ -150,4 +150,4 @@ def test_bench_compiles_the_cpu_kernels_with_its_progress_before_the_benchmark_r
     monkeypatch.setattr(runpy, "run_path", lambda path, run_name: order.append(os.path.basename(path)))
     assert main(["bench", "--device", "cpu", "--", "--quick"]) == 0
     assert order == ["compile", "bench_cpu.py"]
-    assert compile_lines(capsys.readouterr().err)[-1] == (4, 4)   # two kernels, both versions, parallel ones too
+    assert compile_lines(capsys.readouterr().err)[-1] == (4, 4)   # relu's two kernels and max pooling's two

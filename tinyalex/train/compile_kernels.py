@@ -3,8 +3,7 @@
 On a first run (an empty Numba cache) `train`, `eval`, `predict` and `bench` show
 "compiling CPU kernels (first run only): 12/26" instead of a first batch that sits for
 half a minute. The work itself is tinyalex/kernels/numba/precompile.py's: worker processes
-start while the data loads, the serial versions of the kernels come first, and the
-parallel versions replace them in the background. Where the numba set does not run on
+start while the data loads and compile with the caller. Where the numba set does not run on
 the CPU in this one process (a GPU, another kernel set, MPI ranks), nothing happens here
 and kernels compile on their first call as before.
 """
@@ -20,7 +19,7 @@ def start(device, world=None):
     if device != "cpu" or world is not None or cpu_kernel_set_name() != "numba":
         return None
     from tinyalex.kernels.numba import precompile
-    cold = not precompile.load_cached(precompile.Unit("relu._relu_forward", "parallel", "float32"))
+    cold = not precompile.load_cached(precompile.Unit("relu._relu_forward", "float32"))
     return precompile.Compiler(start=cold)       # warm: workers only if something is missing
 
 
@@ -45,11 +44,11 @@ BENCH_CPU_OPS = ["conv2d", "conv2d_winograd", "relu", "max_pool2d", "avg_pool2d"
 
 
 def prepare_ops(ops, dtype="float32", stream=None):
-    """Compile the kernels of `ops` (precompile.OPS names), parallel versions included,
-    before returning: for benchmarks, whose timings must not see a compilation."""
+    """Compile the kernels of `ops` (precompile.OPS names) before returning: for benchmarks,
+    whose timings must not see a compilation."""
     from tinyalex.kernels import cpu_kernel_set_name
     if cpu_kernel_set_name() != "numba":
         return
     from tinyalex.kernels.numba import precompile
     compiler = precompile.Compiler()
-    compiler.prepare(precompile.plan(ops, dtype, backward=True), CompileProgress(stream), serial_first=False)
+    compiler.prepare(precompile.plan(ops, dtype, backward=True), CompileProgress(stream))

@@ -4,16 +4,16 @@ Same functions and signatures as the numpy set (tinyalex/kernels/contract.py), w
 the formulas and derivations; the docstrings here say how each kernel is parallelised and
 why it is race-free.
 
-- Every loop kernel is `@parallel_kernel` (parallel_kernel.py): Numba's `parallel=True`
-  with `cache=True`, plus a serial version of the same code that a first run starts on.
-  Numba compiles it on its first call with a given dtype and layout (float32 and float64
-  both work) and caches the machine code on disk, so importing this package compiles
-  nothing; precompile.py compiles a run's kernels ahead, in worker processes.
-- `prange` runs over DISJOINT outputs only (rows of cols, planes of an image, image rows,
-  elements): no two iterations write the same element, so there are no races and no float
-  atomics, and every result is bitwise repeatable.
+- Every loop kernel is `@parallel_kernel` (parallel_kernel.py): a loop whose parts Numba's
+  thread pool shares, compiled once per float type (float32 and float64 both work) as a
+  generalized ufunc on Numba's 'parallel' target, its machine code cached on disk, so
+  importing this package compiles nothing; precompile.py compiles a run's kernels ahead,
+  in worker processes.
+- A parallel loop runs over DISJOINT outputs only (rows of cols, planes of an image, image
+  rows, elements): no two iterations write the same element, so there are no races and no
+  float atomics, and every result is bitwise repeatable, whatever the thread count.
 - Every GEMM (convolutions, the linear layer's matmul) runs on Numba's own pool, one
-  single-threaded BLAS call per task inside a prange loop (blas.py): BLAS never starts
+  single-threaded BLAS call per task inside a parallel loop (blas.py): BLAS never starts
   its own threads, so no idle pool spins against the other, whatever the user imported
   first (docs/pitfalls.md#oversubscription).
 - conv.py is im2col + GEMM; conv_winograd.py is Winograd, built on conv.py's workspace.

@@ -13,7 +13,7 @@ through `gemm()`, which
 
 - cuts the product into tasks (the independent matrices of a batch, or blocks of rows or
   columns of one big product), each writing its own block of `out`: no races;
-- runs the tasks in a `prange` loop, each task ONE call of the BLAS sgemm/dgemm on the
+- runs the tasks in a parallel loop (parallel_kernel.py), each task ONE call of the BLAS sgemm/dgemm on the
   calling thread (OpenBLAS is set to one thread for the duration of the call, then given
   back the count it had, so the user's own numpy code is untouched);
 - therefore uses one pool, Numba's, for both the loops and the GEMMs: nothing spins
@@ -29,9 +29,9 @@ import os
 
 import llvmlite.binding as llvm
 import numpy as np
-from numba import prange, types
+from numba import types
 
-from tinyalex.kernels.numba.parallel_kernel import copy_function, parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import copy_function, parallel_kernel, part_range
 
 from tinyalex.kernels.numba import buffers
 
@@ -95,7 +95,13 @@ _sgemm_i32 = _cblas("tinyalex_sgemm_i32", types.float32, 32)
 _dgemm_i32 = _cblas("tinyalex_dgemm_i32", types.float64, 32)
 
 
-def _gemm_tasks(a, b, c, ta, tb, lda, ldb, ldc, beta, parts_m, parts_n, M, N, Ks, sa, sb, sc, double):
+#: _gemm_tasks' arguments, in parallel_kernel's notation.
+_TASKS_SIGNATURE = ("{f}[::1], {f}[::1], {f}[::1], boolean, boolean, int64, int64, int64, float64,"
+                    " int64, int64, int64, int64, int64[::1], int64[::1], int64[::1], int64[::1], boolean")
+
+
+def _gemm_tasks(a, b, c, ta, tb, lda, ldb, ldc, beta, parts_m, parts_n, M, N, Ks, sa, sb, sc, double,
+                part, parts, done):
     """Task t of G*parts_m*parts_n: block (rows m0:m1, columns n0:n1) of c[g] = a[g] @ b[g].
 
     a, b, c are 1-D views starting at the first element of each operand; sa, sb, sc
@@ -106,7 +112,8 @@ def _gemm_tasks(a, b, c, ta, tb, lda, ldb, ldc, beta, parts_m, parts_n, M, N, Ks
     """
     size = 8 if double else 4
     per_g = parts_m * parts_n
-    for t in prange(sa.shape[0] * per_g):
+    first, last = part_range(sa.shape[0] * per_g, part, parts)
+    for t in range(first, last):
         g, r = t // per_g, t % per_g
         m0, m1 = (r // parts_n) * M // parts_m, (r // parts_n + 1) * M // parts_m
         n0, n1 = (r % parts_n) * N // parts_n, (r % parts_n + 1) * N // parts_n
@@ -132,7 +139,8 @@ def _tasks_for(width, sgemm, dgemm):
     globals of a copy, not a closure: Numba's cache key hashes a closure's contents, and an
     ExternalFunction pickles under a new random class name in every process, so a closure
     missed the disk cache on every run (recompiled, and one more cache file each time)."""
-    return parallel_kernel(copy_function(_gemm_tasks, f"_i{width}", sgemm=sgemm, dgemm=dgemm))
+    tasks = copy_function(_gemm_tasks, f"_i{width}", sgemm=sgemm, dgemm=dgemm)
+    return parallel_kernel(_TASKS_SIGNATURE)(tasks)
 
 
 _tasks_i64 = _tasks_for(64, _sgemm_i64, _dgemm_i64)

@@ -18,9 +18,9 @@ With the public layout B GEMMs with L columns would write NCHW directly; L = OH*
 the transposing pass costs (and that pass adds the bias; measured in
 benchmarks/results/cpu_design_notes.md). Besides:
 
-- im2col and col2im are `prange` loops over disjoint outputs (no races, no atomics);
+- im2col and col2im are parallel loops over disjoint outputs (no races, no atomics);
 - the GEMMs run on Numba's own pool, one single-threaded BLAS call per task inside a
-  prange loop (tinyalex.kernels.numba.blas): one pool for everything, so no idle BLAS worker spins
+  parallel loop (tinyalex.kernels.numba.blas): one pool for everything, so no idle BLAS worker spins
   against the next Numba kernel, whatever was imported first (docs/pitfalls.md#oversubscription);
 - the batch is processed in chunks whose columns fit in WORKSPACE_BYTES, and one
   workspace is reused for every chunk and every call: the full column matrix of AlexNet
@@ -31,13 +31,13 @@ benchmarks/results/cpu_design_notes.md). Besides:
 import threading
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from tinyalex.shapes import batch_chunks, check_conv_operands, conv_output_size, same_dtype, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
 from tinyalex.kernels.numba.blas import gemm
-from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel, part_range
 
 #: Budget for the column workspace of one conv call. The batch is cut into chunks of
 #: whole samples whose columns fit in it (at least one sample per chunk). 128 MiB holds
@@ -82,8 +82,9 @@ def _valid_outputs(n_out, size, stride, pad, offset):
     return lo, max(lo, hi)
 
 
-@parallel_kernel
-def _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, batch_inner):
+@parallel_kernel("{f}[:, :, :, ::1], int64, int64, int64, int64, int64, int64, int64, int64, "
+                 "{f}[:, :, ::1], boolean")
+def _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, batch_inner, part, parts, done):
     """cols[n, r, oh*OW + ow] = x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw],  r = c*kh*kw + i*kw + j,
     or cols[r, n, oh*OW + ow] with batch_inner (the (rows, N, L) layout conv uses).
 
@@ -96,7 +97,8 @@ def _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, batch_inner):
     OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     rows = C * kh * kw
-    for it in prange(N * rows):
+    first, last = part_range(N * rows, part, parts)
+    for it in range(first, last):
         if batch_inner:
             r, n = it // N, it % N
         else:
@@ -122,8 +124,9 @@ def _im2col_into(x, kh, kw, sh, sw, ph, pw, dh, dw, cols, batch_inner):
             out[ow_hi:] = 0
 
 
-@parallel_kernel
-def _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, batch_inner):
+@parallel_kernel("{f}[:, :, ::1], int64, int64, int64, int64, int64, int64, int64, int64, "
+                 "{f}[:, :, :, ::1], boolean")
+def _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, batch_inner, part, parts, done):
     """x[n, c] = sum of cols[n, c*kh*kw + i*kw + j, oh*OW + ow] over the windows covering it
     (cols[c*kh*kw + i*kw + j, n] with batch_inner).
 
@@ -137,7 +140,8 @@ def _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, batch_inner):
     N, C, H, W = x.shape
     OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    for it in prange(N * C):
+    first, last = part_range(N * C, part, parts)
+    for it in range(first, last):
         if batch_inner:                                            # read cols in memory order
             c, n = it // N, it % N
         else:
@@ -152,13 +156,13 @@ def _col2im_into(cols, kh, kw, sh, sw, ph, pw, dh, dw, x, batch_inner):
                 row = cols[r, n] if batch_inner else cols[n, r]
                 for oh in range(oh_lo, oh_hi):
                     x_row = plane[oh * sh - ph + i * dh]
-                    part = row[oh * OW:(oh + 1) * OW]
+                    segment = row[oh * OW:(oh + 1) * OW]
                     for ow in range(ow_lo, ow_hi):
-                        x_row[ow * sw - pw + j * dw] += part[ow]
+                        x_row[ow * sw - pw + j * dw] += segment[ow]
 
 
-@parallel_kernel(fastmath={"reassoc"})
-def _transpose_and_sum(gy, gy_t, sums):
+@parallel_kernel("{f}[:, :, ::1], {f}[:, :, ::1], float64[::1]", fastmath={"reassoc"})
+def _transpose_and_sum(gy, gy_t, sums, part, parts, done):
     """gy_t[o, n, l] = gy[n, o, l] and sums[o] += sum_{n, l} gy[n, o, l] (float64).
 
     Parallel over the output channels o: each iteration owns gy_t[o] and sums[o], so
@@ -166,7 +170,8 @@ def _transpose_and_sum(gy, gy_t, sums):
     order of additions: still bitwise repeatable).
     """
     N, OC, L = gy.shape
-    for o in prange(OC):
+    first, last = part_range(OC, part, parts)
+    for o in range(first, last):
         total = 0.0
         for n in range(N):
             src = gy[n, o]
@@ -178,14 +183,15 @@ def _transpose_and_sum(gy, gy_t, sums):
         sums[o] += total
 
 
-@parallel_kernel
-def _from_batch_inner(y_t, bias, y):
+@parallel_kernel("{f}[:, :, ::1], {f}[::1], {f}[:, :, ::1]")
+def _from_batch_inner(y_t, bias, y, part, parts, done):
     """y[n, o, l] = y_t[o, n, l] + bias[o]: the GEMM's (OC, N, L) result to NCHW, plus bias.
 
     Parallel over the N*OC (n, o) rows of y, each written by one iteration only.
     """
     N, OC, L = y.shape
-    for no in prange(N * OC):
+    first, last = part_range(N * OC, part, parts)
+    for no in range(first, last):
         n, o = no // OC, no % OC
         src, dst, b = y_t[o, n], y[n, o], bias[o]
         for l in range(L):

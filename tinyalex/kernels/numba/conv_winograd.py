@@ -22,14 +22,13 @@ and padding r - 1 - p; gW runs the three transforms transposed around a*a GEMMs 
 sum over the tiles (winograd_weight_gradient).
 """
 import numpy as np
-from numba import prange
 
 from tinyalex.kernels.conv_algorithms import WINOGRAD_TILES, winograd_refusal
 from tinyalex.kernels.numpy.conv_winograd import WinogradCache, flipped_transposed, winograd_matrices
 from tinyalex.shapes import batch_chunks, conv_output_size
 from tinyalex.kernels.numba import buffers, conv as gemm_conv
 from tinyalex.kernels.numba.blas import gemm
-from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel, part_range
 
 _matrices = {}
 
@@ -42,15 +41,16 @@ def matrices(m, r, dtype):
     return _matrices[key]
 
 
-@parallel_kernel
-def _transform_filter(weight, G, U):
+@parallel_kernel("{f}[:, :, :, ::1], {f}[:, ::1], {f}[:, :, ::1]")
+def _transform_filter(weight, G, U, part, parts, done):
     """U[xi*a + nu, o, c] = (G W[o, c] G^T)[xi, nu]. Parallel over o: U[:, o] is its own.
 
     Vectorised over the input channels c: every statement below is a loop over c.
     """
     OC, Cg, r, _ = weight.shape
     a = G.shape[0]
-    for o in prange(OC):
+    first, last = part_range(OC, part, parts)
+    for o in range(first, last):
         w = weight[o]                                              # (Cg, r, r)
         tmp = np.zeros((a, r, Cg), dtype=U.dtype)                  # tmp[x, j] = sum_i G[x, i] w[:, i, j]
         for x in range(a):
@@ -73,8 +73,8 @@ def _transform_filter(weight, G, U):
                             out[c] += g * t[c]
 
 
-@parallel_kernel
-def _pad_channels_last(x, ph, pw, X):
+@parallel_kernel("{f}[:, :, :, ::1], int64, int64, {f}[:, :, :, ::1]")
+def _pad_channels_last(x, ph, pw, X, part, parts, done):
     """X[n, h, w, c] = x[n, c, h - ph, w - pw], zero outside x: the input, zero-padded, with
     the channels innermost, so that every transform below runs along contiguous channels.
 
@@ -83,7 +83,8 @@ def _pad_channels_last(x, ph, pw, X):
     B, C, H, W = x.shape
     rows, cols = X.shape[1], X.shape[2]
     w_lo, w_hi = max(0, pw), min(cols, W + pw)
-    for it in prange(B * rows):
+    first, last = part_range(B * rows, part, parts)
+    for it in range(first, last):
         n, h = it // rows, it % rows
         out = X[n, h]
         if h - ph < 0 or h - ph >= H:
@@ -97,8 +98,8 @@ def _pad_channels_last(x, ph, pw, X):
                 out[w, c] = src[w - pw]
 
 
-@parallel_kernel
-def _transform_input(X, m, TH, TW, BT, V):
+@parallel_kernel("{f}[:, :, :, ::1], int64, int64, int64, {f}[:, ::1], {f}[:, :, ::1]")
+def _transform_input(X, m, TH, TW, BT, V, part, parts, done):
     """V[xi*a + nu, n*TH*TW + th*TW + tw, c] = (BT d B)[xi, nu] for the a x a tile d of
     channel c at (th*m, tw*m) of the padded, channels-last X (B, rows, cols, C).
 
@@ -109,7 +110,8 @@ def _transform_input(X, m, TH, TW, BT, V):
     B, C = X.shape[0], X.shape[3]
     a = BT.shape[0]
     TT = TH * TW
-    for it in prange(B * TH):
+    first, last = part_range(B * TH, part, parts)
+    for it in range(first, last):
         n, th = it // TH, it % TH
         E = np.empty((a, a, C), dtype=V.dtype)                     # E[u, j] = sum_v BT[j, v] d[u, v]
         acc = np.empty(C, dtype=V.dtype)                           # one row of V, summed in cache
@@ -140,8 +142,8 @@ def _transform_input(X, m, TH, TW, BT, V):
                         out[c] = acc[c]
 
 
-@parallel_kernel
-def _transform_output(M, AT, bias, TH, TW, y):
+@parallel_kernel("{f}[:, :, ::1], {f}[:, ::1], {f}[::1], int64, int64, {f}[:, :, :, ::1]")
+def _transform_output(M, AT, bias, TH, TW, y, part, parts, done):
     """y[n, o, th*m + i, tw*m + j] = (AT M_t A)[i, j] + bias[o] for tile t = (n, th, tw),
     M (a*a, T, OC) channels last; the part of the last tiles past the output is dropped.
 
@@ -152,7 +154,8 @@ def _transform_output(M, AT, bias, TH, TW, y):
     B, OC, OH, OW = y.shape
     m, a = AT.shape
     TT = TH * TW
-    for it in prange(B * TH):
+    first, last = part_range(B * TH, part, parts)
+    for it in range(first, last):
         n, th = it // TH, it % TH
         Q = np.empty((m, a, OC), dtype=y.dtype)                    # Q[i, v] = sum_u AT[i, u] M[u*a + v]
         Y = np.empty(OC, dtype=y.dtype)
@@ -183,8 +186,8 @@ def _transform_output(M, AT, bias, TH, TW, y):
                         y[n, o, h, w] = Y[o]
 
 
-@parallel_kernel
-def _transform_output_adjoint(GY, AT, TH, TW, gM):
+@parallel_kernel("{f}[:, :, :, ::1], {f}[:, ::1], int64, int64, {f}[:, :, ::1]")
+def _transform_output_adjoint(GY, AT, TH, TW, gM, part, parts, done):
     """gM[x*a + y, t, o] = sum_{i, j} AT[i, x] AT[j, y] gy_t[i, j]: the adjoint (transpose)
     of the output transform, for the weight gradient. GY (B, TH*m, TW*m, OC) is gy
     channels last, zero past the output (the overhang of the last tiles gets no gradient).
@@ -194,7 +197,8 @@ def _transform_output_adjoint(GY, AT, TH, TW, gM):
     B, OC = GY.shape[0], GY.shape[3]
     m, a = AT.shape
     TT = TH * TW
-    for it in prange(B * TH):
+    first, last = part_range(B * TH, part, parts)
+    for it in range(first, last):
         n, th = it // TH, it % TH
         Q = np.empty((a, m, OC), dtype=gM.dtype)                   # Q[x, j] = sum_i AT[i, x] gy[i, j]
         acc = np.empty(OC, dtype=gM.dtype)                         # one row of gM, summed in cache
@@ -224,13 +228,14 @@ def _transform_output_adjoint(GY, AT, TH, TW, gM):
                         out[o] = acc[o]
 
 
-@parallel_kernel
-def _transform_filter_adjoint(gU, G, gW):
+@parallel_kernel("{f}[:, :, ::1], {f}[:, ::1], {f}[:, :, :, ::1]")
+def _transform_filter_adjoint(gU, G, gW, part, parts, done):
     """gW[o, c] = G^T gU[:, o, c] G (gU viewed (a, a)): the adjoint of the filter transform.
     Parallel over o, each writing gW[o] only; vectorised over c."""
     OC, Cg, r, _ = gW.shape
     a = G.shape[0]
-    for o in prange(OC):
+    first, last = part_range(OC, part, parts)
+    for o in range(first, last):
         tmp = np.zeros((r, a, Cg), dtype=gW.dtype)                 # tmp[i, y] = sum_x G[x, i] gU[x*a + y]
         for i in range(r):
             for x in range(a):

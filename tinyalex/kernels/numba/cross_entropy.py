@@ -17,18 +17,18 @@ apart, rather than lse_n = m_n + s_n, keeps the softmax accurate to the last bit
 logits of order 1e3: z - lse would cancel two numbers of that size. Ignored rows get an
 exact 0 gradient.
 
-Rows are independent, so `prange` iterations write disjoint rows (race-free); the N
+Rows are independent, so the parallel loop's iterations write disjoint rows (race-free); the N
 per-row losses and the weights of the kept targets are then summed serially, in a fixed
 order. A parallel launch costs a few microseconds, more than a whole (16, 10) loss, so
 below PARALLEL_MIN_ELEMENTS logits the same row kernels run in a plain loop.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from tinyalex.shapes import same_dtype, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
-from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel, part_range
 
 REDUCTIONS = ("mean", "sum", "none")
 #: Logit count from which the rows are spread over threads (a launch ~ a few thousand exp).
@@ -133,11 +133,13 @@ def _ordered_sum(values):
     return total
 
 
-# The same row loops, parallel (prange over rows: each writes its own row) and serial.
-@parallel_kernel
+# The same row loops, parallel (each iteration writes its own row) and serial.
+@parallel_kernel("{f}[:, ::1], int64[::1], {f}[::1], int64, float64, float64[::1], "
+                 "float64[::1], float64[::1], float64[::1]")
 def _class_losses_parallel(logits, target, weight, ignore_index, eps, row_max, log_sum, losses,
-                           kept_weight):
-    for n in prange(logits.shape[0]):
+                           kept_weight, part, parts, done):
+    first, last = part_range(logits.shape[0], part, parts)
+    for n in range(first, last):
         _class_row_loss(logits, target, weight, ignore_index, eps, row_max, log_sum, losses,
                         kept_weight, n)
 
@@ -150,9 +152,12 @@ def _class_losses_serial(logits, target, weight, ignore_index, eps, row_max, log
                         kept_weight, n)
 
 
-@parallel_kernel
-def _probability_losses_parallel(logits, target, weight, eps, row_max, log_sum, losses, q_sum):
-    for n in prange(logits.shape[0]):
+@parallel_kernel("{f}[:, ::1], {f}[:, ::1], {f}[::1], float64, float64[::1], float64[::1], "
+                 "float64[::1], float64[::1]")
+def _probability_losses_parallel(logits, target, weight, eps, row_max, log_sum, losses, q_sum,
+                                 part, parts, done):
+    first, last = part_range(logits.shape[0], part, parts)
+    for n in range(first, last):
         _probability_row_loss(logits, target, weight, eps, row_max, log_sum, losses, q_sum, n)
 
 
@@ -162,10 +167,12 @@ def _probability_losses_serial(logits, target, weight, eps, row_max, log_sum, lo
         _probability_row_loss(logits, target, weight, eps, row_max, log_sum, losses, q_sum, n)
 
 
-@parallel_kernel
+@parallel_kernel("{f}[:, ::1], int64[::1], {f}[::1], int64, float64, float64, float64[::1], "
+                 "float64[::1], float64[::1], {f}[:, ::1]")
 def _class_gradient_parallel(logits, target, weight, ignore_index, eps, weight_sum, row_max,
-                             log_sum, row_scale, glogits):
-    for n in prange(logits.shape[0]):
+                             log_sum, row_scale, glogits, part, parts, done):
+    first, last = part_range(logits.shape[0], part, parts)
+    for n in range(first, last):
         _class_row_gradient(logits, target, weight, ignore_index, eps, weight_sum, row_max,
                             log_sum, row_scale, glogits, n)
 
@@ -178,10 +185,12 @@ def _class_gradient_serial(logits, target, weight, ignore_index, eps, weight_sum
                             log_sum, row_scale, glogits, n)
 
 
-@parallel_kernel
+@parallel_kernel("{f}[:, ::1], {f}[:, ::1], {f}[::1], float64, float64[::1], float64[::1], "
+                 "float64[::1], float64[::1], {f}[:, ::1]")
 def _probability_gradient_parallel(logits, target, weight, eps, q_sum, row_max, log_sum,
-                                   row_scale, glogits):
-    for n in prange(logits.shape[0]):
+                                   row_scale, glogits, part, parts, done):
+    first, last = part_range(logits.shape[0], part, parts)
+    for n in range(first, last):
         _probability_row_gradient(logits, target, weight, eps, q_sum, row_max, log_sum,
                                   row_scale, glogits, n)
 

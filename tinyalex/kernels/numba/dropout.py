@@ -4,17 +4,17 @@ Semantics in tinyalex.kernels.numpy.dropout. The mask is keep_i = uniform(seed, 
 uniform from tinyalex.kernels.counter_uniform, re-implemented here in uint64 arithmetic
 (splitmix64 of seed + (i+1) * golden, top 24 bits), so this set draws bit for bit the
 same mask as every other set. Because uniform(seed, i) is a pure function of i, the flat
-`prange` over elements needs no RNG state: iteration i writes only element i (race-free,
+parallel loop over elements needs no RNG state: iteration i writes only element i (race-free,
 and the mask does not depend on the thread count).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from tinyalex.random import SPLITMIX_GOLDEN, SPLITMIX_MUL1, SPLITMIX_MUL2
 from tinyalex.shapes import same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
-from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel, part_range
 
 _GOLDEN = np.uint64(SPLITMIX_GOLDEN)
 _MUL1 = np.uint64(SPLITMIX_MUL1)
@@ -32,22 +32,26 @@ def _uniform(seed, i):
     return float(z >> np.uint64(40)) * _UNIT
 
 
-@parallel_kernel
-def _dropout_forward(x, p, seed, offset, scale, y, keep):
+@parallel_kernel("{f}[::1], float64, uint64, uint64, {f}, {f}[::1], boolean[::1]")
+def _dropout_forward(x, p, seed, offset, scale, y, keep, part, parts, done):
     """keep_i = uniform(seed, offset + i) >= p; y_i = x_i * scale if kept else 0 (flat arrays)."""
     zero = x.dtype.type(0)                                         # a literal 0 would be an int64
-    for i in prange(x.size):
-        kept = _uniform(seed, offset + np.uint64(i)) >= p
-        keep[i] = kept
-        y[i] = x[i] * scale if kept else zero
+    first, last = part_range(x.size, part, parts)
+    x_part, y_part, keep_part = x[first:last], y[first:last], keep[first:last]
+    for i in range(x_part.size):                                   # indices from 0: no wraparound test
+        kept = _uniform(seed, offset + np.uint64(first + i)) >= p
+        keep_part[i] = kept
+        y_part[i] = x_part[i] * scale if kept else zero
 
 
-@parallel_kernel
-def _dropout_backward(gy, keep, scale, gx):
+@parallel_kernel("{f}[::1], boolean[::1], {f}, {f}[::1]")
+def _dropout_backward(gy, keep, scale, gx, part, parts, done):
     """gx_i = gy_i * scale if kept else 0 (flat arrays)."""
     zero = gy.dtype.type(0)
-    for i in prange(gy.size):
-        gx[i] = gy[i] * scale if keep[i] else zero
+    first, last = part_range(gy.size, part, parts)
+    gy_part, keep_part, gx_part = gy[first:last], keep[first:last], gx[first:last]
+    for i in range(gy_part.size):
+        gx_part[i] = gy_part[i] * scale if keep_part[i] else zero
 
 
 def dropout_forward(x, p, seed, offset=0):

@@ -8,7 +8,7 @@ a = size//2 and b = (size-1)//2:
     gx_c = gy_c s_c^(-beta) - (2 alpha beta/size) x_c * sum_{c' in [c-b, c+a]} gy_{c'} x_{c'} s_{c'}^(-beta-1)
 
 Where the reference makes one pass over the whole tensor per window position, these
-kernels make one pass in total: each `prange` iteration takes one image row (n, h) and
+kernels make one pass in total: each iteration of the parallel loop takes one image row (n, h) and
 walks down the channels with a SLIDING window sum (add the channel entering, subtract the
 one leaving), so each x_c^2 is added and removed once whatever the size. The innermost
 loop runs along the row (w), which is contiguous and vectorises. Rows (n, h) never share
@@ -17,12 +17,12 @@ even for float32 data: the sliding add/subtract then errs by ~1e-16 of the row's
 window sum, invisible in float32 and, since s >= k, negligible in float64.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from tinyalex.shapes import same_dtype, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
-from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel, part_range
 
 
 @njit(cache=True)
@@ -54,13 +54,15 @@ def _add_row(row, sign, window):
         window[w] += sign * row[w]
 
 
-@parallel_kernel
-def _lrn_forward(x, size, alpha, beta, k, y, scale):
+@parallel_kernel("{f}[:, :, :, ::1], int64, float64, float64, float64, {f}[:, :, :, ::1], "
+                 "{f}[:, :, :, ::1]")
+def _lrn_forward(x, size, alpha, beta, k, y, scale, part, parts, done):
     """y = x / s^beta and s (saved for backward), one (n, h) row per iteration."""
     N, C, H, W = x.shape
     before, after = size // 2, (size - 1) // 2                     # window [c - before, c + after]
     coef = alpha / size
-    for nh in prange(N * H):
+    first, last = part_range(N * H, part, parts)
+    for nh in range(first, last):
         n, h = nh // H, nh % H
         window = np.zeros(W)                                       # sum of x^2 over the window, float64
         s_beta = np.empty_like(x[n, 0, h])
@@ -79,8 +81,9 @@ def _lrn_forward(x, size, alpha, beta, k, y, scale):
                 _add_squares(x[n, c - before, h], -1.0, window)
 
 
-@parallel_kernel
-def _lrn_backward(gy, x, scale, size, alpha, beta, gx):
+@parallel_kernel("{f}[:, :, :, ::1], {f}[:, :, :, ::1], {f}[:, :, :, ::1], int64, float64, "
+                 "float64, {f}[:, :, :, ::1]")
+def _lrn_backward(gy, x, scale, size, alpha, beta, gx, part, parts, done):
     """gx of LRN, one (n, h) row per iteration, the transposed window slid down the channels.
 
     Per row, a first pass stores the direct term gy_c s_c^(-beta) and t_c = gy_c x_c
@@ -89,7 +92,8 @@ def _lrn_backward(gy, x, scale, size, alpha, beta, gx):
     N, C, H, W = x.shape
     before, after = (size - 1) // 2, size // 2                     # transposed window [c - before, c + after]
     coef = 2.0 * alpha * beta / size
-    for nh in prange(N * H):
+    first, last = part_range(N * H, part, parts)
+    for nh in range(first, last):
         n, h = nh // H, nh % H
         direct = np.empty((C, W))
         t = np.empty((C, W))

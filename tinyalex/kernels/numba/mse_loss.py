@@ -1,34 +1,37 @@
 """Mean squared error on the CPU (semantics and derivation in tinyalex.kernels.numpy.mse_loss).
 
-Both kernels are one flat `prange` over the elements: iteration i writes only element i,
+Both kernels are one flat parallel loop over the elements: iteration i writes only element i,
 so they are race-free. The 'mean'/'sum' reduction is NumPy's pairwise sum of the squared
 terms, which does not depend on the thread count.
 """
 import numpy as np
-from numba import prange
 
 from tinyalex.shapes import same_dtype, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
-from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel, part_range
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-@parallel_kernel
-def _squared_error(x, t, diff, squared):
+@parallel_kernel("{f}[::1], {f}[::1], {f}[::1], {f}[::1]")
+def _squared_error(x, t, diff, squared, part, parts, done):
     """diff = x - t and squared = diff^2, flat arrays of one size."""
-    for i in prange(x.size):
+    first, last = part_range(x.size, part, parts)
+    x, t, diff, squared = x[first:last], t[first:last], diff[first:last], squared[first:last]
+    for i in range(x.size):                                        # indices from 0: the loop vectorises
         d = x[i] - t[i]
         diff[i] = d
         squared[i] = d * d
 
 
-@parallel_kernel
-def _scale(diff, g, g_stride, gx):
+@parallel_kernel("{f}[::1], {f}[::1], int64, {f}[::1]")
+def _scale(diff, g, g_stride, gx, part, parts, done):
     """gx[i] = diff[i] * g[i * g_stride]: one factor (stride 0) or one per element (1)."""
-    for i in prange(diff.size):
-        gx[i] = diff[i] * g[i * g_stride]
+    first, last = part_range(diff.size, part, parts)
+    diff_part, gx_part = diff[first:last], gx[first:last]
+    for i in range(diff_part.size):
+        gx_part[i] = diff_part[i] * g[(first + i) * g_stride]
 
 
 def mse_loss_forward(input, target, reduction):

@@ -3,16 +3,16 @@
 Semantics as in tinyalex.kernels.numpy.pool (floor or ceil mode; max: -inf padding, the argmax
 is the first maximum among the window's real pixels in row-major order, like PyTorch;
 average: zero padding, torch's divisors from tinyalex.shapes.avg_pool_divisors). Every
-kernel runs one (n, c) plane per `prange` iteration: pooling never mixes planes, so
+kernel runs one (n, c) plane per iteration of its parallel loop: pooling never mixes planes, so
 iterations share nothing.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from tinyalex.shapes import avg_pool_divisors, pool_output_size, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
-from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel, part_range
 
 
 @njit(cache=True)
@@ -32,8 +32,9 @@ def _window_max_nan_aware(plane, W, h0, h1, w0, w1):
     return best, best_at
 
 
-@parallel_kernel
-def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
+@parallel_kernel("{f}[:, ::1], int64, int64, int64, int64, int64, int64, int64, int64, int64, "
+                 "int64, {f}[:, ::1], int32[:, ::1]")
+def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax, part, parts, done):
     """y[p, oh*OW + ow] = max of the window, argmax[p, oh*OW + ow] = h*W + w of its first maximum.
 
     x (P, H*W), y and argmax (P, OH*OW): the N*C planes flattened. Parallel over the
@@ -48,7 +49,8 @@ def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
     NaN (counted first, in one vectorised pass) is scanned by _window_max_nan_aware
     instead, so the common scan carries no NaN test (benchmarks/results/cpu_design_notes.md).
     """
-    for p in prange(x.shape[0]):
+    first, last = part_range(x.shape[0], part, parts)
+    for p in range(first, last):
         plane, y_plane, arg_plane = x[p], y[p], argmax[p]
         nans = 0
         for at in range(H * W):
@@ -72,15 +74,16 @@ def _max_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, OH, OW, y, argmax):
                 arg_plane[oh * OW + ow] = best_at
 
 
-@parallel_kernel
-def _max_pool_backward(gy, argmax, gx):
+@parallel_kernel("{f}[:, ::1], int32[:, ::1], {f}[:, ::1]")
+def _max_pool_backward(gy, argmax, gx, part, parts, done):
     """gx[p, argmax[p, o]] += gy[p, o] for every output o; all (P, ...) flattened planes.
 
     Parallel over the planes: each iteration zeroes and fills its own plane of gx, so two
     windows that picked the same pixel add within one iteration (no race, and a fixed
     order: bitwise repeatable).
     """
-    for p in prange(gx.shape[0]):
+    first, last = part_range(gx.shape[0], part, parts)
+    for p in range(first, last):
         gx_plane, gy_plane, arg_plane = gx[p], gy[p], argmax[p]
         gx_plane[:] = 0
         for o in range(gy_plane.size):
@@ -125,15 +128,17 @@ def max_pool2d_indices(cache):
     return cache[0].astype(np.int64)
 
 
-@parallel_kernel
-def _avg_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, divisor, y):
+@parallel_kernel("{f}[:, ::1], int64, int64, int64, int64, int64, int64, int64, int64, {f}[:, "
+                 "::1], {f}[:, :, ::1]")
+def _avg_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, divisor, y, part, parts, done):
     """y[p, oh, ow] = (sum of the window's real pixels) / divisor[oh, ow]; x (P, H*W), y (P, OH, OW).
 
     Zero padding adds nothing, so the window is clipped to the image. The sum runs in
     float64 whatever the dtype. Parallel over the planes (disjoint outputs).
     """
     OH, OW = divisor.shape
-    for p in prange(x.shape[0]):
+    first, last = part_range(x.shape[0], part, parts)
+    for p in range(first, last):
         plane = x[p]
         for oh in range(OH):
             h0, h1 = max(oh * sh - ph, 0), min(oh * sh - ph + kh, H)
@@ -146,8 +151,8 @@ def _avg_pool_forward(x, H, W, kh, kw, sh, sw, ph, pw, divisor, y):
                 y[p, oh, ow] = total / divisor[oh, ow]
 
 
-@parallel_kernel
-def _avg_pool_backward(share, H, W, kh, kw, sh, sw, ph, pw, gx):
+@parallel_kernel("{f}[:, :, ::1], int64, int64, int64, int64, int64, int64, int64, int64, {f}[:, ::1]")
+def _avg_pool_backward(share, H, W, kh, kw, sh, sw, ph, pw, gx, part, parts, done):
     """gx[p, h*W + w] = sum of share[p, oh, ow] over the windows covering (h, w).
 
     share = gy / divisor (P, OH, OW). A gather: each input pixel loops over the windows
@@ -155,7 +160,8 @@ def _avg_pool_backward(share, H, W, kh, kw, sh, sw, ph, pw, gx):
     is written once, in a fixed order. Parallel over the planes.
     """
     OH, OW = share.shape[1], share.shape[2]
-    for p in prange(gx.shape[0]):
+    first, last = part_range(gx.shape[0], part, parts)
+    for p in range(first, last):
         for h in range(H):
             hp = h + ph                                            # padded coordinates
             oh_lo = 0 if hp < kh else (hp - kh) // sh + 1

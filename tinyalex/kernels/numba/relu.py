@@ -1,33 +1,36 @@
 """ReLU on the CPU: elementwise Numba kernels (semantics in tinyalex.kernels.numpy.relu).
 
-Both kernels are one flat `prange` over the elements: iteration i reads and writes only
+Both kernels are one flat parallel loop over the elements: iteration i reads and writes only
 element i, so they are race-free, and the loop body vectorises. They take the arrays
 flattened (C-contiguous, so the reshape is a view): one compiled version serves every rank.
 """
 import numpy as np
-from numba import prange
 
 from tinyalex.shapes import same_dtype, same_shape
 from tinyalex.kernels.numba import buffers
 from tinyalex.kernels.numba._checks import float_array
-from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel, part_range
 
 
-@parallel_kernel
-def _relu_forward(x, y):
+@parallel_kernel("{f}[::1], {f}[::1]")
+def _relu_forward(x, y, part, parts, done):
     """y = max(0, x), both 1-D. A NaN propagates, as in PyTorch."""
     zero = x.dtype.type(0)                                         # a literal 0 would be an int64
-    for i in prange(x.size):
-        v = x[i]
-        y[i] = zero if v <= zero else v
+    first, last = part_range(x.size, part, parts)
+    x_part, y_part = x[first:last], y[first:last]                  # indices from 0: the loop vectorises
+    for i in range(x_part.size):
+        v = x_part[i]
+        y_part[i] = zero if v <= zero else v
 
 
-@parallel_kernel
-def _relu_backward(gy, y, gx):
+@parallel_kernel("{f}[::1], {f}[::1], {f}[::1]")
+def _relu_backward(gy, y, gx, part, parts, done):
     """gx = gy where y > 0, else 0, all 1-D."""
     zero = gy.dtype.type(0)
-    for i in prange(gy.size):
-        gx[i] = gy[i] if y[i] > zero else zero
+    first, last = part_range(gy.size, part, parts)
+    gy_part, y_part, gx_part = gy[first:last], y[first:last], gx[first:last]
+    for i in range(gy_part.size):
+        gx_part[i] = gy_part[i] if y_part[i] > zero else zero
 
 
 def relu_forward(x):

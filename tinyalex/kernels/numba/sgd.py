@@ -3,7 +3,7 @@
 optim.SGD.step with array expressions reads and writes every parameter-sized array
 several times (p * wd, + grad, buf *= momentum, buf += g, p -= lr * g): for AlexNet's
 58 M parameters that was ~0.19 s of a ~1 s training step at batch 16. This kernel does
-the same arithmetic element by element, in ONE prange loop over disjoint elements.
+the same arithmetic element by element, in ONE parallel loop over disjoint elements.
 
 It rounds exactly as the array expressions do (every scalar is first cast to the
 parameter's dtype, as NumPy casts a Python float next to a float32 array, and each
@@ -12,17 +12,19 @@ and the array path give the same bits; tests/kernels/test_sgd_update.py checks i
 signature as tinyalex.kernels.cupy.sgd_update; not part of KERNEL_API.
 """
 import numpy as np
-from numba import prange
 
 from tinyalex.kernels.numba._checks import float_array
-from tinyalex.kernels.numba.parallel_kernel import parallel_kernel
+from tinyalex.kernels.numba.parallel_kernel import parallel_kernel, part_range
 
 
-@parallel_kernel
+@parallel_kernel("{f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, boolean, boolean, boolean, "
+                 "boolean, boolean")
 def _sgd(p, grad, buf, lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step,
-         has_momentum, has_decay, dampened):
+         has_momentum, has_decay, dampened, part, parts, done):
     """torch.optim.SGD's rule (tinyalex.optim.SGD) per element i; each i is its own."""
-    for i in prange(p.size):
+    first, last = part_range(p.size, part, parts)
+    p, grad, buf = p[first:last], grad[first:last], buf[first:last]  # indices from 0: it vectorises
+    for i in range(p.size):
         g = grad[i]
         if has_decay:
             g = p[i] * weight_decay + g
