@@ -126,8 +126,8 @@ def run_every_parallel_kernel(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_parallel_kernel_gives_the_same_bits_cut_into_any_number_of_parts(monkeypatch, dtype):
-    """A call cuts a kernel's loop into numba.get_num_threads() parts: 1, 2, 3 (uneven shares)
-    and 7 parts give the same bits; every parallel kernel of the set is called."""
+    """A call cuts a kernel's loop into NUMBA_NUM_THREADS parts: 1, 2, 3 (uneven shares) and
+    7 parts give the same bits; every parallel kernel of the set is called."""
     monkeypatch.setattr(numba_cross_entropy, "PARALLEL_MIN_ELEMENTS", 0)
     results = {}
     for parts in (1, 2, 3, 7):

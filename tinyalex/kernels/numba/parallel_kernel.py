@@ -11,8 +11,9 @@ that does one part of that loop,
 
 and `parallel_kernel` compiles it as a NumPy generalized ufunc on Numba's 'parallel' target.
 The ufunc's loop runs over the parts 0 .. parts-1 and Numba's thread pool shares them out;
-a call passes parts = numba.get_num_threads(), so each thread takes one contiguous share of
-the iterations, as a prange loop's static schedule does. The kernel's arrays are ufunc
+a call cuts the loop into as many parts as the pool has threads (NUMBA_NUM_THREADS), so each
+thread takes one contiguous share of the iterations, as a prange loop's static schedule
+does (with numba.set_num_threads(k) the k threads share the parts out). The kernel's arrays are ufunc
 inputs without a loop dimension, so every part sees them whole, and the kernel writes its
 outputs into them in place (NumPy passes an input by pointer when its dtype and layout
 match the signature, which __call__ checks, so no copy is ever written instead). `done` is
@@ -127,17 +128,22 @@ class ParallelKernel:
         ufunc, count, arrays = call
         if len(args) != count:
             raise TypeError(f"{self.__qualname__}: expected {count} arguments, got {len(args)}")
-        for index, dtype, ndim in arrays:
+        for index, dtype, ndim in arrays:     # the common case in as few steps as can be
             arg = args[index]
-            if not (isinstance(arg, np.ndarray) and arg.dtype == dtype and arg.ndim == ndim
-                    and arg.flags.c_contiguous and arg.flags.aligned):
-                got = (f"{arg.dtype} array of shape {arg.shape}, strides {arg.strides}"
-                       if isinstance(arg, np.ndarray) else type(arg).__name__)
-                raise TypeError(f"{self.__qualname__}: argument {index} expected a C-contiguous"
-                                f" {dtype} array with {ndim} dimensions, got {got}")
-        parts = parts_per_call()
+            if not (type(arg) is np.ndarray and arg.dtype is dtype and arg.ndim == ndim
+                    and arg.flags.c_contiguous):
+                self._check_argument(index, arg, dtype, ndim)
         with np.errstate(all="ignore"):     # NumPy would warn of the float flags a kernel leaves set
-            ufunc(*args, _part_indices(parts), parts)
+            ufunc(*args, *_parts())
+
+    def _check_argument(self, index, arg, dtype, ndim):
+        """Raise unless `arg` is a C-contiguous, aligned `dtype` array of `ndim` dimensions."""
+        if not (isinstance(arg, np.ndarray) and arg.dtype == dtype and arg.ndim == ndim
+                and arg.flags.c_contiguous and arg.flags.aligned):
+            got = (f"{arg.dtype} array of shape {arg.shape}, strides {arg.strides}"
+                   if isinstance(arg, np.ndarray) else type(arg).__name__)
+            raise TypeError(f"{self.__qualname__}: argument {index} expected a C-contiguous"
+                            f" {dtype} array with {ndim} dimensions, got {got}")
 
     def _prepare_call(self, dtype):
         """(ufunc, argument count, (index, dtype, ndim) of each array argument) for `dtype`:
@@ -215,15 +221,23 @@ def _threaded_loop(context, inner, dimensions, arrays):
 
 
 def parts_per_call():
-    """Into how many parts a call cuts its loop: one per thread Numba runs now."""
-    return numba.get_num_threads()
+    """Into how many parts a call cuts its loop: one per thread of Numba's pool
+    (NUMBA_NUM_THREADS). The loop hands them to numba.get_num_threads() threads, which may
+    be fewer (numba.set_num_threads): a thread then takes several parts. Read once; the
+    results do not depend on it."""
+    return numba.config.NUMBA_NUM_THREADS
 
 
-@functools.lru_cache(maxsize=None)
-def _part_indices(parts):
+@functools.lru_cache(maxsize=1)
+def _parts_for(parts):
     indices = np.arange(parts, dtype=np.int64)
     indices.flags.writeable = False
-    return indices
+    return indices, parts
+
+
+def _parts():
+    """The ufunc's part arguments: the indices 0 .. parts-1 and their count."""
+    return _parts_for(parts_per_call())
 
 
 def parallel_kernel(signature, **options):
