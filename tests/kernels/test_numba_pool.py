@@ -156,6 +156,15 @@ def test_a_parallel_kernel_refuses_arguments_it_would_misread():
         relu._relu_forward(x.reshape(-1))
 
 
+def test_a_parallel_kernel_refuses_an_unaligned_array():
+    """NumPy would copy an unaligned input to aligned memory, and the kernel would write there."""
+    from tinyalex.kernels.numba import relu
+    unaligned = np.zeros(4 * 24 + 1, np.uint8)[1:].view(np.float32)
+    assert unaligned.flags.c_contiguous and not unaligned.flags.aligned
+    with pytest.raises(TypeError, match="_relu_forward: argument 1 expected a C-contiguous float32 array.*not aligned"):
+        relu._relu_forward(np.ones(24, np.float32), unaligned)
+
+
 def test_the_threaded_loop_calls_the_kernel_instead_of_compiling_it_again():
     """Numba's own loop around a 'parallel' gufunc holds a copy of the kernel's code, compiled
     again in every process (0.1 s a kernel on every run); ours holds only the call. And the
@@ -171,7 +180,7 @@ def test_the_threaded_loop_calls_the_kernel_instead_of_compiling_it_again():
     np.testing.assert_array_equal(y, np.maximum(x, 0))
 
     builder = parallel_kernel._Builder(numba_relu._relu_forward.function, "(n),(n),(),()->()")
-    signature = numba.types.void(*kernel.arguments("float64"), *parallel_kernel._PART_TYPES)
+    signature = kernel.ufunc_signature("float64")
     builder.add(signature)
     kernel_ir = builder._cres[signature].library.get_llvm_str()
     assert re.search(r"define [^\n]*noalias", kernel_ir), "the kernel's arrays are not noalias"

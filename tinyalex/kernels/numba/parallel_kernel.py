@@ -13,9 +13,9 @@ and `parallel_kernel` compiles it as a NumPy generalized ufunc on Numba's 'paral
 The ufunc's loop runs over the parts 0 .. parts-1 and Numba's thread pool shares them out;
 a call cuts the loop into as many parts as the pool has threads (NUMBA_NUM_THREADS), so each
 thread takes one contiguous share of the iterations, as a prange loop's static schedule
-does (with numba.set_num_threads(k) the k threads share the parts out). The kernel's arrays are ufunc
-inputs without a loop dimension, so every part sees them whole, and the kernel writes its
-outputs into them in place (NumPy passes an input by pointer when its dtype and layout
+does (with numba.set_num_threads(k) the k threads share the parts out). The kernel's
+arrays are ufunc inputs without a loop dimension, so every part sees them whole, and the
+kernel writes its outputs into them in place (NumPy passes an input by pointer when its dtype and layout
 match the signature, which __call__ checks, so no copy is ever written instead). `done` is
 the ufunc's output, which a ufunc must have; the kernels leave it alone. A loop over
 elements slices its arrays to its share and counts from 0 (`x[first:last]`): indices
@@ -77,7 +77,8 @@ class ParallelKernel:
     def __init__(self, function, signature, **options):
         functools.update_wrapper(self, function)
         self.function, self.signature, self.options = function, signature, options
-        self._ufuncs, self._arguments, self._calls = {}, {}, {}
+        self._arguments = {}    # dtype name -> the Numba types of the arguments
+        self._calls = {}        # numpy dtype -> (ufunc, argument count, the array arguments)
 
     def arguments(self, dtype):
         """The Numba types of the kernel's arguments for float type `dtype`."""
@@ -86,12 +87,13 @@ class ParallelKernel:
             self._arguments[dtype] = sigutils.normalize_signature(self.signature.format(f=dtype))[0]
         return self._arguments[dtype]
 
+    def ufunc_signature(self, dtype):
+        """The Numba signature of the ufunc for `dtype`: the kernel's arguments, then the part's."""
+        return nbtypes.void(*self.arguments(dtype), *_PART_TYPES)
+
     def build(self, dtype):
         """The ufunc for float type `dtype`: Numba loads it from its disk cache or compiles it."""
-        dtype = np.dtype(dtype).name
-        if dtype not in self._ufuncs:
-            self._ufuncs[dtype] = self.compile(dtype)
-        return self._ufuncs[dtype]
+        return self._call(dtype)[0]
 
     def compile(self, dtype, cache=True):
         """A new ufunc for float type `dtype` (with cache=False compiled whatever the disk
@@ -100,12 +102,12 @@ class ParallelKernel:
         cores = ",".join(f"({','.join(f'd{i}_{k}' for k in range(a.ndim))})"
                          if isinstance(a, nbtypes.Array) else "()" for i, a in enumerate(arguments))
         builder = _Builder(self.function, f"{cores},(),()->()", cache=cache, targetoptions=dict(self.options))
-        builder.add(nbtypes.void(*arguments, *_PART_TYPES))
+        builder.add(self.ufunc_signature(dtype))
         return builder.build_ufunc()
 
     def built(self, dtype):
         """Whether this process has the ufunc for `dtype`."""
-        return np.dtype(dtype).name in self._ufuncs
+        return np.dtype(dtype) in self._calls
 
     def cached(self, dtype):
         """Whether Numba's disk cache holds the compiled kernel for `dtype` (so build() only
@@ -116,22 +118,19 @@ class ParallelKernel:
         try:
             from numba.core.caching import FunctionCache
             from numba.core.registry import cpu_target
-            arguments = self.arguments(dtype)
-            signature = nbtypes.void(*arguments, *_PART_TYPES)
             cache = FunctionCache(self.function)
-            return cache.load_overload(signature, cpu_target.target_context) is not None
+            return cache.load_overload(self.ufunc_signature(dtype), cpu_target.target_context) is not None
         except Exception:                                    # noqa: BLE001 (internals changed)
             return False
 
     def __call__(self, *args):
-        call = self._calls.get(args[0].dtype) or self._prepare_call(args[0].dtype)
-        ufunc, count, arrays = call
+        ufunc, count, arrays = self._calls.get(args[0].dtype) or self._call(args[0].dtype)
         if len(args) != count:
             raise TypeError(f"{self.__qualname__}: expected {count} arguments, got {len(args)}")
         for index, dtype, ndim in arrays:     # the common case in as few steps as can be
             arg = args[index]
             if not (type(arg) is np.ndarray and arg.dtype is dtype and arg.ndim == ndim
-                    and arg.flags.c_contiguous):
+                    and arg.flags.carray):              # C-contiguous, aligned (and writeable)
                 self._check_argument(index, arg, dtype, ndim)
         with np.errstate(all="ignore"):     # NumPy would warn of the float flags a kernel leaves set
             ufunc(*args, *_parts())
@@ -141,19 +140,23 @@ class ParallelKernel:
         if not (isinstance(arg, np.ndarray) and arg.dtype == dtype and arg.ndim == ndim
                 and arg.flags.c_contiguous and arg.flags.aligned):
             got = (f"{arg.dtype} array of shape {arg.shape}, strides {arg.strides}"
+                   + ("" if arg.flags.aligned else ", not aligned")
                    if isinstance(arg, np.ndarray) else type(arg).__name__)
             raise TypeError(f"{self.__qualname__}: argument {index} expected a C-contiguous"
                             f" {dtype} array with {ndim} dimensions, got {got}")
 
-    def _prepare_call(self, dtype):
-        """(ufunc, argument count, (index, dtype, ndim) of each array argument) for `dtype`:
-        what a call checks its arguments against (they are read as the signature says, so
-        anything else would be read wrongly, or written into a copy NumPy made)."""
-        arguments = self.arguments(dtype)
-        arrays = tuple((index, np.dtype(a.dtype.name), a.ndim) for index, a in enumerate(arguments)
-                       if isinstance(a, nbtypes.Array))
-        self._calls[np.dtype(dtype)] = call = (self.build(dtype), len(arguments), arrays)
-        return call
+    def _call(self, dtype):
+        """(ufunc, argument count, (index, dtype, ndim) of each array argument) for `dtype`,
+        built on first use: what a call checks its arguments against (they are read as the
+        signature says, so anything else would be read wrongly, or written into a copy NumPy
+        made)."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._calls:
+            arguments = self.arguments(dtype)
+            arrays = tuple((index, np.dtype(a.dtype.name), a.ndim) for index, a in enumerate(arguments)
+                           if isinstance(a, nbtypes.Array))
+            self._calls[dtype] = (self.compile(dtype), len(arguments), arrays)
+        return self._calls[dtype]
 
     def __repr__(self):
         return f"<parallel kernel {self.__module__}.{self.__qualname__}>"

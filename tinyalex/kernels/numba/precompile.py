@@ -87,7 +87,7 @@ class Unit:
         from tinyalex.kernels.numba.parallel_kernel import ParallelKernel
         kernel = self.dispatcher()
         if isinstance(kernel, ParallelKernel):
-            return tuple(kernel.arguments(self.dtype))
+            return kernel.arguments(self.dtype)
         return sigutils.normalize_signature(SIGNATURES[self.kernel].format(f=self.dtype))[0]
 
 
